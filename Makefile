@@ -1,0 +1,38 @@
+# Two entry points that work on a fresh machine: `make demo` and `make test`.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+export MUJOCO_GL ?= egl
+export PYOPENGL_PLATFORM ?= egl
+
+.PHONY: test demo demo-quick install system-deps clean
+
+# Debian packages for offscreen MuJoCo rendering (only when run as root, only if missing).
+system-deps:
+	@if [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null && \
+	   ! dpkg -s libegl1 libegl-mesa0 libgl1-mesa-dri >/dev/null 2>&1; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    libegl1 libegl-mesa0 libgl1-mesa-dri >/dev/null; \
+	fi
+
+$(STAMP): pyproject.toml
+	@$(MAKE) --no-print-directory system-deps
+	test -x $(PY) || python3 -m venv $(VENV)
+	# torch first, pinned: the CPU build; nothing after it may replace it.
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(VENV)/bin/fastwam demo
+
+demo-quick: $(STAMP)
+	$(VENV)/bin/fastwam demo --quick
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,290 @@
+"""One typed config tree for everything fastwam builds; named presets live in YAML.
+
+A preset file (``fastwam/configs/<name>.yaml``) overrides the dataclass defaults field by field;
+presets never include each other. Every dataclass is frozen and validates itself in
+``__post_init__``, so a config that exists is a config that can build a model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+MaskRule = Literal["fastwam", "joint", "idm"]
+InferenceMode = Literal["action_only", "joint", "video_then_action"]
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    """Flow-matching schedule of one target (video or action); see ``fastwam.model.flow``."""
+
+    shift: float = 5.0  # timestep shift s in sigma(u) = s*u / (1 + (s-1)*u); 1 = no shift
+    steps: int = 10  # Euler steps at inference
+
+    def __post_init__(self):
+        _check(self.shift > 0, f"flow.shift must be > 0, got {self.shift}")
+        _check(self.steps >= 1, f"flow.steps must be >= 1, got {self.steps}")
+
+
+@dataclass(frozen=True)
+class VariantConfig:
+    """Which WAM variant: a mask rule, an inference procedure and the video loss weight.
+
+    fastwam: actions see only the clean context; inference = one video prefill + action steps.
+    joint:   actions also see the noisy future; inference denoises video and actions together.
+    idm:     actions see a clean copy of the future; inference generates the future, then acts.
+    ``video_weight = 0`` (fastwam only) removes the future tokens altogether.
+    """
+
+    mask: MaskRule = "fastwam"
+    inference: InferenceMode = "action_only"
+    video_weight: float = 1.0  # lambda in L = L_act + lambda * L_vid
+    idm_future_noise: float = 0.0  # IDM training: sigma of the noise on the clean future copy
+
+    def __post_init__(self):
+        _check(self.mask in ("fastwam", "joint", "idm"), f"variant.mask must be fastwam|joint|idm, got {self.mask!r}")
+        expected = {"fastwam": "action_only", "joint": "joint", "idm": "video_then_action"}[self.mask]
+        _check(self.inference == expected, f"variant.inference for mask {self.mask!r} must be {expected!r}, got {self.inference!r}")
+        _check(self.video_weight >= 0, f"variant.video_weight must be >= 0, got {self.video_weight}")
+        _check(self.video_weight > 0 or self.mask == "fastwam",
+               f"variant {self.mask!r} generates video at inference and needs video_weight > 0, got {self.video_weight}")
+        _check(0 <= self.idm_future_noise < 1, f"variant.idm_future_noise must be in [0, 1), got {self.idm_future_noise}")
+
+    @property
+    def has_future(self) -> bool:
+        """Whether future-frame tokens exist at all (False for no video co-training)."""
+        return self.video_weight > 0
+
+    @classmethod
+    def named(cls, name: str, video_weight: float | None = None) -> "VariantConfig":
+        modes = {"fastwam": "action_only", "joint": "joint", "idm": "video_then_action"}
+        if name not in modes:
+            raise ValueError(f"unknown variant {name!r}: expected one of {sorted(modes)}")
+        return cls(mask=name, inference=modes[name], video_weight=1.0 if video_weight is None else video_weight)
+
+
+@dataclass(frozen=True)
+class VideoExpertConfig:
+    """The video DiT (Wan2.2-style block). Its heads x head_dim are the model's shared attention."""
+
+    width: int = 256
+    ffn: int = 1024
+    patch: tuple[int, int, int] = (1, 2, 2)  # (frames, rows, columns) of latent per token
+    freq_dim: int = 256  # sinusoidal timestep features
+
+    def __post_init__(self):
+        _check(len(self.patch) == 3 and all(p >= 1 for p in self.patch), f"video.patch must be 3 positive ints, got {self.patch}")
+
+
+@dataclass(frozen=True)
+class ActionExpertConfig:
+    """The action DiT: its own width and FFN, the video expert's attention heads."""
+
+    width: int = 128
+    ffn: int = 512
+    freq_dim: int = 256
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that fixes the model's parameters and its tensor shapes."""
+
+    layers: int = 4
+    heads: int = 4
+    head_dim: int = 64
+    video: VideoExpertConfig = field(default_factory=VideoExpertConfig)
+    action: ActionExpertConfig = field(default_factory=ActionExpertConfig)
+    # Latent video: channels and grid of one latent frame, context and future latent frames.
+    latent_channels: int = 192
+    latent_height: int = 8
+    latent_width: int = 8
+    context_frames: int = 1
+    future_frames: int = 2
+    # Actions, proprio and instruction.
+    action_dim: int = 4
+    chunk: int = 16
+    state_dim: int = 4
+    text_dim: int = 384
+    text_tokens: int = 1
+    video_flow: FlowConfig = field(default_factory=FlowConfig)
+    action_flow: FlowConfig = field(default_factory=FlowConfig)
+    variant: VariantConfig = field(default_factory=VariantConfig)
+
+    def __post_init__(self):
+        _check(self.layers >= 1 and self.heads >= 1, f"layers and heads must be >= 1, got {self.layers}, {self.heads}")
+        _check(self.head_dim % 2 == 0, f"head_dim must be even for RoPE, got {self.head_dim}")
+        pt, ph, pw = self.video.patch
+        _check(self.latent_height % ph == 0 and self.latent_width % pw == 0,
+               f"latent grid {self.latent_height}x{self.latent_width} is not divisible by patch {ph}x{pw}")
+        _check(self.context_frames % pt == 0 and self.future_frames % pt == 0,
+               f"context/future latent frames ({self.context_frames}, {self.future_frames}) not divisible by patch frames {pt}")
+        _check(self.context_frames >= 1 and self.future_frames >= 0 and self.chunk >= 1,
+               f"need context_frames >= 1, future_frames >= 0, chunk >= 1; got {self.context_frames}, {self.future_frames}, {self.chunk}")
+        _check(self.future_frames > 0 or not self.variant.has_future,
+               "variant has video co-training (video_weight > 0) but model.future_frames is 0")
+
+    @property
+    def attn_dim(self) -> int:
+        return self.heads * self.head_dim
+
+    @property
+    def tokens_per_frame(self) -> int:
+        _, ph, pw = self.video.patch
+        return (self.latent_height // ph) * (self.latent_width // pw)
+
+    def tokens(self, frames: int) -> int:
+        return frames // self.video.patch[0] * self.tokens_per_frame
+
+
+@dataclass(frozen=True)
+class CodecConfig:
+    """How frames become latents: ``patch`` (pixel space-to-depth, no weights) or ``wan22`` (VAE)."""
+
+    name: Literal["patch", "wan22"] = "patch"
+    factor: int = 8  # spatial downsampling (patch: pixel block size; wan22: 16)
+    path: str = ""  # wan22: local diffusers directory of AutoencoderKLWan
+
+    def __post_init__(self):
+        _check(self.name in ("patch", "wan22"), f"codec.name must be patch|wan22, got {self.name!r}")
+        _check(self.factor >= 1, f"codec.factor must be >= 1, got {self.factor}")
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    """Instruction encoder: ``minilm`` (packaged offline sentence encoder) or ``umt5`` (local path)."""
+
+    name: Literal["minilm", "umt5"] = "minilm"
+    path: str = ""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """What one training sample is: cameras, image size, action chunk and future frames."""
+
+    cameras: tuple[str, ...] = ("corner2",)
+    image_size: int = 64  # square, per camera; cameras are concatenated side by side
+    frame_stride: int = 8  # r: future frames at t + r*k, k = 1..chunk/r
+    codec: CodecConfig = field(default_factory=CodecConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+
+    def __post_init__(self):
+        _check(len(self.cameras) >= 1, "data.cameras must name at least one camera")
+        _check(self.image_size % self.codec.factor == 0,
+               f"data.image_size {self.image_size} is not divisible by codec.factor {self.codec.factor}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 3e-4
+    warmup: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ema: float = 0.0  # 0 = no EMA; else the decay, e.g. 0.999
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 500
+    mixed_precision: Literal["no", "bf16"] = "no"
+
+
+@dataclass(frozen=True)
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        m, d = self.model, self.data
+        if d.codec.name == "patch":
+            want_c = 3 * d.codec.factor**2
+            want_h = d.image_size // d.codec.factor
+            want_w = want_h * len(d.cameras)
+            _check((m.latent_channels, m.latent_height, m.latent_width) == (want_c, want_h, want_w),
+                   f"patch codec (factor {d.codec.factor}, {len(d.cameras)} camera(s) of {d.image_size}px) gives latents "
+                   f"(C, h, w) = {(want_c, want_h, want_w)}, but model expects "
+                   f"{(m.latent_channels, m.latent_height, m.latent_width)}")
+            _check(m.future_frames == 0 or m.chunk == d.frame_stride * m.future_frames,
+                   f"patch codec: future frames t + r*k for k = 1..chunk/r need chunk = frame_stride * future_frames; "
+                   f"got chunk {m.chunk}, frame_stride {d.frame_stride}, future_frames {m.future_frames}")
+        else:  # wan22: 16x spatial, 4x temporal compression, first frame encoded on its own
+            want_h = d.image_size // d.codec.factor
+            _check((m.latent_channels, m.latent_height, m.latent_width) == (48, want_h, want_h * len(d.cameras)),
+                   f"wan22 codec gives latents (C, h, w) = {(48, want_h, want_h * len(d.cameras))}, "
+                   f"but model expects {(m.latent_channels, m.latent_height, m.latent_width)}")
+            _check(m.future_frames == 0 or m.chunk == 4 * d.frame_stride * m.future_frames,
+                   f"wan22 codec: chunk/frame_stride future frames compress 4:1 into future_frames latent frames; "
+                   f"got chunk {m.chunk}, frame_stride {d.frame_stride}, future_frames {m.future_frames}")
+
+    def replace(self, **sections: Any) -> "Config":
+        return dataclasses.replace(self, **sections)
+
+    def with_variant(self, name: str, video_weight: float | None = None) -> "Config":
+        variant = VariantConfig.named(name, video_weight)
+        return self.replace(model=dataclasses.replace(self.model, variant=variant))
+
+    def to_dict(self) -> dict:
+        return _to_plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "config") -> "Config":
+        return _build(cls, data, where)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Config":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        data = yaml.safe_load(path.read_text()) or {}
+        return cls.from_dict(data, where=str(path))
+
+
+def preset(name: str) -> Config:
+    """Load a named preset (``tiny``, ``small``, ``wan22-5b``) or a YAML path."""
+    path = Path(name) if name.endswith((".yaml", ".yml")) else PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+        raise ValueError(f"unknown preset {name!r}: no file {path}; known presets: {known}")
+    return Config.load(path)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _to_plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    """Build dataclass ``cls`` from a nested dict, rejecting unknown keys by name."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping for {cls.__name__}, got {type(data).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown} for {cls.__name__}; known: {sorted(known)}")
+    kwargs = {}
+    for name, value in data.items():
+        default = known[name].default_factory() if known[name].default_factory is not dataclasses.MISSING else known[name].default
+        if is_dataclass(default):
+            kwargs[name] = _build(type(default), value, f"{where}.{name}")
+        elif isinstance(default, tuple):
+            kwargs[name] = tuple(value)
+        else:
+            kwargs[name] = value
+    return cls(**kwargs)
