@@ -50,7 +50,8 @@ class TextEncoder(ABC):
         """(B,) prompts -> (B, L, D) float32; runs the model only on prompts not cached yet."""
         if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
             raise ValueError(f"prompts: expected a list of strings, got {type(prompts).__name__} {prompts!r:.80}")
-        missing = [p for p in dict.fromkeys(prompts) if p not in self._memory and not self._load(p)]
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._memory]  # distinct, in order
+        missing = [p for p in missing if not self._load(p)]
         if missing:
             for prompt, emb in zip(missing, self._embed(missing)):
                 self._memory[prompt] = emb.detach().float().cpu()
