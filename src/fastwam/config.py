@@ -141,6 +141,35 @@ class ModelConfig:
     def tokens(self, frames: int) -> int:
         return frames // self.video.patch[0] * self.tokens_per_frame
 
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(C, h, w) of one latent frame."""
+        return (self.latent_channels, self.latent_height, self.latent_width)
+
+    def build(self):
+        """The model this config describes (``fastwam.model.WAM``)."""
+        from fastwam.model import WAM
+
+        return WAM(self)
+
+    def fake_batch(self, batch: int, generator=None):
+        """A random ``fastwam.model.Batch`` of this config's shapes (smoke tests, benchmarks)."""
+        import torch
+
+        from fastwam.model import Batch
+
+        g = dict(generator=generator)
+        has_future = self.variant.has_future
+        return Batch(
+            context=torch.randn(batch, self.context_frames, *self.latent_shape, **g),
+            actions=torch.randn(batch, self.chunk, self.action_dim, **g).clamp(-1, 1),
+            action_pad=torch.zeros(batch, self.chunk, dtype=torch.bool),
+            state=torch.randn(batch, self.state_dim, **g),
+            text=torch.randn(batch, self.text_tokens, self.text_dim, **g),
+            future=torch.randn(batch, self.future_frames, *self.latent_shape, **g) if has_future else None,
+            future_pad=torch.zeros(batch, self.future_frames, dtype=torch.bool) if has_future else None,
+        )
+
 
 @dataclass(frozen=True)
 class CodecConfig:

@@ -1,0 +1,50 @@
+"""Flow matching, stated once.
+
+Convention: sigma = 0 is data, sigma = 1 is noise.
+    x_sigma = (1 - sigma) * x0 + sigma * noise
+    velocity v = dx/dsigma = noise - x0            (the network predicts v)
+Training draws u ~ U(0, 1) and uses sigma = shift(u) with shift(u) = s*u / (1 + (s-1)*u),
+which spends more time at high noise for s > 1. Sampling integrates Euler steps on u from 1 to 0:
+    x <- x + (sigma_next - sigma) * v.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def shift_sigma(u: torch.Tensor, shift: float) -> torch.Tensor:
+    """u in [0, 1] -> sigma = s*u / (1 + (s-1)*u)."""
+    return shift * u / (1 + (shift - 1) * u)
+
+
+def unshift_sigma(sigma: torch.Tensor, shift: float) -> torch.Tensor:
+    """Inverse of ``shift_sigma``: sigma -> u = sigma / (s - (s-1)*sigma)."""
+    return sigma / (shift - (shift - 1) * sigma)
+
+
+def sample_sigma(batch: int, shift: float, device=None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Training timesteps (B,): sigma = shift(u), u ~ U(0, 1)."""
+    u = torch.rand(batch, device=device, generator=generator)
+    return shift_sigma(u, shift)
+
+
+def add_noise(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """x_sigma = (1 - sigma) x0 + sigma noise; sigma (B,) broadcasts over the other axes."""
+    s = sigma.reshape(-1, *([1] * (x0.dim() - 1))).to(x0.dtype)
+    return (1 - s) * x0 + s * noise
+
+
+def velocity_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """The regression target v = noise - x0."""
+    return noise - x0
+
+
+def sampling_sigmas(steps: int, shift: float, device=None) -> torch.Tensor:
+    """(steps + 1,) sigmas from 1 to 0: shift applied to u = linspace(1, 0)."""
+    return shift_sigma(torch.linspace(1.0, 0.0, steps + 1, device=device, dtype=torch.float64), shift).float()
+
+
+def euler_step(x: torch.Tensor, velocity: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
+    """One Euler step from sigma to sigma_next."""
+    return x + (sigma_next - sigma) * velocity

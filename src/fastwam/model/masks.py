@@ -1,0 +1,58 @@
+"""Who attends to whom in the shared attention: a pure function of token kinds and the variant.
+
+Token kinds, in sequence order ``[context | future | future_clean | action]``:
+
+- CONTEXT: clean latents of the current frame (timestep 0).
+- FUTURE: noisy future-frame latents (trained by the video loss; generated at Joint/IDM inference).
+- FUTURE_CLEAN: a clean copy of the future that IDM's actions read (generated video at inference).
+- ACTION: one token per step of the action chunk (noisy).
+
+Rules (row = query kind, column = key kind; C, F, FC, A):
+
+    fastwam:  C->C   F->C,F   FC->C,FC   A->C,A
+    joint:    C->C   F->C,F   FC->C,FC   A->C,F,A
+    idm:      C->C   F->C,F   FC->C,FC   A->C,FC,A
+
+Worked example, fastwam, kinds [C, C, F, A, A]:
+
+    q\\k  C C F A A
+    C    1 1 0 0 0
+    C    1 1 0 0 0
+    F    1 1 1 0 0
+    A    1 1 0 1 1
+    A    1 1 0 1 1
+
+Because context rows never see later kinds, the context's keys/values are the same whether or not
+future/action tokens are present: that is what makes the prefix K/V cache exact.
+"""
+
+from __future__ import annotations
+
+import torch
+
+CONTEXT, FUTURE, FUTURE_CLEAN, ACTION = 0, 1, 2, 3
+KIND_NAMES = ("context", "future", "future_clean", "action")
+
+_COMMON = {CONTEXT: {CONTEXT}, FUTURE: {CONTEXT, FUTURE}, FUTURE_CLEAN: {CONTEXT, FUTURE_CLEAN}}
+_ACTION_SEES = {
+    "fastwam": {CONTEXT, ACTION},
+    "joint": {CONTEXT, FUTURE, ACTION},
+    "idm": {CONTEXT, FUTURE_CLEAN, ACTION},
+}
+
+
+def attention_table(rule: str) -> torch.Tensor:
+    """(4, 4) bool: entry [q, k] says whether a query of kind q may attend to a key of kind k."""
+    if rule not in _ACTION_SEES:
+        raise ValueError(f"unknown mask rule {rule!r}: expected one of {sorted(_ACTION_SEES)}")
+    sees = {**_COMMON, ACTION: _ACTION_SEES[rule]}
+    table = torch.zeros(4, 4, dtype=torch.bool)
+    for q, keys in sees.items():
+        table[q, sorted(keys)] = True
+    return table
+
+
+def attention_mask(query_kinds: torch.Tensor, key_kinds: torch.Tensor, rule: str) -> torch.Tensor | None:
+    """(Nq,), (Nk,) int kinds -> (Nq, Nk) bool mask, or None when everything may attend to everything."""
+    mask = attention_table(rule).to(query_kinds.device)[query_kinds[:, None], key_kinds[None, :]]
+    return None if bool(mask.all()) else mask

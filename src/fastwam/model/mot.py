@@ -1,0 +1,87 @@
+"""The Mixture-of-Transformers layer loop, with a K/V cache for prefixes.
+
+Every layer runs both experts in lockstep: each expert projects its own tokens to q, k, v; one
+attention runs over the concatenation ``[cached | video | action]`` under the variant's mask; each
+expert then applies its own output projection, cross-attention and FFN. An expert entry of
+``None`` means its tokens are absent this call (served from the cache, or not needed). Training,
+prefill and cached denoising steps all go through ``run_layers``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from fastwam.model.experts import Tokens
+from fastwam.model.masks import attention_mask
+from fastwam.nn.attention import attend
+
+
+@dataclass
+class KVCache:
+    """Per-layer keys/values (B, H, M, K) of prefix tokens, and the kinds (M,) of those tokens."""
+
+    keys: list[torch.Tensor] = field(default_factory=list)
+    values: list[torch.Tensor] = field(default_factory=list)
+    kinds: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        return 0 if self.kinds is None else int(self.kinds.numel())
+
+    def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return (self.keys[i], self.values[i]) if i < len(self.keys) else None
+
+    def set_layer(self, i: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        if i == len(self.keys):
+            self.keys.append(k)
+            self.values.append(v)
+        else:
+            self.keys[i], self.values[i] = k, v
+
+
+def run_layers(
+    video_blocks: nn.ModuleList,
+    action_blocks: nn.ModuleList,
+    video: Tokens | None,
+    action: Tokens | None,
+    rule: str,
+    cache: KVCache | None = None,
+    store: bool = False,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Run all layers; returns final hidden states (video (B, Nv, Dv), action (B, Na, Da)), None if absent.
+
+    With ``cache``, queries also attend to the cached prefix. With ``store``, this call's keys and
+    values are appended to ``cache`` (prefill); otherwise the cache is read only (denoising steps).
+    """
+    streams = [(blocks, t) for blocks, t in ((video_blocks, video), (action_blocks, action)) if t is not None]
+    if not streams:
+        raise ValueError("run_layers: at least one of video/action tokens is required")
+    if store and cache is None:
+        raise ValueError("run_layers: store=True needs a cache to store into")
+    query_kinds = torch.cat([t.kinds for _, t in streams])
+    key_kinds = query_kinds if cache is None or cache.kinds is None else torch.cat([cache.kinds, query_kinds])
+    mask = attention_mask(query_kinds, key_kinds, rule)
+    lengths = [t.length for _, t in streams]
+    current = [t for _, t in streams]
+
+    for i in range(len(video_blocks)):
+        qkv = [blocks[i].attention_inputs(t) for (blocks, _), t in zip(streams, current)]
+        q, k, v = (torch.cat(parts, dim=2) for parts in zip(*qkv))  # (B, H, N, K)
+        past = cache.layer(i) if cache is not None else None
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (B, H, M + N, K)
+        if store:
+            cache.set_layer(i, k, v)
+        out = attend(q, k, v, mask).split(lengths, dim=2)
+        current = [dataclasses.replace(t, x=blocks[i].attention_output(t, o, i))
+                   for (blocks, _), t, o in zip(streams, current, out)]
+
+    if store:
+        cache.kinds = key_kinds
+    video_x = current[0].x if video is not None else None
+    action_x = current[-1].x if action is not None else None
+    return video_x, action_x

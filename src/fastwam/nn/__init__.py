@@ -1,0 +1,1 @@
+"""Building blocks shared by both experts: norms, FFN, timestep embedding, RoPE, attention."""

@@ -1,0 +1,44 @@
+"""The config tree: presets, validation, YAML round trip."""
+
+import dataclasses
+
+import pytest
+
+from fastwam.config import Config, ModelConfig, VariantConfig, preset
+
+
+@pytest.mark.parametrize("name", ["tiny", "small", "wan22-5b"])
+def test_presets_load_and_round_trip_through_yaml(name, tmp_path):
+    cfg = preset(name)
+    cfg.save(tmp_path / "config.yaml")
+    assert Config.load(tmp_path / "config.yaml") == cfg
+
+
+def test_variants_are_data():
+    cfg = preset("tiny")
+    assert cfg.with_variant("joint").model.variant == VariantConfig(mask="joint", inference="joint")
+    assert cfg.with_variant("idm").model.variant.inference == "video_then_action"
+    assert not cfg.with_variant("fastwam", 0.0).model.variant.has_future
+    with pytest.raises(ValueError, match="unknown variant 'dream'"):
+        cfg.with_variant("dream")
+    with pytest.raises(ValueError, match="variant.inference for mask 'fastwam' must be 'action_only'"):
+        VariantConfig(mask="fastwam", inference="joint")
+
+
+def test_unknown_keys_and_bad_values_are_named(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model:\n  layers: 2\n  widht: 3\n")
+    with pytest.raises(ValueError, match=r"bad.yaml.model: unknown key\(s\) \['widht'\]"):
+        Config.load(path)
+    with pytest.raises(ValueError, match="latent grid 5x4 is not divisible by patch 2x2"):
+        ModelConfig(latent_height=5, latent_width=4)
+    with pytest.raises(FileNotFoundError, match="config file not found"):
+        Config.load(tmp_path / "missing.yaml")
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        preset("huge")
+
+
+def test_data_and_model_shapes_must_agree():
+    cfg = preset("small")
+    with pytest.raises(ValueError, match=r"patch codec .* gives latents \(C, h, w\) = \(192, 8, 16\)"):
+        cfg.replace(data=dataclasses.replace(cfg.data, cameras=("corner2", "corner3")))
