@@ -1,0 +1,874 @@
+"""LeRobot dataset format: a v3.0 writer and a v3.0 / v2.1 reader.
+
+Layout (v3.0, what ``LeRobotWriter`` produces)::
+
+    meta/info.json                       fps, features (dtype, shape, names), path templates, totals
+    meta/stats.json                      per feature: min, max, mean, std, count (per dimension)
+    meta/tasks.parquet                   task (the instruction, pandas index) -> task_index
+    meta/episodes/chunk-000/file-000.parquet   one row per episode: length, tasks, where its rows
+                                         and video frames live, per-episode stats
+    data/chunk-XXX/file-YYY.parquet      frames of many episodes, one row group per episode
+    videos/<key>/chunk-XXX/file-YYY.mp4  frames of many episodes back to back; an episode is the
+                                         time span [from_timestamp, to_timestamp)
+
+v2.1 (read only): ``meta/episodes.jsonl``, ``meta/tasks.jsonl``, ``meta/episodes_stats.jsonl``, one
+parquet file and one mp4 per episode (``data/chunk-XXX/episode_YYYYYY.parquet``,
+``videos/chunk-XXX/<key>/episode_YYYYYY.mp4``).
+
+Per-frame columns: ``index`` (global frame index, 0..N-1 in row order), ``episode_index``,
+``frame_index`` (0..T-1 within the episode), ``timestamp`` (= frame_index / fps), ``task_index``,
+and the dataset's own features, e.g. ``observation.state`` (float32, (D,)) and ``action``
+(float32, (A,)). Video features (``observation.images.<camera>``) have dtype ``video`` and shape
+(H, W, 3); they live only in the mp4 files.
+
+Everything read is validated where it is read; every problem raises ``DatasetError`` (a
+``ValueError``; ``DatasetFileNotFoundError`` is also a ``FileNotFoundError``, ``EpisodeIndexError``
+also an ``IndexError``) whose message names the file and the problem. Nothing is skipped or
+patched silently.
+
+Videos go through PyAV. The default codec (libx264, yuv444p, crf 0) is near-lossless: decoded
+frames differ from the written ones by at most 2 levels out of 255 (the RGB <-> YUV rounding).
+"""
+
+# Why no ``lerobot`` dependency: the ``lerobot`` package pins an older torch and pulls in many
+# heavy packages (datasets, huggingface_hub, torchvision, ...) for what is a documented
+# parquet + mp4 layout; reading and writing it directly keeps our install small and our torch.
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import av
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+CODEBASE_VERSION = "v3.0"
+READABLE_VERSIONS = ("v2.0", "v2.1", "v3.0")
+DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+LEGACY_DATA_PATH = "data/chunk-{episode_chunk:03d}/episode_{episode_index:06d}.parquet"
+LEGACY_VIDEO_PATH = "videos/chunk-{episode_chunk:03d}/{video_key}/episode_{episode_index:06d}.mp4"
+IMAGE_PREFIX = "observation.images."
+INDEX_FEATURES = ("timestamp", "frame_index", "episode_index", "index", "task_index")
+DEFAULT_FEATURES = {
+    "timestamp": {"dtype": "float32", "shape": [1], "names": None},
+    "frame_index": {"dtype": "int64", "shape": [1], "names": None},
+    "episode_index": {"dtype": "int64", "shape": [1], "names": None},
+    "index": {"dtype": "int64", "shape": [1], "names": None},
+    "task_index": {"dtype": "int64", "shape": [1], "names": None},
+}
+NONFINITE_CHECKED = ("action", "observation.state")  # NaN / inf here is an error, not data
+
+
+class DatasetError(ValueError):
+    """A dataset file is missing, malformed or inconsistent; the message names file and problem."""
+
+
+class DatasetFileNotFoundError(DatasetError, FileNotFoundError):
+    """A file the dataset's metadata refers to does not exist."""
+
+
+class EpisodeIndexError(DatasetError, IndexError):
+    """An episode index outside 0..num_episodes-1."""
+
+
+# --------------------------------------------------------------------------------------------
+# Features and stats
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VideoSettings:
+    """How video features are encoded. The defaults are near-lossless (max error 2/255)."""
+
+    codec: str = "libx264"
+    pix_fmt: str = "yuv444p"
+    crf: int = 0
+    gop: int = 64  # max frames between keyframes; every episode also starts on a keyframe
+
+    def stream_options(self) -> dict[str, str]:
+        options = {"crf": str(self.crf), "g": str(self.gop)}
+        if self.codec == "libx264":
+            options["forced-idr"] = "1"  # forced keyframes (episode starts) are clean seek points
+        return options
+
+
+def camera_key(camera: str) -> str:
+    """``corner2`` -> ``observation.images.corner2`` (full keys pass through)."""
+    return camera if camera.startswith(IMAGE_PREFIX) else IMAGE_PREFIX + camera
+
+
+def build_features(fps: int, videos: Mapping[str, tuple[int, int]], vectors: Mapping[str, Sequence[str]],
+                   video: VideoSettings = VideoSettings()) -> dict[str, dict]:
+    """info.json ``features``: video keys -> (H, W); float32 vector keys -> dimension names."""
+    features: dict[str, dict] = {}
+    for key, (height, width) in videos.items():
+        features[camera_key(key)] = {
+            "dtype": "video", "shape": [height, width, 3], "names": ["height", "width", "channels"],
+            "info": {"video.height": height, "video.width": width, "video.codec": "h264" if "264" in video.codec else video.codec,
+                     "video.pix_fmt": video.pix_fmt, "video.is_depth_map": False, "video.fps": fps,
+                     "video.channels": 3, "has_audio": False},
+        }
+    for key, names in vectors.items():
+        features[key] = {"dtype": "float32", "shape": [len(names)], "names": list(names)}
+    return {**features, **DEFAULT_FEATURES}
+
+
+def vector_stats(x: np.ndarray) -> dict[str, np.ndarray]:
+    """min/max/mean/std/count over axis 0 of x (T, D) (float64 accumulation)."""
+    x64 = np.asarray(x, dtype=np.float64)
+    return {"min": x64.min(0), "max": x64.max(0), "mean": x64.mean(0), "std": x64.std(0),
+            "count": np.array([len(x64)])}
+
+
+def image_stats(frames: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-channel stats of uint8 frames (T, H, W, 3) in [0, 1], shaped (3, 1, 1) as LeRobot does."""
+    x = frames.reshape(-1, 3).astype(np.float64) / 255.0
+    s = vector_stats(x)
+    return {k: (v if k == "count" else v.reshape(3, 1, 1)) for k, v in s.items()}
+
+
+def aggregate_stats(parts: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict[str, dict[str, np.ndarray]]:
+    """Combine per-episode stats (count-weighted mean, pooled variance, elementwise min/max)."""
+    keys = [k for k in parts[0]] if parts else []
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for key in keys:
+        items = [{s: np.asarray(v, dtype=np.float64) for s, v in p[key].items()} for p in parts]
+        counts = np.array([float(np.ravel(it["count"])[0]) for it in items])
+        total = counts.sum()
+        w = counts / total
+        mean = sum(wi * it["mean"] for wi, it in zip(w, items))
+        second = sum(wi * (it["std"] ** 2 + it["mean"] ** 2) for wi, it in zip(w, items))
+        out[key] = {
+            "min": np.min(np.stack([it["min"] for it in items]), axis=0),
+            "max": np.max(np.stack([it["max"] for it in items]), axis=0),
+            "mean": mean,
+            "std": np.sqrt(np.maximum(second - mean**2, 0.0)),
+            "count": np.array([int(total)]),
+        }
+    return out
+
+
+def stats_to_json(stats: Mapping[str, Mapping[str, Any]]) -> dict:
+    return {k: {s: np.asarray(v).tolist() for s, v in d.items()} for k, d in stats.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Small file helpers (every failure names the file)
+# --------------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise DatasetFileNotFoundError(f"{path}: file not found")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"{path}: not valid JSON ({e})") from e
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise DatasetFileNotFoundError(f"{path}: file not found")
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DatasetError(f"{path}: line {n} is not valid JSON ({e})") from e
+    return rows
+
+
+def _read_parquet(path: Path) -> pa.Table:
+    if not path.is_file():
+        raise DatasetFileNotFoundError(f"{path}: file not found")
+    try:
+        return pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise DatasetError(f"{path}: corrupt or truncated parquet file ({e})") from e
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=4) + "\n")
+
+
+def _open_video(path: Path) -> av.container.InputContainer:
+    if not path.is_file():
+        raise DatasetFileNotFoundError(f"{path}: video file not found")
+    try:
+        container = av.open(str(path))
+    except av.error.FFmpegError as e:
+        raise DatasetError(f"{path}: corrupt or truncated video file ({e})") from e
+    if not container.streams.video:
+        container.close()
+        raise DatasetError(f"{path}: no video stream in file")
+    return container
+
+
+# --------------------------------------------------------------------------------------------
+# Writer (v3.0)
+# --------------------------------------------------------------------------------------------
+
+
+class _VideoFile:
+    """One open mp4 of one video key: frames appended episode after episode."""
+
+    def __init__(self, path: Path, fps: int, height: int, width: int, settings: VideoSettings):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path, self.frames = path, 0
+        self.container = av.open(str(path), mode="w")
+        self.stream = self.container.add_stream(settings.codec, rate=fps)
+        self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, settings.pix_fmt
+        self.stream.options = settings.stream_options()
+
+    def append(self, frames: np.ndarray) -> tuple[int, int]:
+        """Encode uint8 frames (T, H, W, 3); returns the episode's [from, to) frame numbers in file."""
+        start = self.frames
+        for i, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+            frame.pts = self.frames
+            if i == 0:
+                frame.pict_type = av.video.frame.PictureType.I
+            self.container.mux(self.stream.encode(frame))
+            self.frames += 1
+        return start, self.frames
+
+    def size_mb(self) -> float:
+        return self.path.stat().st_size / 2**20 if self.path.exists() else 0.0
+
+    def close(self) -> None:
+        self.container.mux(self.stream.encode())
+        self.container.close()
+
+
+class _FileCursor:
+    """(chunk, file) numbering of data/video files: file indices roll over into chunks."""
+
+    def __init__(self, chunks_size: int):
+        self.chunk, self.file, self.chunks_size = 0, 0, chunks_size
+
+    def advance(self) -> None:
+        self.file += 1
+        if self.file == self.chunks_size:
+            self.chunk, self.file = self.chunk + 1, 0
+
+
+class LeRobotWriter:
+    """Write a LeRobot v3.0 dataset episode by episode.
+
+    Files are written under ``<root>.partial`` and renamed to ``root`` by ``finish()``, so an
+    interrupted run never leaves something that looks like a complete dataset. ``root`` must not
+    exist yet.
+
+    >>> features = build_features(80, {"corner2": (64, 64)}, {"observation.state": ["x", "y", "z", "g"],
+    ...                                                       "action": ["dx", "dy", "dz", "g"]})
+    >>> with LeRobotWriter("data/mw", fps=80, features=features) as w:      # doctest: +SKIP
+    ...     w.add_episode("push the puck", {"observation.state": s, "action": a},
+    ...                   {"observation.images.corner2": frames})             # (T, 4), (T, 4), (T, 64, 64, 3)
+    """
+
+    def __init__(self, root: str | Path, fps: int, features: Mapping[str, dict], robot_type: str = "",
+                 video: VideoSettings = VideoSettings(), data_file_mb: float = 100.0,
+                 video_file_mb: float = 500.0, chunks_size: int = 1000):
+        self.root = Path(root)
+        if self.root.exists():
+            raise DatasetError(f"{self.root}: output directory already exists; refusing to overwrite it")
+        self.tmp = self.root.with_name(self.root.name + ".partial")
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)  # leftover of an interrupted run of ours
+        self.tmp.mkdir(parents=True)
+        self.fps, self.robot_type, self.video = int(fps), robot_type, video
+        self.features = {**dict(features), **DEFAULT_FEATURES}
+        self.video_keys = [k for k, f in self.features.items() if f["dtype"] == "video"]
+        self.vector_keys = [k for k, f in self.features.items() if f["dtype"] != "video" and k not in DEFAULT_FEATURES]
+        self.data_file_mb, self.video_file_mb, self.chunks_size = data_file_mb, video_file_mb, chunks_size
+        self.tasks: dict[str, int] = {}
+        self.episodes: list[dict] = []
+        self.episode_stats: list[dict] = []
+        self.total_frames = 0
+        self._data_cursor = _FileCursor(chunks_size)
+        self._data_writer: pq.ParquetWriter | None = None
+        self._data_bytes = 0
+        self._video_cursor = {k: _FileCursor(chunks_size) for k in self.video_keys}
+        self._videos: dict[str, _VideoFile] = {}
+
+    def __enter__(self) -> "LeRobotWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.finish()
+        else:
+            self.abort()
+
+    def abort(self) -> None:
+        """Close files and delete the partial output (after an error)."""
+        self._close_files()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def add_episode(self, task: str, columns: Mapping[str, np.ndarray], videos: Mapping[str, np.ndarray]) -> int:
+        """Append one episode; returns its episode index.
+
+        columns: every non-video feature, each (T, *shape); videos: every video key, uint8 (T, H, W, 3).
+        """
+        length = self._check_episode(columns, videos)
+        index = len(self.episodes)
+        task_index = self.tasks.setdefault(task, len(self.tasks))
+        row = {"episode_index": index, "tasks": [task], "length": length,
+               "dataset_from_index": self.total_frames, "dataset_to_index": self.total_frames + length}
+        row.update(self._write_data(index, task_index, length, columns))
+        for key in self.video_keys:
+            row.update(self._write_video(key, videos[key]))
+        row.update({"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
+        stats = self._episode_stats(columns, videos, index, task_index, length)
+        row.update({f"stats/{k}/{s}": np.asarray(v).tolist() for k, d in stats.items() for s, v in d.items()})
+        self.episodes.append(row)
+        self.episode_stats.append(stats)
+        self.total_frames += length
+        return index
+
+    def finish(self, extra_meta: Mapping[str, Any] | None = None) -> Path:
+        """Close files, write meta/ (plus ``extra_meta``: file name -> JSON data) and publish root."""
+        if not self.episodes:
+            self._close_files()
+            raise DatasetError(f"{self.root}: no episodes were added; nothing to write")
+        self._close_files()
+        meta = self.tmp / "meta"
+        episodes_path = self.tmp / EPISODES_PATH.format(chunk_index=0, file_index=0)
+        episodes_path.parent.mkdir(parents=True)
+        self._write_tasks(meta / "tasks.parquet")
+        pq.write_table(pa.Table.from_pylist(self.episodes), episodes_path)
+        _write_json(meta / "stats.json", stats_to_json(aggregate_stats(self.episode_stats)))
+        _write_json(meta / "info.json", self._info())
+        for name, data in (extra_meta or {}).items():
+            _write_json(meta / name, data)
+        os.replace(self.tmp, self.root)
+        return self.root
+
+    # -- checks and pieces ---------------------------------------------------------------------
+
+    def _check_episode(self, columns: Mapping[str, np.ndarray], videos: Mapping[str, np.ndarray]) -> int:
+        missing = [k for k in self.vector_keys if k not in columns] + [k for k in self.video_keys if k not in videos]
+        unknown = [k for k in list(columns) + list(videos) if k not in self.features or k in DEFAULT_FEATURES]
+        if missing or unknown:
+            raise DatasetError(f"{self.root}: episode {len(self.episodes)}: missing features {missing}, unknown {unknown}")
+        lengths = {k: len(v) for k, v in {**columns, **videos}.items()}
+        if len(set(lengths.values())) != 1 or 0 in lengths.values():
+            raise DatasetError(f"{self.root}: episode {len(self.episodes)}: features disagree on length or are empty: {lengths}")
+        for key, x in columns.items():
+            want = (len(x), *self.features[key]["shape"])
+            if np.shape(x) != want:
+                raise DatasetError(f"{self.root}: episode {len(self.episodes)}: {key} has shape {np.shape(x)}, expected {want}")
+            if key in NONFINITE_CHECKED and not np.all(np.isfinite(x)):
+                raise DatasetError(f"{self.root}: episode {len(self.episodes)}: {key} contains NaN or inf")
+        for key, x in videos.items():
+            want = (len(x), *self.features[key]["shape"])
+            if x.dtype != np.uint8 or x.shape != want:
+                raise DatasetError(f"{self.root}: episode {len(self.episodes)}: {key} is {x.dtype} {x.shape}, expected uint8 {want}")
+        return next(iter(lengths.values()))
+
+    def _write_data(self, index: int, task_index: int, length: int, columns: Mapping[str, np.ndarray]) -> dict:
+        frame_index = np.arange(length, dtype=np.int64)
+        arrays = {
+            "index": pa.array(np.arange(self.total_frames, self.total_frames + length, dtype=np.int64)),
+            "episode_index": pa.array(np.full(length, index, dtype=np.int64)),
+            "frame_index": pa.array(frame_index),
+            "timestamp": pa.array((frame_index / self.fps).astype(np.float32)),
+            "task_index": pa.array(np.full(length, task_index, dtype=np.int64)),
+        }
+        for key in self.vector_keys:
+            arrays[key] = _vector_array(np.asarray(columns[key]), self.features[key])
+        table = pa.table(arrays)
+        if self._data_writer is not None and self._data_bytes > self.data_file_mb * 2**20:
+            self._data_writer.close()
+            self._data_writer, self._data_bytes = None, 0
+            self._data_cursor.advance()
+        cursor = self._data_cursor
+        if self._data_writer is None:
+            path = self.tmp / DATA_PATH.format(chunk_index=cursor.chunk, file_index=cursor.file)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._data_writer = pq.ParquetWriter(path, table.schema)
+        self._data_writer.write_table(table)
+        self._data_bytes += table.nbytes
+        return {"data/chunk_index": cursor.chunk, "data/file_index": cursor.file}
+
+    def _write_video(self, key: str, frames: np.ndarray) -> dict:
+        cursor = self._video_cursor[key]
+        current = self._videos.get(key)
+        if current is not None and current.size_mb() > self.video_file_mb:
+            current.close()
+            cursor.advance()
+            current = None
+        if current is None:
+            path = self.tmp / VIDEO_PATH.format(video_key=key, chunk_index=cursor.chunk, file_index=cursor.file)
+            height, width, _ = self.features[key]["shape"]
+            current = self._videos[key] = _VideoFile(path, self.fps, height, width, self.video)
+        start, stop = current.append(frames)
+        return {f"videos/{key}/chunk_index": cursor.chunk, f"videos/{key}/file_index": cursor.file,
+                f"videos/{key}/from_timestamp": start / self.fps, f"videos/{key}/to_timestamp": stop / self.fps}
+
+    def _episode_stats(self, columns, videos, index: int, task_index: int, length: int) -> dict:
+        stats = {key: vector_stats(np.asarray(columns[key]).reshape(length, -1)) for key in self.vector_keys}
+        stats.update({key: image_stats(videos[key]) for key in self.video_keys})
+        frame_index = np.arange(length, dtype=np.float64)[:, None]
+        defaults = {"index": frame_index + self.total_frames, "episode_index": np.full((length, 1), index),
+                    "frame_index": frame_index, "timestamp": frame_index / self.fps,
+                    "task_index": np.full((length, 1), task_index)}
+        stats.update({k: vector_stats(v) for k, v in defaults.items()})
+        return stats
+
+    def _write_tasks(self, path: Path) -> None:
+        """tasks.parquet with ``task`` as the pandas index, as LeRobot's own writer stores it."""
+        table = pa.table({"task_index": pa.array(list(self.tasks.values()), pa.int64()),
+                          "task": pa.array(list(self.tasks), pa.string())})
+        pandas_meta = {"index_columns": ["task"], "column_indexes": [], "columns": [
+            {"name": "task_index", "field_name": "task_index", "pandas_type": "int64", "numpy_type": "int64", "metadata": None},
+            {"name": "task", "field_name": "task", "pandas_type": "unicode", "numpy_type": "object", "metadata": None}],
+            "creator": {"library": "pyarrow", "version": pa.__version__}, "pandas_version": "2.2.3"}
+        pq.write_table(table.replace_schema_metadata({"pandas": json.dumps(pandas_meta)}), path)
+
+    def _info(self) -> dict:
+        return {
+            "codebase_version": CODEBASE_VERSION, "robot_type": self.robot_type,
+            "total_episodes": len(self.episodes), "total_frames": self.total_frames, "total_tasks": len(self.tasks),
+            "chunks_size": self.chunks_size, "data_files_size_in_mb": self.data_file_mb,
+            "video_files_size_in_mb": self.video_file_mb, "fps": self.fps,
+            "splits": {"train": f"0:{len(self.episodes)}"}, "data_path": DATA_PATH,
+            "video_path": VIDEO_PATH if self.video_keys else None, "features": self.features,
+        }
+
+    def _close_files(self) -> None:
+        if self._data_writer is not None:
+            self._data_writer.close()
+            self._data_writer = None
+        for video in self._videos.values():
+            video.close()
+        self._videos.clear()
+
+
+def _vector_array(x: np.ndarray, feature: dict) -> pa.Array:
+    """(T, D) -> fixed_size_list<dtype>[D] (as HF datasets' Sequence(length=D)); shape (1,) -> scalar."""
+    dtype = np.dtype(feature["dtype"])
+    shape = list(feature["shape"])
+    if shape == [1]:
+        return pa.array(x.reshape(-1).astype(dtype))
+    flat = pa.array(x.reshape(len(x), -1).astype(dtype).reshape(-1))
+    return pa.FixedSizeListArray.from_arrays(flat, int(np.prod(shape)))
+
+
+# --------------------------------------------------------------------------------------------
+# Reader (v3.0 and v2.1)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class VideoSpan:
+    """Where one episode's frames of one video key live: frames [start, start + length) of path."""
+
+    path: Path
+    start: int  # frame number in the file = round(from_timestamp * fps)
+    length: int
+
+
+@dataclass(frozen=True)
+class Episode:
+    index: int
+    length: int
+    start: int  # global frame index (row) of its first frame
+    tasks: tuple[str, ...]
+    videos: dict[str, VideoSpan] = field(default_factory=dict)
+
+    @property
+    def stop(self) -> int:
+        return self.start + self.length
+
+
+class LeRobotDataset:
+    """A LeRobot dataset on disk (v3.0 or v2.1), tabular data loaded eagerly and validated.
+
+    Attributes: ``root``, ``version``, ``fps``, ``features`` (info.json), ``video_keys``,
+    ``tasks`` (instruction per task_index), ``episodes`` (list of ``Episode``), ``num_frames``.
+    Numeric columns: ``column(name)`` -> (N, *shape) in global row order (index features: (N,)).
+    Frames: ``episode_frames(e, key)`` -> uint8 (T, H, W, 3); ``frames(key)`` -> all N frames,
+    decoded once and cached as ``cache/frames-<key>-<fingerprint>.npy`` (memory-mapped).
+
+    ``require``: features that must exist (e.g. ``("observation.state", "action")``).
+    """
+
+    def __init__(self, root: str | Path, require: Iterable[str] = ()):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DatasetFileNotFoundError(f"{self.root}: dataset directory not found")
+        self.info = _read_json(self.root / "meta/info.json")
+        self.version = str(self.info.get("codebase_version", ""))
+        if self.version not in READABLE_VERSIONS:
+            raise DatasetError(f"{self.root / 'meta/info.json'}: codebase_version {self.version!r} not supported "
+                               f"(readable: {READABLE_VERSIONS})")
+        self.fps = self._info_fps()
+        self.features: dict[str, dict] = self.info.get("features") or {}
+        self._check_features(require)
+        self.video_keys = [k for k, f in self.features.items() if f["dtype"] == "video"]
+        if self.version == "v3.0":
+            self.tasks, self.episodes, data_files = self._load_meta_v3()
+        else:
+            self.tasks, self.episodes, data_files = self._load_meta_v2()
+        self.num_frames = sum(e.length for e in self.episodes)
+        self._columns = self._load_data(data_files)
+        self._check_rows()
+        self._task_index = self._columns["task_index"]
+
+    # -- public API ----------------------------------------------------------------------------
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self.episodes)
+
+    @property
+    def cameras(self) -> list[str]:
+        """Camera names of the video keys (``observation.images.corner2`` -> ``corner2``)."""
+        return [k[len(IMAGE_PREFIX):] if k.startswith(IMAGE_PREFIX) else k for k in self.video_keys]
+
+    def episode(self, index: int) -> Episode:
+        if not (isinstance(index, (int, np.integer)) and 0 <= index < len(self.episodes)):
+            raise EpisodeIndexError(f"{self.root}: episode index {index} out of range 0..{len(self.episodes) - 1}")
+        return self.episodes[int(index)]
+
+    def column(self, name: str) -> np.ndarray:
+        """All N values of a non-video feature in row order: (N, *shape), index features (N,)."""
+        if name not in self._columns:
+            raise DatasetError(f"{self.root}: no column {name!r}; available: {sorted(self._columns)}")
+        return self._columns[name]
+
+    def task(self, row: int) -> str:
+        """Instruction of global frame ``row``."""
+        return self.tasks[int(self._task_index[row])]
+
+    def episode_frames(self, index: int, key: str) -> np.ndarray:
+        """Decoded frames of one episode: uint8 (T, H, W, 3)."""
+        episode = self.episode(index)
+        key = self._video_key(key)
+        out = np.empty((episode.length, *self.features[key]["shape"]), dtype=np.uint8)
+        _decode_span(episode.videos[key], self.fps, out, f"episode {episode.index}")
+        return out
+
+    def frames(self, key: str, cache: bool = True, progress: bool = False) -> np.ndarray:
+        """All frames of a video key in row order: uint8 (N, H, W, 3), memory-mapped from the cache."""
+        key = self._video_key(key)
+        if not cache:
+            return np.concatenate([self.episode_frames(e.index, key) for e in self.episodes])
+        path = self.root / "cache" / f"frames-{key}-{self._fingerprint(key)}.npy"
+        if not path.is_file():
+            self._decode_to_cache(key, path, progress)
+        try:
+            frames = np.load(path, mmap_mode="r")
+        except (ValueError, OSError) as e:
+            raise DatasetError(f"{path}: unreadable frame cache ({e}); delete it to rebuild") from e
+        want = (self.num_frames, *self.features[key]["shape"])
+        if frames.shape != want or frames.dtype != np.uint8:
+            raise DatasetError(f"{path}: frame cache is {frames.dtype} {frames.shape}, expected uint8 {want}; delete it")
+        return frames
+
+    @property
+    def stats(self) -> dict[str, dict[str, np.ndarray]]:
+        """meta/stats.json as arrays (v2.1 without it: aggregated from meta/episodes_stats.jsonl)."""
+        path = self.root / "meta/stats.json"
+        if path.is_file() or self.version == "v3.0":
+            raw = _read_json(path)
+        else:
+            rows = _read_jsonl(self.root / "meta/episodes_stats.jsonl")
+            raw = aggregate_stats([r["stats"] for r in rows])
+        try:
+            return {k: {s: np.asarray(v, dtype=np.float64) for s, v in d.items()} for k, d in raw.items()}
+        except (TypeError, ValueError, AttributeError) as e:
+            raise DatasetError(f"{path}: malformed stats ({e})") from e
+
+    # -- metadata ------------------------------------------------------------------------------
+
+    def _info_fps(self) -> int:
+        fps = self.info.get("fps")
+        if not isinstance(fps, (int, float)) or fps <= 0:
+            raise DatasetError(f"{self.root / 'meta/info.json'}: fps must be a positive number, got {fps!r}")
+        return fps
+
+    def _check_features(self, require: Iterable[str]) -> None:
+        where = self.root / "meta/info.json"
+        missing = [k for k in (*INDEX_FEATURES, *require) if k not in self.features]
+        if missing:
+            raise DatasetError(f"{where}: missing feature(s) {missing}")
+        for key, feature in self.features.items():
+            if not isinstance(feature, dict) or "dtype" not in feature or "shape" not in feature:
+                raise DatasetError(f"{where}: feature {key!r} needs 'dtype' and 'shape', got {feature!r}")
+            if feature["dtype"] == "video":
+                shape = list(feature["shape"])
+                if len(shape) != 3 or shape[2] != 3:
+                    raise DatasetError(f"{where}: video feature {key!r} must have shape (H, W, 3), got {shape}")
+                video_fps = (feature.get("info") or {}).get("video.fps", self.fps)
+                if not math.isclose(video_fps, self.fps, rel_tol=1e-6):
+                    raise DatasetError(f"{where}: inconsistent fps: {key} has video.fps {video_fps}, dataset fps {self.fps}")
+            elif feature["dtype"] in ("image", "string"):
+                raise DatasetError(f"{where}: feature {key!r} has dtype {feature['dtype']!r}, which this reader does not support")
+
+    def _load_meta_v3(self) -> tuple[list[str], list[Episode], list[Path]]:
+        tasks = _read_tasks_parquet(self.root / "meta/tasks.parquet")
+        paths = sorted((self.root / "meta/episodes").glob("chunk-*/file-*.parquet"))
+        if not paths:
+            raise DatasetFileNotFoundError(f"{self.root / 'meta/episodes'}: no episode metadata files")
+        rows = [row for path in paths for row in _without_stats(_read_parquet(path)).to_pylist()]
+        where = self.root / "meta/episodes"
+        rows.sort(key=lambda r: r.get("episode_index", -1))
+        episodes, data_files = [], []
+        for n, row in enumerate(rows):
+            self._check_episode_row(row, n, where)
+            videos = {}
+            for key in self.video_keys:
+                path = self.root / self.info["video_path"].format(
+                    video_key=key, chunk_index=row[f"videos/{key}/chunk_index"], file_index=row[f"videos/{key}/file_index"])
+                videos[key] = VideoSpan(path, round(row[f"videos/{key}/from_timestamp"] * self.fps), row["length"])
+            episodes.append(Episode(n, row["length"], row["dataset_from_index"], tuple(row["tasks"]), videos))
+            data_path = self.root / self.info["data_path"].format(chunk_index=row["data/chunk_index"], file_index=row["data/file_index"])
+            if data_path not in data_files:
+                data_files.append(data_path)
+        self._check_episode_count(len(episodes))
+        return tasks, episodes, data_files
+
+    def _check_episode_row(self, row: dict, n: int, where: Path) -> None:
+        needed = ["episode_index", "length", "tasks", "dataset_from_index", "dataset_to_index", "data/chunk_index",
+                  "data/file_index"] + [f"videos/{k}/{s}" for k in self.video_keys
+                                        for s in ("chunk_index", "file_index", "from_timestamp", "to_timestamp")]
+        missing = [k for k in needed if row.get(k) is None]
+        if missing:
+            raise DatasetError(f"{where}: episode row {n} lacks {missing}")
+        if row["episode_index"] != n:
+            raise DatasetError(f"{where}: episode indices are not 0..E-1: expected {n}, found {row['episode_index']}")
+        if row["dataset_to_index"] - row["dataset_from_index"] != row["length"] or row["length"] <= 0:
+            raise DatasetError(f"{where}: episode {n}: length {row['length']} does not match rows "
+                               f"[{row['dataset_from_index']}, {row['dataset_to_index']})")
+        for key in self.video_keys:
+            span = row[f"videos/{key}/to_timestamp"] - row[f"videos/{key}/from_timestamp"]
+            if abs(span * self.fps - row["length"]) > 0.5:
+                raise DatasetError(f"{where}: inconsistent fps: episode {n} of {key} spans {span:.4f} s for "
+                                   f"{row['length']} frames at {self.fps} fps")
+
+    def _load_meta_v2(self) -> tuple[list[str], list[Episode], list[Path]]:
+        task_rows = _read_jsonl(self.root / "meta/tasks.jsonl")
+        tasks = [r["task"] for r in sorted(task_rows, key=lambda r: r["task_index"])]
+        if [r["task_index"] for r in sorted(task_rows, key=lambda r: r["task_index"])] != list(range(len(tasks))):
+            raise DatasetError(f"{self.root / 'meta/tasks.jsonl'}: task indices are not 0..K-1")
+        rows = sorted(_read_jsonl(self.root / "meta/episodes.jsonl"), key=lambda r: r.get("episode_index", -1))
+        chunks_size = int(self.info.get("chunks_size", 1000))
+        episodes, data_files, start = [], [], 0
+        for n, row in enumerate(rows):
+            if row.get("episode_index") != n or not isinstance(row.get("length"), int) or row["length"] <= 0:
+                raise DatasetError(f"{self.root / 'meta/episodes.jsonl'}: bad episode row {n}: {row}")
+            chunk = n // chunks_size
+            videos = {key: VideoSpan(self.root / self.info["video_path"].format(
+                episode_chunk=chunk, video_key=key, episode_index=n), 0, row["length"]) for key in self.video_keys}
+            episodes.append(Episode(n, row["length"], start, tuple(row.get("tasks", ())), videos))
+            data_files.append(self.root / self.info["data_path"].format(episode_chunk=chunk, episode_index=n))
+            start += row["length"]
+        self._check_episode_count(len(episodes))
+        return tasks, episodes, data_files
+
+    def _check_episode_count(self, count: int) -> None:
+        total = self.info.get("total_episodes")
+        if total is not None and total != count:
+            raise DatasetError(f"{self.root / 'meta/info.json'}: total_episodes is {total}, but metadata lists {count} episodes")
+        if count == 0:
+            raise DatasetError(f"{self.root}: dataset has no episodes")
+
+    # -- data ----------------------------------------------------------------------------------
+
+    def _load_data(self, paths: list[Path]) -> dict[str, np.ndarray]:
+        keys = [k for k, f in self.features.items() if f["dtype"] != "video"]
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+        for path in paths:
+            table = _read_parquet(path)
+            for key in keys:
+                parts[key].append(_column_values(table, key, self.features[key], path))
+        columns = {k: np.concatenate(v) for k, v in parts.items()}
+        for key in NONFINITE_CHECKED:
+            if key in columns and not np.all(np.isfinite(columns[key])):
+                row = int(np.argwhere(~np.isfinite(columns[key].reshape(len(columns[key]), -1)))[0, 0])
+                raise DatasetError(f"{self._file_of_row(row, paths)}: {key} contains NaN or inf "
+                                   f"(episode {int(columns['episode_index'][row])}, frame {int(columns['frame_index'][row])})")
+        return columns
+
+    def _file_of_row(self, row: int, paths: list[Path]) -> Path:
+        for path in paths:
+            rows = pq.read_metadata(path).num_rows
+            if row < rows:
+                return path
+            row -= rows
+        return paths[-1]
+
+    def _check_rows(self) -> None:
+        """Rows must be exactly the episodes' frames, in order: index 0..N-1, frame 0..T-1."""
+        where = self.root / "data"
+        n = len(self._columns["index"])
+        if n != self.num_frames:
+            raise DatasetError(f"{where}: {n} rows of data, but episode metadata lists {self.num_frames} frames")
+        lengths = np.array([e.length for e in self.episodes])
+        starts = np.array([e.start for e in self.episodes])
+        if not np.array_equal(starts, np.concatenate([[0], np.cumsum(lengths)[:-1]])):
+            raise DatasetError(f"{self.root / 'meta'}: episodes do not tile rows 0..{n - 1} in order")
+        expected = {"index": np.arange(n), "episode_index": np.repeat(np.arange(len(lengths)), lengths),
+                    "frame_index": np.arange(n) - np.repeat(starts, lengths)}
+        for key, want in expected.items():
+            bad = np.flatnonzero(self._columns[key] != want)
+            if bad.size:
+                raise DatasetError(f"{where}: column {key} at row {bad[0]} is {self._columns[key][bad[0]]}, expected "
+                                   f"{want[bad[0]]} (rows out of order, missing or episode index out of range)")
+        times = self._columns["timestamp"].astype(np.float64)
+        bad = np.flatnonzero(np.abs(times - expected["frame_index"] / self.fps) > 0.5 / self.fps)
+        if bad.size:
+            raise DatasetError(f"{where}: inconsistent fps: row {bad[0]} has timestamp {times[bad[0]]:.5f}, "
+                               f"frame_index {expected['frame_index'][bad[0]]} at {self.fps} fps")
+        task_index = self._columns["task_index"]
+        if task_index.min() < 0 or task_index.max() >= len(self.tasks):
+            raise DatasetError(f"{where}: task_index out of range 0..{len(self.tasks) - 1}")
+
+    # -- video ---------------------------------------------------------------------------------
+
+    def _video_key(self, key: str) -> str:
+        full = key if key in self.video_keys else camera_key(key)
+        if full not in self.video_keys:
+            raise DatasetError(f"{self.root}: no video feature {key!r}; available: {self.video_keys}")
+        return full
+
+    def _fingerprint(self, key: str) -> str:
+        h = hashlib.sha1(json.dumps(self.info, sort_keys=True).encode())
+        for e in self.episodes:
+            span = e.videos[key]
+            stat = span.path.stat() if span.path.exists() else None
+            h.update(f"{e.index}:{e.length}:{span.path.name}:{span.start}:{stat and stat.st_size}:{stat and stat.st_mtime_ns}".encode())
+        return h.hexdigest()[:16]
+
+    def _decode_to_cache(self, key: str, path: Path, progress: bool) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(self.num_frames, *self.features[key]["shape"]))
+        try:
+            episodes = self.episodes
+            if progress:
+                from tqdm import tqdm
+                episodes = tqdm(episodes, desc=f"decode {key}", unit="ep")
+            for e in episodes:
+                _decode_span(e.videos[key], self.fps, out[e.start:e.stop], f"episode {e.index}")
+            out.flush()
+            del out
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+
+def _without_stats(table: pa.Table) -> pa.Table:
+    return table.select([c for c in table.column_names if not c.startswith("stats/")])
+
+
+def _read_tasks_parquet(path: Path) -> list[str]:
+    """tasks.parquet -> instruction per task_index (task stored as a column or as the pandas index)."""
+    table = _read_parquet(path)
+    names = table.column_names
+    text_col = next((c for c in ("task", "__index_level_0__") if c in names), None)
+    if text_col is None or "task_index" not in names:
+        raise DatasetError(f"{path}: expected columns 'task' (or a pandas index) and 'task_index', found {names}")
+    pairs = sorted(zip(table.column("task_index").to_pylist(), table.column(text_col).to_pylist()))
+    if [i for i, _ in pairs] != list(range(len(pairs))):
+        raise DatasetError(f"{path}: task indices are not 0..K-1: {[i for i, _ in pairs]}")
+    return [t for _, t in pairs]
+
+
+def _column_values(table: pa.Table, key: str, feature: dict, path: Path) -> np.ndarray:
+    """One feature's column as numpy (N, *shape) (index features (N,)), checked against info.json."""
+    if key not in table.column_names:
+        raise DatasetError(f"{path}: missing feature column {key!r} (listed in meta/info.json)")
+    column = table.column(key).combine_chunks()
+    shape = tuple(feature["shape"])
+    want = np.dtype(feature["dtype"])
+    scalar = pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_boolean(column.type)
+    if scalar:
+        if shape != (1,):
+            raise DatasetError(f"{path}: {key} stores scalars, but info.json declares shape {list(shape)}")
+        values = column.to_numpy(zero_copy_only=False)
+    else:
+        values = _list_values(column, key, shape, path)
+    if values.dtype != want:
+        raise DatasetError(f"{path}: {key} has dtype {values.dtype}, info.json declares {want}")
+    if key in INDEX_FEATURES:
+        return values.reshape(len(table))
+    return values.reshape(len(table), *shape)
+
+
+def _list_values(column: pa.Array, key: str, shape: tuple[int, ...], path: Path) -> np.ndarray:
+    """A (possibly nested) list column of fixed shape -> flat numpy values; shape mismatch raises."""
+    if column.null_count:
+        raise DatasetError(f"{path}: {key} has {column.null_count} null value(s)")
+    values, dims = column, []
+    while pa.types.is_list(values.type) or pa.types.is_large_list(values.type) or pa.types.is_fixed_size_list(values.type):
+        lengths = values.value_lengths().to_numpy(zero_copy_only=False) if not pa.types.is_fixed_size_list(values.type) \
+            else np.full(len(values), values.type.list_size)
+        if len(lengths) and (lengths.min() != lengths.max()):
+            raise DatasetError(f"{path}: {key} rows have different lengths ({lengths.min()}..{lengths.max()}), "
+                               f"info.json declares shape {list(shape)}")
+        dims.append(int(lengths[0]) if len(lengths) else 0)
+        values = values.flatten()
+    if tuple(dims) != shape and not (len(column) == 0):
+        raise DatasetError(f"{path}: {key} has per-row shape {dims}, info.json declares {list(shape)}")
+    if not (pa.types.is_integer(values.type) or pa.types.is_floating(values.type) or pa.types.is_boolean(values.type)):
+        raise DatasetError(f"{path}: {key} has non-numeric values of type {values.type}")
+    return values.to_numpy(zero_copy_only=False)
+
+
+def _decode_span(span: VideoSpan, fps: float, out: np.ndarray, what: str) -> None:
+    """Decode frames [span.start, span.start + span.length) of span.path into out (T, H, W, 3)."""
+    container = _open_video(span.path)
+    try:
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate
+        if rate is None or not math.isclose(float(rate), fps, rel_tol=1e-3):
+            raise DatasetError(f"{span.path}: inconsistent fps: video stream rate {rate}, dataset fps {fps}")
+        if (stream.height, stream.width) != out.shape[1:3]:
+            raise DatasetError(f"{span.path}: frames are {stream.height}x{stream.width}, info.json declares "
+                               f"{out.shape[1]}x{out.shape[2]}")
+        got = _decode_into(container, stream, span, fps, out)
+    except av.error.FFmpegError as e:
+        raise DatasetError(f"{span.path}: corrupt or truncated video while decoding {what} ({e})") from e
+    finally:
+        container.close()
+    if got != span.length:
+        raise DatasetError(f"{span.path}: truncated video: decoded {got} of {span.length} frames of {what} "
+                           f"(frames {span.start}..{span.start + span.length - 1})")
+
+
+def _decode_into(container, stream, span: VideoSpan, fps: float, out: np.ndarray) -> int:
+    """Seek to the span, decode it into out; returns the number of frames filled (in order)."""
+    stream.thread_type = "AUTO"
+    if span.start > 0:
+        container.seek(int(span.start / fps / stream.time_base), stream=stream, backward=True, any_frame=False)
+    filled = 0
+    for frame in container.decode(stream):
+        if frame.time is None:
+            raise DatasetError(f"{span.path}: frame without timestamp")
+        n = round(frame.time * fps) - span.start
+        if n < filled:
+            continue  # before the span (decoded from the preceding keyframe)
+        if n != filled:
+            raise DatasetError(f"{span.path}: missing frames: expected frame {span.start + filled}, "
+                               f"got frame {span.start + n}")
+        out[filled] = frame.to_ndarray(format="rgb24")
+        filled += 1
+        if filled == span.length:
+            break
+    return filled
