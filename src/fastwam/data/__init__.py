@@ -1,4 +1,4 @@
-"""Datasets: the LeRobot format (``lerobot``).
+"""Datasets: the LeRobot format (``lerobot``), training windows (``windows``), normalization.
 
 Names are imported lazily so that ``fastwam.data.lerobot`` (used by collection workers) loads
 without torch.
@@ -9,7 +9,8 @@ import importlib
 _EXPORTS = {
     "DatasetError": "lerobot", "DatasetFileNotFoundError": "lerobot", "EpisodeIndexError": "lerobot",
     "LeRobotDataset": "lerobot", "LeRobotWriter": "lerobot", "VideoSettings": "lerobot",
-    "build_features": "lerobot",
+    "build_features": "lerobot", "Normalizer": "normalize", "compute_stats": "normalize",
+    "ChunkDataset": "windows",
 }
 __all__ = sorted(_EXPORTS)
 
