@@ -1,0 +1,296 @@
+"""``fastwam collect metaworld``: scripted-expert demonstrations as a LeRobot v3.0 dataset.
+
+For each task, the expert is first run on variations 0, 1, 2, ... without rendering (about
+0.1 s each) until ``--episodes`` of them succeed within ``--max-steps``; failures are noted and
+skipped. The successful variations are then replayed with rendering (MetaWorld is
+deterministic: the replay takes the same steps) and recorded until ``--steps-after-success``
+steps after the first success. Every recorded episode therefore succeeds, each on its own
+variation. Both phases run on ``--workers`` processes, one env each; episodes are written in
+task, then variation order, whatever the workers' timing.
+
+Recorded per step t: the image(s) before action t, proprio (end-effector xyz + gripper
+opening), the expert action (clipped to [-1, 1]). Which variations were used (and which failed)
+is stored in ``meta/fastwam.json``; ``used_variations(dataset_dir)`` reads it back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from multiprocessing.pool import Pool
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from fastwam.data.lerobot import LeRobotWriter, build_features, camera_key
+from fastwam.envs import metaworld as mw
+
+FPS = 80  # MetaWorld control rate: 5 physics steps of 2.5 ms per action
+STATE_NAMES = ["ee_x", "ee_y", "ee_z", "gripper_opening"]
+ACTION_NAMES = ["dx", "dy", "dz", "gripper"]
+META_FILE = "fastwam.json"
+
+
+@dataclass(frozen=True)
+class CollectSpec:
+    """What to record (everything but the output place and the worker count)."""
+
+    tasks: tuple[str, ...]
+    episodes: int = 10
+    image_size: int = 64
+    cameras: tuple[str, ...] = ("corner2",)
+    seed: int = 0
+    max_steps: int = 300  # the expert must succeed within this many steps
+    steps_after_success: int = 10
+    shadows: bool = False
+
+    def __post_init__(self):
+        if self.episodes < 1 or self.image_size < 8 or self.max_steps < 1 or self.steps_after_success < 0:
+            raise ValueError(f"need episodes >= 1, image_size >= 8, max_steps >= 1, steps_after_success >= 0: {self}")
+        for task in self.tasks:
+            mw.canonical_task(task)
+
+
+@dataclass(frozen=True)
+class TaskPlan:
+    """Outcome of the unrendered expert runs of one task."""
+
+    task: str
+    variations: tuple[int, ...]  # the first `episodes` successful ones, in order
+    failed: tuple[int, ...]  # tried before those and failed
+    success_steps: tuple[int, ...]  # steps to the first success, per chosen variation
+
+
+@dataclass
+class Demo:
+    """One recorded episode: T steps."""
+
+    task: str
+    variation: int
+    success_step: int  # steps taken when success was first reported
+    frames: dict[str, np.ndarray]  # camera key -> uint8 (T, S, S, 3)
+    state: np.ndarray  # float32 (T, 4)
+    action: np.ndarray  # float32 (T, 4) in [-1, 1]
+
+
+# --------------------------------------------------------------------------------------------
+# Worker side (one env per process, reused across jobs of the same task)
+# --------------------------------------------------------------------------------------------
+
+_ENV: dict[tuple, mw.MetaWorldEnv] = {}
+
+
+def _env_for(spec: CollectSpec, task: str) -> mw.MetaWorldEnv:
+    key = (task, spec.seed, spec.image_size, spec.cameras, spec.shadows)
+    if key not in _ENV:
+        _close_envs()
+        _ENV[key] = mw.MetaWorldEnv(task, 0, spec.image_size, spec.cameras, spec.seed,
+                                    max_steps=spec.max_steps + spec.steps_after_success, shadows=spec.shadows)
+    return _ENV[key]
+
+
+def _close_envs() -> None:
+    for env in _ENV.values():
+        env.close()
+    _ENV.clear()
+
+
+def _first_success(env: mw.MetaWorldEnv, max_steps: int) -> int | None:
+    """Run the expert without rendering; steps to the first success, or None."""
+    env.reset()
+    for step in range(1, max_steps + 1):
+        _, success, _ = env.step(env.expert_action())
+        if success:
+            return step
+    return None
+
+
+def plan_task(spec: CollectSpec, task: str) -> TaskPlan:
+    """Find the first ``spec.episodes`` variations (in order) where the expert succeeds."""
+    env = _env_for(spec, task)
+    chosen, failed, steps = [], [], []
+    for variation in range(mw.num_variations(task)):
+        env.set_variation(variation)
+        step = _first_success(env, spec.max_steps)
+        if step is None:
+            failed.append(variation)
+            continue
+        chosen.append(variation)
+        steps.append(step)
+        if len(chosen) == spec.episodes:
+            return TaskPlan(task, tuple(chosen), tuple(failed), tuple(steps))
+    raise RuntimeError(f"{task}: the scripted expert succeeded on only {len(chosen)} of {mw.num_variations(task)} "
+                       f"variations within {spec.max_steps} steps; {spec.episodes} needed")
+
+
+def record_demo(spec: CollectSpec, task: str, variation: int, expected_success_step: int | None = None) -> Demo:
+    """Replay the expert on one variation with rendering, until steps_after_success after success."""
+    env = _env_for(spec, task)
+    env.set_variation(variation)
+    env.reset()
+    frames, states, actions = [], [], []
+    success_step = None
+    while success_step is None or env.steps < success_step + spec.steps_after_success:
+        if success_step is None and env.steps >= spec.max_steps:
+            raise RuntimeError(f"{task} variation {variation}: no success within {spec.max_steps} steps on replay")
+        frames.append(env.render_views())
+        states.append(env.proprio())
+        actions.append(env.expert_action())
+        _, success, _ = env.step(actions[-1])
+        if success and success_step is None:
+            success_step = env.steps
+    if expected_success_step is not None and success_step != expected_success_step:
+        raise RuntimeError(f"{task} variation {variation}: replay succeeded at step {success_step}, the planning run "
+                           f"at {expected_success_step}: the simulation is not deterministic")
+    views = {camera_key(c): np.stack([f[i] for f in frames]) for i, c in enumerate(spec.cameras)}
+    return Demo(task, variation, success_step, views, np.stack(states), np.stack(actions))
+
+
+def _plan_job(args: tuple[CollectSpec, str]) -> TaskPlan:
+    return plan_task(*args)
+
+
+def _record_job(args: tuple[CollectSpec, str, int, int]) -> Demo:
+    return record_demo(*args)
+
+
+# --------------------------------------------------------------------------------------------
+# Main side
+# --------------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _pool(workers: int) -> Iterator[Pool | None]:
+    """``workers`` spawned processes (fresh, fork-free: each opens its own GL context), or None."""
+    if workers <= 1:
+        yield None
+        return
+    with mp.get_context("spawn").Pool(workers) as pool:
+        yield pool
+
+
+def _run_jobs(pool: Pool | None, function, jobs: list) -> Iterator:
+    """Results of function over jobs, in job order (on the pool's workers when there is one)."""
+    if pool is None:
+        return map(function, jobs)
+    return pool.imap(function, jobs, chunksize=1)
+
+
+def _progress(items: Iterable, total: int, desc: str, enabled: bool) -> Iterable:
+    if not enabled:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, total=total, desc=desc, unit="ep" if desc.startswith("record") else "task")
+
+
+def collect(spec: CollectSpec, out: str | Path, workers: int = 1, progress: bool = True) -> dict:
+    """Record demonstrations of spec into a new LeRobot dataset at out; returns a summary dict."""
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out}: output directory already exists; choose another --out or remove it")
+    start = time.perf_counter()
+    features = build_features(FPS, {camera_key(c): (spec.image_size, spec.image_size) for c in spec.cameras},
+                              {"observation.state": STATE_NAMES, "action": ACTION_NAMES})
+    writer = LeRobotWriter(out, fps=FPS, features=features, robot_type="sawyer")
+    episodes = []
+    try:
+        with _pool(min(workers, len(spec.tasks) * spec.episodes)) as pool:
+            plans = list(_progress(_run_jobs(pool, _plan_job, [(spec, t) for t in spec.tasks]),
+                                   len(spec.tasks), "plan (no render)", progress))
+            jobs = [(spec, p.task, v, s) for p in plans for v, s in zip(p.variations, p.success_steps)]
+            for demo in _progress(_run_jobs(pool, _record_job, jobs), len(jobs), "record", progress):
+                index = writer.add_episode(mw.instruction(demo.task),
+                                           {"observation.state": demo.state, "action": demo.action}, demo.frames)
+                episodes.append({"episode_index": index, "task": demo.task, "variation": demo.variation,
+                                 "success_step": demo.success_step, "length": len(demo.action)})
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        _close_envs()  # in-process envs (workers <= 1); pool workers are gone already
+    summary = _summary(spec, plans, episodes, time.perf_counter() - start, workers)
+    writer.finish({META_FILE: summary})
+    return summary
+
+
+def _summary(spec: CollectSpec, plans: list[TaskPlan], episodes: list[dict], seconds: float, workers: int) -> dict:
+    import metaworld
+
+    return {
+        "suite": "metaworld", "metaworld_version": getattr(metaworld, "__version__", "3.1.1"),
+        "spec": {**asdict(spec), "tasks": list(spec.tasks), "cameras": list(spec.cameras)},
+        "benchmark_seed": spec.seed,
+        "variations": {p.task: list(p.variations) for p in plans},
+        "failed_variations": {p.task: list(p.failed) for p in plans},
+        "instructions": {p.task: mw.instruction(p.task) for p in plans},
+        "episodes": episodes,
+        "total_frames": int(sum(e["length"] for e in episodes)),
+        "collect_seconds": round(seconds, 2), "workers": workers,
+    }
+
+
+def collection_info(dataset_dir: str | Path) -> dict:
+    """meta/fastwam.json of a collected dataset."""
+    path = Path(dataset_dir) / "meta" / META_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found (dataset not made by `fastwam collect`?)")
+    return json.loads(path.read_text())
+
+
+def used_variations(dataset_dir: str | Path) -> dict[str, list[int]]:
+    """Task -> variations its demonstrations used (under ``collection_info(d)["benchmark_seed"]``)."""
+    return {task: list(v) for task, v in collection_info(dataset_dir)["variations"].items()}
+
+
+def unused_variations(dataset_dir: str | Path, task: str) -> list[int]:
+    """Variations of task that the dataset did not train on, in order (for evaluation)."""
+    task = mw.canonical_task(task)
+    used = set(used_variations(dataset_dir).get(task, []))
+    return [v for v in range(mw.num_variations(task)) if v not in used]
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("suite", choices=["metaworld"], help="simulator suite")
+    parser.add_argument("--tasks", default="mt10",
+                        help="comma list of tasks and/or sets: mt10, easy, medium, hard, very-hard (default mt10)")
+    parser.add_argument("--episodes", type=int, default=10, help="successful demonstrations per task")
+    parser.add_argument("--out", required=True, help="output dataset directory (must not exist)")
+    parser.add_argument("--image-size", type=int, default=64, help="square image size per camera")
+    parser.add_argument("--cameras", default="corner2", help="comma list of MetaWorld cameras")
+    parser.add_argument("--seed", type=int, default=0, help="benchmark seed: fixes the variations' layouts")
+    parser.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 8), help="worker processes")
+    parser.add_argument("--max-steps", type=int, default=300, help="steps allowed to reach success")
+    parser.add_argument("--steps-after-success", type=int, default=10, help="steps recorded after the first success")
+    parser.add_argument("--shadows", action="store_true", help="render shadows and reflections (about 3x slower)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    spec = CollectSpec(tasks=tuple(mw.expand_tasks(args.tasks)), episodes=args.episodes, image_size=args.image_size,
+                       cameras=tuple(c.strip() for c in args.cameras.split(",") if c.strip()), seed=args.seed,
+                       max_steps=args.max_steps, steps_after_success=args.steps_after_success, shadows=args.shadows)
+    summary = collect(spec, args.out, workers=args.workers, progress=not args.quiet)
+    _print_table(summary, args.out)
+    return 0
+
+
+def _print_table(summary: dict, out: str) -> None:
+    print(f"\n{'task':<28} {'episodes':>8} {'frames':>7} {'failed variations':>18}")
+    for task, variations in summary["variations"].items():
+        frames = sum(e["length"] for e in summary["episodes"] if e["task"] == task)
+        print(f"{task:<28} {len(variations):>8} {frames:>7} {len(summary['failed_variations'][task]):>18}")
+    print(f"{len(summary['episodes'])} episodes, {summary['total_frames']} frames in {summary['collect_seconds']:.1f} s "
+          f"({summary['workers']} workers) -> {out}", file=sys.stdout)

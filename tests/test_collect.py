@@ -1,0 +1,87 @@
+"""MetaWorld collection: a 1-task, 1-episode smoke run through the CLI, the env wrapper, task lists."""
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # before mujoco is imported
+
+import json
+
+import numpy as np
+import pytest
+
+from fastwam.cli import main as cli_main
+from fastwam.data.lerobot import LeRobotDataset
+from fastwam.envs import metaworld as mw
+from fastwam.envs.collect import collection_info, unused_variations, used_variations
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory):
+    out = tmp_path_factory.mktemp("collect") / "reach"
+    code = cli_main(["collect", "metaworld", "--tasks", "reach", "--episodes", "1", "--out", str(out),
+                     "--image-size", "16", "--workers", "1", "--max-steps", "150", "--steps-after-success", "3",
+                     "--quiet"])
+    assert code == 0
+    return out
+
+
+def test_smoke_dataset_contents(collected):
+    ds = LeRobotDataset(collected, require=("observation.state", "action"))
+    assert ds.num_episodes == 1 and ds.tasks == ["reach the goal position"] and ds.fps == 80
+    assert ds.video_keys == ["observation.images.corner2"]
+    state, action = ds.column("observation.state"), ds.column("action")
+    assert state.shape == (ds.num_frames, 4) and state.dtype == np.float32  # proprio: xyz + gripper only
+    assert action.shape == (ds.num_frames, 4) and np.all(np.abs(action) <= 1)
+    assert np.all((state[:, 3] >= 0) & (state[:, 3] <= 1))  # gripper opening
+    assert np.abs(np.diff(state[:, :3], axis=0)).max() > 0  # the arm moved
+    frames = ds.episode_frames(0, "corner2")
+    assert frames.shape == (ds.num_frames, 16, 16, 3) and frames.std() > 10  # a real image
+    assert np.abs(frames[-1].astype(int) - frames[0]).mean() > 1  # the scene changed
+
+
+def test_smoke_metadata_records_variations(collected):
+    info = collection_info(collected)
+    assert used_variations(collected) == {"reach-v3": [0]}
+    assert unused_variations(collected, "reach") == list(range(1, 50))
+    (episode,) = info["episodes"]
+    assert episode["length"] == episode["success_step"] + 3  # stopped 3 steps after success
+    assert info["benchmark_seed"] == 0 and info["spec"]["image_size"] == 16
+    assert json.loads((collected / "meta/info.json").read_text())["total_frames"] == episode["length"]
+
+
+def test_collect_refuses_existing_output(collected):
+    with pytest.raises(FileExistsError, match="already exists"):
+        cli_main(["collect", "metaworld", "--tasks", "reach", "--episodes", "1", "--out", str(collected), "--quiet"])
+
+
+def test_env_wrapper_render_step_and_expert():
+    with mw.MetaWorldEnv("drawer-open", variation=3, image_size=24, cameras=("corner2", "topview"), max_steps=5) as env:
+        obs = env.reset()
+        assert obs["state"].shape == (4,) and obs["state"].dtype == np.float32
+        image = env.render()
+        assert image.shape == (24, 48, 3) and image.dtype == np.uint8
+        assert env.instruction == "open the drawer" == mw.instruction("drawer-open-v3")
+        for step in range(5):
+            action = env.expert_action()
+            assert action.shape == (4,) and np.all(np.abs(action) <= 1)
+            obs, success, done = env.step(action)
+            assert isinstance(success, bool) and done == (step == 4)
+        with pytest.raises(RuntimeError, match="episode is over"):
+            env.step(np.zeros(4))
+    with pytest.raises(ValueError, match="unknown camera"):
+        mw.MetaWorldEnv("reach", cameras=("nope",))
+
+
+def test_task_lists_follow_the_dp3_split():
+    import metaworld
+
+    sets = {name: mw.expand_tasks(name) for name in ("easy", "medium", "hard", "very-hard")}
+    assert [len(v) for v in sets.values()] == [28, 11, 6, 5]
+    every = [t for v in sets.values() for t in v]
+    assert sorted(every) == sorted(metaworld.ALL_V3_ENVIRONMENTS) == mw.ALL_TASKS  # a partition of all 50
+    assert mw.expand_tasks("mt10") == list(metaworld.env_dict.MT10_V3)
+    assert mw.expand_tasks("push, reach-v3,push-v3") == ["push-v3", "reach-v3"]
+    assert mw.expand_tasks("very_hard") == sets["very-hard"]
+    with pytest.raises(ValueError, match="unknown MetaWorld task"):
+        mw.expand_tasks("fly-v3")
+    assert len(set(mw.INSTRUCTIONS.values())) == 50 and mw.num_variations("push") == 50
