@@ -755,22 +755,31 @@ class LeRobotDataset:
         return h.hexdigest()[:16]
 
     def _decode_to_cache(self, key: str, path: Path, progress: bool) -> None:
+        """Decode every file of a video key once, in order, into a new .npy (published atomically)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(self.num_frames, *self.features[key]["shape"]))
+        by_file: dict[Path, list] = {}
+        for e in self.episodes:
+            by_file.setdefault(e.videos[key].path, []).append((e.videos[key], out[e.start:e.stop], f"episode {e.index}"))
+        bar = _frame_bar(self.num_frames, f"decode {key}") if progress else None
         try:
-            episodes = self.episodes
-            if progress:
-                from tqdm import tqdm
-                episodes = tqdm(episodes, desc=f"decode {key}", unit="ep")
-            for e in episodes:
-                _decode_span(e.videos[key], self.fps, out[e.start:e.stop], f"episode {e.index}")
+            for file, parts in by_file.items():
+                _decode_spans(file, self.fps, parts, advance=bar.update if bar else None)
             out.flush()
             del out
             os.replace(tmp, path)
         finally:
+            if bar is not None:
+                bar.close()
             if tmp.exists():
                 tmp.unlink()
+
+
+def _frame_bar(total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="frame")
 
 
 def _without_stats(table: pa.Table) -> pa.Table:
@@ -833,42 +842,66 @@ def _list_values(column: pa.Array, key: str, shape: tuple[int, ...], path: Path)
 
 def _decode_span(span: VideoSpan, fps: float, out: np.ndarray, what: str) -> None:
     """Decode frames [span.start, span.start + span.length) of span.path into out (T, H, W, 3)."""
-    container = _open_video(span.path)
+    _decode_spans(span.path, fps, [(span, out, what)])
+
+
+def _decode_spans(path: Path, fps: float, parts: list[tuple[VideoSpan, np.ndarray, str]], advance=None) -> None:
+    """Decode several spans of one video file in one sequential pass, each into its out (T, H, W, 3).
+
+    Seeks to the first span's keyframe, then decodes forward; frames outside the spans are
+    skipped. A gap or an early end of the stream raises, naming the file and the frames.
+    ``advance(1)`` is called per decoded frame (a progress bar).
+    """
+    parts = sorted(parts, key=lambda p: p[0].start)
+    container = _open_video(path)
     try:
-        stream = container.streams.video[0]
-        rate = stream.average_rate or stream.guessed_rate
-        if rate is None or not math.isclose(float(rate), fps, rel_tol=1e-3):
-            raise DatasetError(f"{span.path}: inconsistent fps: video stream rate {rate}, dataset fps {fps}")
-        if (stream.height, stream.width) != out.shape[1:3]:
-            raise DatasetError(f"{span.path}: frames are {stream.height}x{stream.width}, info.json declares "
-                               f"{out.shape[1]}x{out.shape[2]}")
-        got = _decode_into(container, stream, span, fps, out)
+        stream = _checked_stream(container, path, fps, parts[0][1].shape[1:3])
+        if parts[0][0].start > 0:
+            container.seek(int(parts[0][0].start / fps / stream.time_base), stream=stream, backward=True, any_frame=False)
+        filled = [0] * len(parts)
+        k = 0
+        for frame in container.decode(stream):
+            if frame.time is None:
+                raise DatasetError(f"{path}: frame without timestamp")
+            n = round(frame.time * fps)
+            while k < len(parts) and n >= parts[k][0].start + parts[k][0].length:
+                _check_filled(path, parts[k], filled[k], n)
+                k += 1
+            if k == len(parts):
+                break
+            span, out, what = parts[k]
+            i = n - span.start
+            if i < filled[k]:
+                continue  # before the span (decoded from the preceding keyframe), or between spans
+            _check_filled(path, parts[k], filled[k], n, at=i)
+            out[i] = frame.to_ndarray(format="gbrp")  # RGB (H, W, 3), same values as rgb24, ~2x faster
+            filled[k] += 1
+            if advance is not None:
+                advance(1)
+            if k == len(parts) - 1 and filled[k] == span.length:
+                break
     except av.error.FFmpegError as e:
-        raise DatasetError(f"{span.path}: corrupt or truncated video while decoding {what} ({e})") from e
+        raise DatasetError(f"{path}: corrupt or truncated video while decoding {parts[k][2]} ({e})") from e
     finally:
         container.close()
-    if got != span.length:
-        raise DatasetError(f"{span.path}: truncated video: decoded {got} of {span.length} frames of {what} "
-                           f"(frames {span.start}..{span.start + span.length - 1})")
+    for part, got in zip(parts, filled):
+        if got != part[0].length:
+            raise DatasetError(f"{path}: truncated video: decoded {got} of {part[0].length} frames of {part[2]} "
+                               f"(frames {part[0].start}..{part[0].start + part[0].length - 1})")
 
 
-def _decode_into(container, stream, span: VideoSpan, fps: float, out: np.ndarray) -> int:
-    """Seek to the span, decode it into out; returns the number of frames filled (in order)."""
-    stream.thread_type = "AUTO"
-    if span.start > 0:
-        container.seek(int(span.start / fps / stream.time_base), stream=stream, backward=True, any_frame=False)
-    filled = 0
-    for frame in container.decode(stream):
-        if frame.time is None:
-            raise DatasetError(f"{span.path}: frame without timestamp")
-        n = round(frame.time * fps) - span.start
-        if n < filled:
-            continue  # before the span (decoded from the preceding keyframe)
-        if n != filled:
-            raise DatasetError(f"{span.path}: missing frames: expected frame {span.start + filled}, "
-                               f"got frame {span.start + n}")
-        out[filled] = frame.to_ndarray(format="rgb24")
-        filled += 1
-        if filled == span.length:
-            break
-    return filled
+def _checked_stream(container, path: Path, fps: float, size: tuple[int, int]):
+    stream = container.streams.video[0]
+    rate = stream.average_rate or stream.guessed_rate
+    if rate is None or not math.isclose(float(rate), fps, rel_tol=1e-3):
+        raise DatasetError(f"{path}: inconsistent fps: video stream rate {rate}, dataset fps {fps}")
+    if (stream.height, stream.width) != tuple(size):
+        raise DatasetError(f"{path}: frames are {stream.height}x{stream.width}, info.json declares {size[0]}x{size[1]}")
+    return stream
+
+
+def _check_filled(path: Path, part: tuple[VideoSpan, np.ndarray, str], filled: int, frame: int, at: int | None = None) -> None:
+    """Frames of a span must arrive in order without gaps: the next one is number `filled`."""
+    span, _, what = part
+    if (at if at is not None else span.length) != filled:
+        raise DatasetError(f"{path}: missing frames in {what}: expected frame {span.start + filled}, got frame {frame}")
