@@ -50,3 +50,13 @@ def test_training_sigmas_follow_the_shift():
     assert sig.min() >= 0 and sig.max() <= 1
     # median of shift(u) is shift(0.5) = 5/6
     assert abs(sig.median().item() - 5 / 6) < 0.01
+
+
+def test_data_prediction_converts_to_the_velocity():
+    x0, noise = torch.randn(4, 3, 5), torch.randn(4, 3, 5)
+    sigma = torch.tensor([0.05, 0.3, 0.7, 1.0])
+    xs = flow.add_noise(x0, noise, sigma)
+    assert torch.allclose(flow.data_to_velocity(xs, x0, sigma), flow.velocity_target(x0, noise), atol=1e-5)
+    # below min_sigma the division is clamped instead of exploding
+    tiny = flow.data_to_velocity(x0 + 1.0, x0, torch.full((4,), 1e-6), min_sigma=0.05)
+    assert torch.allclose(tiny, torch.full_like(tiny, 20.0))

@@ -313,7 +313,7 @@ def test_inference_rejects_bad_shapes_with_named_tensor():
     b = cfg.fake_batch(2)
     with pytest.raises(ValueError, match=r"state: expected shape \(2, 4\), got \(2, 5\)"):
         model.predict_actions(b.context, torch.zeros(2, 5), b.text)
-    with pytest.raises(ValueError, match=r"text: expected shape \(2, 1, 8\), got \(3, 1, 8\)"):
+    with pytest.raises(ValueError, match=r"text: expected shape \(2, 1, 384\), got \(3, 1, 8\)"):
         model.imagine(b.context, b.state, torch.zeros(3, 1, 8))
     with pytest.raises(ValueError, match=r"noise: expected shape \(2, 4, 4\), got \(2, 4, 3\)"):
         model.predict_actions(b.context, b.state, b.text, noise=torch.zeros(2, 4, 3))

@@ -77,9 +77,13 @@ class VideoExpertConfig:
     ffn: int = 1024
     patch: tuple[int, int, int] = (1, 2, 2)  # (frames, rows, columns) of latent per token
     freq_dim: int = 256  # sinusoidal timestep features
+    # What the head outputs: the velocity (Wan) or the clean latents, turned into a velocity
+    # (needed when a token holds more values than the width, e.g. 8x8 pixel patches at width 256).
+    prediction: Literal["velocity", "data"] = "velocity"
 
     def __post_init__(self):
         _check(len(self.patch) == 3 and all(p >= 1 for p in self.patch), f"video.patch must be 3 positive ints, got {self.patch}")
+        _check(self.prediction in ("velocity", "data"), f"video.prediction must be velocity|data, got {self.prediction!r}")
 
 
 @dataclass(frozen=True)

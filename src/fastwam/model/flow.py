@@ -4,7 +4,9 @@ Convention: sigma = 0 is data, sigma = 1 is noise.
     x_sigma = (1 - sigma) * x0 + sigma * noise
     velocity v = dx/dsigma = noise - x0            (the network predicts v)
 Training draws u ~ U(0, 1) and uses sigma = shift(u) with shift(u) = s*u / (1 + (s-1)*u),
-which spends more time at high noise for s > 1. Sampling integrates Euler steps on u from 1 to 0:
+which spends more time at high noise for s > 1. A network may instead predict the clean data x0
+(useful when a token holds more values than the network's width, as with large pixel patches);
+``data_to_velocity`` turns that into the velocity, and the loss stays on the velocity. Sampling integrates Euler steps on u from 1 to 0:
     x <- x + (sigma_next - sigma) * v.
 """
 
@@ -38,6 +40,12 @@ def add_noise(x0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor) -> tor
 def velocity_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     """The regression target v = noise - x0."""
     return noise - x0
+
+
+def data_to_velocity(x: torch.Tensor, x0_pred: torch.Tensor, sigma: torch.Tensor, min_sigma: float = 0.05) -> torch.Tensor:
+    """Velocity of x_sigma implied by a clean-data prediction: v = (x - x0) / sigma, sigma clamped below."""
+    s = sigma.clamp(min=min_sigma).reshape(-1, *([1] * (x.dim() - 1))).to(x.dtype)
+    return (x - x0_pred) / s
 
 
 def sampling_sigmas(steps: int, shift: float, device=None) -> torch.Tensor:

@@ -135,8 +135,8 @@ class WAM(nn.Module):
         if variant.has_future:
             sigma_v = flow.sample_sigma(B, cfg.video_flow.shift, device, generator)
             noise_v = torch.randn(batch.future.shape, device=device, generator=generator, dtype=batch.future.dtype)
-            segments.append(self.video.tokens(flow.add_noise(batch.future, noise_v, sigma_v), sigma_v, FUTURE,
-                                              cfg.context_frames, video_ctx))
+            noisy_future = flow.add_noise(batch.future, noise_v, sigma_v)
+            segments.append(self.video.tokens(noisy_future, sigma_v, FUTURE, cfg.context_frames, video_ctx))
             if variant.mask == "idm":
                 segments.append(self._clean_future_tokens(batch.future, video_ctx, generator))
         video = Tokens.cat(segments)
@@ -148,9 +148,8 @@ class WAM(nn.Module):
             zero = loss_a.new_zeros(())
             return LossOutput(loss_a, loss_a, zero)
 
-        future = segments[1]
-        start = segments[0].length
-        pred_v = self._video_velocity(video_x[:, start:start + future.length], future.temb)
+        future, start = segments[1], segments[0].length
+        pred_v = self._video_velocity(video_x[:, start:start + future.length], future.temb, noisy_future, sigma_v)
         loss_v = masked_mse(pred_v, flow.velocity_target(batch.future, noise_v), ~batch.future_pad)
         return LossOutput(loss_a + variant.video_weight * loss_v, loss_a, loss_v)
 
@@ -163,10 +162,13 @@ class WAM(nn.Module):
             future = flow.add_noise(future, noise, sigmas)
         return self.video.tokens(future, sigmas, FUTURE_CLEAN, self.cfg.context_frames, video_ctx)
 
-    def _video_velocity(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        """Hidden states of the future tokens -> velocity (B, Tf, C, h, w)."""
+    def _video_velocity(self, x: torch.Tensor, temb: torch.Tensor, noisy: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        """Hidden states of the future tokens -> velocity (B, Tf, C, h, w) of the noisy future at sigma (B,)."""
         cfg = self.cfg
-        return self.video.output(x, temb, cfg.future_frames, cfg.latent_height, cfg.latent_width)
+        out = self.video.output(x, temb, cfg.future_frames, cfg.latent_height, cfg.latent_width)
+        if cfg.video.prediction == "velocity":
+            return out
+        return flow.data_to_velocity(noisy, out, sigma)
 
     # -- inference ---------------------------------------------------------------------------
 
@@ -202,7 +204,8 @@ class WAM(nn.Module):
         for sigma, sigma_next in zip(sigmas[:-1].tolist(), sigmas[1:].tolist()):
             tokens = self._future_tokens(x, sigma, prefix)
             hidden, _ = self(tokens, None, cache=prefix.cache)
-            x = flow.euler_step(x, self._video_velocity(hidden, tokens.temb), sigma, sigma_next)
+            velocity = self._video_velocity(hidden, tokens.temb, x, x.new_full((prefix.batch,), sigma))
+            x = flow.euler_step(x, velocity, sigma, sigma_next)
         return x
 
     @torch.no_grad()
@@ -218,7 +221,8 @@ class WAM(nn.Module):
             video = self._future_tokens(xv, sig_v[i], prefix)
             action = self.action.tokens(xa, xa.new_full((prefix.batch,), sig_a[i]), prefix.action_context)
             hidden_v, hidden_a = self(video, action, cache=prefix.cache)
-            xv = flow.euler_step(xv, self._video_velocity(hidden_v, video.temb), sig_v[i], sig_v[i + 1])
+            velocity = self._video_velocity(hidden_v, video.temb, xv, xv.new_full((prefix.batch,), sig_v[i]))
+            xv = flow.euler_step(xv, velocity, sig_v[i], sig_v[i + 1])
             xa = flow.euler_step(xa, self.action.output(hidden_a, action.temb), sig_a[i], sig_a[i + 1])
         return xa, xv
 

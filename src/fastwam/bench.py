@@ -1,0 +1,203 @@
+"""``fastwam bench latency``: time one action chunk per inference variant, in one process.
+
+Each timed call is what a deployed policy does per chunk: encode the current frame into latents
+(the codec), then ``predict_actions`` (instruction embedding cached, as a policy caches it).
+Weights are random: latency does not depend on their values.
+
+JSON keys: preset, device, dtype, steps, batch, calls, variants.<name>.{median_ms, p90_ms, params,
+tokens, video_expert_calls}, ratios.{idm_over_fastwam, joint_over_fastwam}, date, host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from fastwam.codecs import build_codec
+from fastwam.config import Config, preset
+
+VARIANT_NAMES = ("fastwam", "joint", "idm")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("what", choices=["latency"], help="what to benchmark")
+    parser.add_argument("--preset", default="small", help="model preset (tiny, small, wan22-5b) or a YAML path")
+    parser.add_argument("--variants", default="fastwam,joint,idm", help="comma list of fastwam, joint, idm")
+    parser.add_argument("--steps", type=int, default=10, help="denoising steps (video and action)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--calls", type=int, default=20, help="timed calls per variant (after warm-up)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--codec-path", default="", help="wan22: local AutoencoderKLWan dir (default: random Wan2.2 VAE)")
+    parser.add_argument("--json", default="", help="write the results here")
+
+
+def run(args: argparse.Namespace) -> int:
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = sorted(set(names) - set(VARIANT_NAMES))
+    if unknown or not names:
+        raise SystemExit(f"--variants: unknown {unknown}; expected a comma list of {list(VARIANT_NAMES)}")
+    if args.calls < 1 or args.steps < 1:
+        raise SystemExit(f"--calls and --steps must be >= 1, got {args.calls}, {args.steps}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    result = benchmark(preset(args.preset), names, steps=args.steps, device=args.device, dtype=DTYPES[args.dtype],
+                       batch=args.batch, calls=args.calls, warmup=args.warmup, codec_path=args.codec_path)
+    result["preset"] = args.preset
+    print(format_table(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def benchmark(cfg: Config, variants: list[str], *, steps: int, device: str, dtype: torch.dtype, batch: int = 1,
+              calls: int = 20, warmup: int = 3, codec_path: str = "") -> dict:
+    """Median / p90 latency per variant of (encode current frame + predict_actions)."""
+    device = torch.device(device)
+    with _codec_dir(cfg, codec_path) as path:
+        codec = build_codec(_with_codec_path(cfg, path).data.codec, device=device, dtype=dtype)
+        frame = _frame(cfg, batch, device)
+        out = {"device": _device_name(device), "dtype": str(dtype).removeprefix("torch."), "steps": steps,
+               "batch": batch, "calls": calls, "variants": {}}
+        for name in variants:
+            model_cfg = cfg.with_variant(name).model
+            torch.manual_seed(0)
+            model = model_cfg.build().to(device=device, dtype=dtype).eval()
+            state = torch.zeros(batch, model_cfg.state_dim, device=device, dtype=dtype)
+            text = torch.randn(batch, model_cfg.text_tokens, model_cfg.text_dim, device=device, dtype=dtype)
+
+            def call():
+                context = codec.encode(frame).to(dtype)[:, :model_cfg.context_frames]
+                return model.predict_actions(context, state, text, steps=steps)
+
+            times = _time(call, device, calls, warmup)
+            tokens, video_calls = _count_tokens(model, call)
+            out["variants"][name] = {
+                "median_ms": statistics.median(times), "p90_ms": _percentile(times, 90),
+                "params": sum(p.numel() for p in model.parameters()), "tokens": tokens,
+                "video_expert_calls": video_calls,
+            }
+            del model
+    v = out["variants"]
+    if "fastwam" in v:
+        out["ratios"] = {f"{n}_over_fastwam": v[n]["median_ms"] / v["fastwam"]["median_ms"] for n in v if n != "fastwam"}
+    out["date"] = datetime.date.today().isoformat()
+    out["host"] = f"{platform.node()} ({torch.get_num_threads()} threads)"
+    return out
+
+
+def _time(fn, device: torch.device, calls: int, warmup: int) -> list[float]:
+    """Milliseconds per call, synchronizing the device around each call."""
+    with torch.inference_mode():
+        for _ in range(warmup):
+            fn()
+        _sync(device)
+        times = []
+        for _ in range(calls):
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            times.append((time.perf_counter() - start) * 1e3)
+    return times
+
+
+def _count_tokens(model, fn) -> tuple[int, int]:
+    """Tokens entering the layer loop during one call, and how often the video expert ran."""
+    counts = {"tokens": 0, "video": 0}
+
+    def wrap(block, is_video):
+        original = block.attention_inputs
+
+        def counting(tokens):
+            counts["tokens"] += tokens.length
+            counts["video"] += int(is_video)
+            return original(tokens)
+
+        block.attention_inputs = counting
+        return original
+
+    originals = [wrap(model.video.blocks[0], True), wrap(model.action.blocks[0], False)]
+    try:
+        with torch.inference_mode():
+            fn()
+    finally:
+        model.video.blocks[0].attention_inputs, model.action.blocks[0].attention_inputs = originals
+    return counts["tokens"], counts["video"]
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    lo, hi = int(rank), min(int(rank) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (rank - lo)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def _frame(cfg: Config, batch: int, device: torch.device) -> torch.Tensor:
+    """One current frame (B, 1, 3, H, W * cameras) in [-1, 1]."""
+    d = cfg.data
+    return torch.rand(batch, 1, 3, d.image_size, d.image_size * len(d.cameras), device=device) * 2 - 1
+
+
+def _with_codec_path(cfg: Config, path: str) -> Config:
+    import dataclasses
+
+    return cfg.replace(data=dataclasses.replace(cfg.data, codec=dataclasses.replace(cfg.data.codec, path=path)))
+
+
+@contextlib.contextmanager
+def _codec_dir(cfg: Config, path: str):
+    """The wan22 VAE directory to use: the given one, or a random Wan2.2-architecture VAE saved to a temp dir."""
+    if cfg.data.codec.name != "wan22" or path:
+        yield path
+        return
+    from diffusers import AutoencoderKLWan
+
+    with tempfile.TemporaryDirectory() as tmp:
+        AutoencoderKLWan(**WAN22_VAE_CONFIG).save_pretrained(tmp)
+        yield tmp
+
+
+# The Wan2.2-TI2V-5B VAE architecture (diffusers AutoencoderKLWan), for random-weight benchmarks.
+WAN22_VAE_CONFIG = dict(
+    base_dim=160, decoder_base_dim=256, z_dim=48, dim_mult=[1, 2, 4, 4], num_res_blocks=2,
+    attn_scales=[], temperal_downsample=[False, True, True], dropout=0.0, is_residual=True,
+    in_channels=12, out_channels=12, patch_size=2, scale_factor_spatial=16, scale_factor_temporal=4,
+    latents_mean=[0.0] * 48, latents_std=[1.0] * 48,
+)
+
+
+def format_table(result: dict) -> str:
+    lines = [f"latency per action chunk: preset {result.get('preset', '?')}, {result['device']}, {result['dtype']}, "
+             f"{result['steps']} steps, batch {result['batch']}, {result['calls']} calls",
+             f"{'variant':<10} {'median ms':>10} {'p90 ms':>10} {'params':>14} {'tokens':>8} {'video calls':>12}"]
+    for name, v in result["variants"].items():
+        lines.append(f"{name:<10} {v['median_ms']:>10.2f} {v['p90_ms']:>10.2f} {v['params']:>14,} {v['tokens']:>8} "
+                     f"{v['video_expert_calls']:>12}")
+    for key, value in result.get("ratios", {}).items():
+        lines.append(f"{key.replace('_over_', ' / ')}: {value:.2f}x")
+    return "\n".join(lines)

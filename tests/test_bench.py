@@ -1,0 +1,34 @@
+"""The latency benchmark's command line and JSON schema (timings themselves live in docs/RESULTS.md)."""
+
+import json
+
+from fastwam.cli import main
+
+
+def test_bench_latency_writes_documented_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "latency", "--preset", "tiny", "--variants", "fastwam,joint,idm", "--steps", "3",
+                 "--calls", "2", "--warmup", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["preset"] == "tiny" and result["steps"] == 3 and result["dtype"] == "float32"
+    assert result["device"].startswith("cpu")
+    variants = result["variants"]
+    assert set(variants) == {"fastwam", "joint", "idm"}
+    for v in variants.values():
+        assert 0 < v["median_ms"] <= v["p90_ms"]
+        assert v["params"] > 0
+    # tiny: 4 context tokens, chunk 4, 2 future frames of 4 tokens, 3 steps
+    assert variants["fastwam"]["tokens"] == 4 + 3 * 4 and variants["fastwam"]["video_expert_calls"] == 1
+    assert variants["joint"]["tokens"] == 4 + 3 * (8 + 4) and variants["joint"]["video_expert_calls"] == 1 + 3
+    assert variants["idm"]["tokens"] == 4 + 3 * 8 + 8 + 3 * 4 and variants["idm"]["video_expert_calls"] == 1 + 3 + 1
+    ratios = result["ratios"]
+    assert set(ratios) == {"idm_over_fastwam", "joint_over_fastwam"}
+    assert abs(ratios["idm_over_fastwam"] - variants["idm"]["median_ms"] / variants["fastwam"]["median_ms"]) < 1e-9
+    assert "joint / fastwam" in capsys.readouterr().out
+
+
+def test_bench_rejects_unknown_variant():
+    import pytest
+
+    with pytest.raises(SystemExit, match="unknown \\['dream'\\]"):
+        main(["bench", "latency", "--preset", "tiny", "--variants", "fastwam,dream"])
