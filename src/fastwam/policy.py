@@ -1,0 +1,142 @@
+"""Policy: observations in raw units -> action chunks in raw units, and a receding-horizon controller.
+
+The model works on tensors in model units; the policy owns everything between a robot and it:
+image -> latents (codec), proprio and actions (normalization), instruction -> embedding (cached
+per prompt), numpy <-> torch.
+
+    policy = Policy.from_checkpoint("runs/x")
+    chunk = policy.act({"image": uint8 (H, W, 3), "state": (P,), "instruction": "open the drawer"})  # (S, A)
+
+``image`` is the current frame with all cameras side by side, as in training; batched
+observations (leading batch axis, a list of instructions) give (B, S, A).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from fastwam.codecs import build_codec, frames_to_unit, unit_to_frames
+from fastwam.config import Config
+from fastwam.data.normalize import Normalizer
+from fastwam.data.windows import ACTION_KEY, STATE_KEY
+from fastwam.model import WAM
+from fastwam.text import build_text_encoder
+
+
+class Policy:
+    def __init__(self, model: WAM, cfg: Config, normalizer: Normalizer, device: str | torch.device = "cpu",
+                 steps: int | None = None, seed: int = 0):
+        self.model, self.cfg, self.normalizer = model.eval(), cfg, normalizer
+        self.device = torch.device(device)
+        self.codec = build_codec(cfg.data.codec, device=self.device)
+        self.text_encoder = build_text_encoder(cfg.data.text, cfg.model.text_tokens, device=self.device)
+        self.steps = steps
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self._instruction_cache: dict[str, torch.Tensor] = {}
+
+    @classmethod
+    def from_checkpoint(cls, run: str | Path, device: str | torch.device = "cpu", **kwargs) -> "Policy":
+        """Load a run directory (its newest checkpoint) or a checkpoint directory."""
+        from fastwam.train import latest_checkpoint, load_model
+
+        path = latest_checkpoint(run)
+        model, cfg = load_model(path, device)
+        return cls(model, cfg, Normalizer.load(path / "stats.json"), device, **kwargs)
+
+    @property
+    def chunk(self) -> int:
+        return self.cfg.model.chunk
+
+    def reset(self, seed: int | None = None) -> None:
+        """Start a new episode (re-seeds the sampling noise when ``seed`` is given)."""
+        if seed is not None:
+            self.generator.manual_seed(seed)
+
+    @torch.no_grad()
+    def act(self, observation: dict) -> np.ndarray:
+        """{"image": uint8 ([B,] H, W, 3), "state": ([B,] P), "instruction": str | list[str]} -> ([B,] S, A) raw units."""
+        context, state, text, batched = self._inputs(observation)
+        actions = self.model.predict_actions(context, state, text, steps=self.steps, generator=self.generator)
+        actions = self.normalizer.unnormalize(ACTION_KEY, actions.float().cpu()).numpy()
+        return actions if batched else actions[0]
+
+    @torch.no_grad()
+    def imagine(self, observation: dict) -> np.ndarray:
+        """The model's imagined future frames: uint8 ([B,] Tf, H, W, 3) (for variants trained with video)."""
+        context, state, text, batched = self._inputs(observation)
+        future = self.model.imagine(context, state, text, steps=self.steps, generator=self.generator)
+        frames = unit_to_frames(self.codec.decode(future)).permute(0, 1, 3, 4, 2).cpu().numpy()  # (B, T, H, W, 3)
+        return frames if batched else frames[0]
+
+    def _inputs(self, observation: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+        """Validate one (or a batch of) raw observation(s) and convert to model inputs."""
+        for key in ("image", "state", "instruction"):
+            if key not in observation:
+                raise KeyError(f"observation: missing key {key!r}; expected image, state, instruction")
+        image, state = np.asarray(observation["image"]), np.asarray(observation["state"], dtype=np.float32)
+        batched = image.ndim == 4
+        d = self.cfg.data
+        want = (d.image_size, d.image_size * len(d.cameras), 3)
+        if image.dtype != np.uint8 or image.shape[-3:] != want or image.ndim not in (3, 4):
+            raise ValueError(f"observation['image']: expected uint8 ([B,] {want[0]}, {want[1]}, 3) "
+                             f"(cameras {list(d.cameras)} side by side), got {image.dtype} {image.shape}")
+        images, states = (image, state) if batched else (image[None], state[None])
+        if states.shape != (len(images), self.cfg.model.state_dim):
+            raise ValueError(f"observation['state']: expected ({'B, ' if batched else ''}{self.cfg.model.state_dim},), "
+                             f"got {state.shape}")
+        prompts = observation["instruction"]
+        prompts = [prompts] * len(images) if isinstance(prompts, str) else list(prompts)
+        if len(prompts) != len(images):
+            raise ValueError(f"observation['instruction']: expected {len(images)} instructions, got {len(prompts)}")
+        pixels = frames_to_unit(torch.from_numpy(images).permute(0, 3, 1, 2).to(self.device))[:, None]  # (B, 1, 3, H, W)
+        context = self.codec.encode(pixels)[:, : self.cfg.model.context_frames]
+        state_t = self.normalizer.normalize(STATE_KEY, torch.from_numpy(states)).float().to(self.device)
+        return context, state_t, self._embed(prompts), batched
+
+    def _embed(self, prompts: list[str]) -> torch.Tensor:
+        """Instruction embeddings (B, L, E), computed once per distinct prompt."""
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._instruction_cache]
+        if missing:
+            for prompt, emb in zip(missing, self.text_encoder.encode(missing)):
+                self._instruction_cache[prompt] = emb.to(self.device)
+        return torch.stack([self._instruction_cache[p] for p in prompts])
+
+
+class RecedingHorizonController:
+    """Executes the first ``execute`` actions of each predicted chunk, then replans.
+
+    ``observe`` is called only when a new chunk is needed, so a simulator renders only then.
+    """
+
+    def __init__(self, policy: Policy, execute: int | None = None):
+        self.policy = policy
+        self.execute = policy.chunk // 2 if execute is None else execute
+        if not 1 <= self.execute <= policy.chunk:
+            raise ValueError(f"execute: expected 1..{policy.chunk} actions per chunk, got {self.execute}")
+        self._queue: list[np.ndarray] = []
+        self.chunks = 0  # chunks predicted since reset
+        self.chunk_seconds: list[float] = []
+
+    def reset(self, seed: int | None = None) -> None:
+        self._queue, self.chunks, self.chunk_seconds = [], 0, []
+        self.policy.reset(seed)
+
+    @property
+    def needs_observation(self) -> bool:
+        return not self._queue
+
+    def act(self, observe: Callable[[], dict]) -> np.ndarray:
+        """The next action; calls ``observe()`` and the policy only at the start of a chunk."""
+        if not self._queue:
+            observation = observe()
+            start = time.perf_counter()
+            chunk = self.policy.act(observation)
+            self.chunk_seconds.append(time.perf_counter() - start)
+            self._queue = list(chunk[: self.execute])
+            self.chunks += 1
+        return self._queue.pop(0)

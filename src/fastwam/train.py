@@ -1,0 +1,422 @@
+"""``fastwam train``: flow-matching training of a WAM variant on a LeRobot dataset.
+
+CPU here, GPUs through ``accelerate`` (``accelerate launch -m fastwam.cli train ...`` for several
+GPUs or nodes; bf16 via ``train.mixed_precision``). Every step draws its batch indices and its
+noise from a generator seeded by (seed, step, process), so a resumed run repeats the uninterrupted
+run's loss sequence exactly.
+
+A run directory holds ``config.yaml``, ``stats.json`` (normalization), ``data.json`` (the dataset
+and the task variations its demonstrations used), ``metrics.jsonl``, ``loss.png`` and
+``checkpoints/step-XXXXXXX/`` (``model.safetensors``, ``config.yaml``, ``stats.json``,
+``data.json``, ``train_state.pt``), each written to a temporary directory and renamed into place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from fastwam.codecs import build_codec, frames_to_unit
+from fastwam.config import Config, preset
+from fastwam.data.lerobot import DatasetError, LeRobotDataset
+from fastwam.data.normalize import Normalizer
+from fastwam.data.windows import ACTION_KEY, STATE_KEY, ChunkDataset
+from fastwam.model import WAM, Batch
+from fastwam.text import build_text_encoder
+
+CHECKPOINTS = "checkpoints"
+KEEP_CHECKPOINTS = 2
+
+
+# -- data --------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class TrainingData:
+    """Everything a step samples from, in memory: latents per frame, normalized vectors, windows."""
+
+    latents: torch.Tensor  # (N, C, h, w) float16, one per dataset frame
+    actions: torch.Tensor  # (N, A) normalized
+    state: torch.Tensor  # (N, P) normalized
+    text: torch.Tensor  # (tasks, L, E) instruction embeddings per task_index
+    task_index: torch.Tensor  # (N,)
+    rows: torch.Tensor  # (S,) sample -> global frame row
+    frame_rows: torch.Tensor  # (S, 1 + Tf) rows of the current and future frames
+    frame_pad: torch.Tensor  # (S, 1 + Tf) bool
+    action_rows: torch.Tensor  # (S, H)
+    action_pad: torch.Tensor  # (S, H) bool
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def batch(self, indices: torch.Tensor) -> Batch:
+        rows = self.rows[indices]
+        frames = self.latents[self.frame_rows[indices]].float()  # (B, 1 + Tf, C, h, w)
+        return Batch(
+            context=frames[:, :1], future=frames[:, 1:], future_pad=self.frame_pad[indices, 1:],
+            actions=self.actions[self.action_rows[indices]], action_pad=self.action_pad[indices],
+            state=self.state[rows], text=self.text[self.task_index[rows]],
+        )
+
+
+def load_training_data(cfg: Config, dataset: LeRobotDataset, normalizer: Normalizer, progress: bool = True) -> TrainingData:
+    """Windows, normalized vectors, cached latents and instruction embeddings of ``dataset``."""
+    m, d = cfg.model, cfg.data
+    windows = ChunkDataset(dataset, chunk=m.chunk, frame_stride=d.frame_stride, future_frames=m.future_frames,
+                           cameras=d.cameras, progress=progress)
+    _check_vectors(dataset, m)
+    frame_rows, frame_pad = zip(*(windows.frame_indices(i) for i in range(len(windows))))
+    action_rows, action_pad = zip(*(windows.action_indices(i) for i in range(len(windows))))
+    text = build_text_encoder(d.text, m.text_tokens, cache_dir=dataset.root / "cache" / "text").encode(dataset.tasks)
+    if text.shape[-1] != m.text_dim:
+        raise ValueError(f"text encoder {d.text.name!r} gives {text.shape[-1]}-dim embeddings, model.text_dim is {m.text_dim}")
+    return TrainingData(
+        latents=torch.from_numpy(cached_latents(cfg, dataset, windows, progress)),
+        actions=normalizer.normalize(ACTION_KEY, torch.from_numpy(windows.actions)).float(),
+        state=normalizer.normalize(STATE_KEY, torch.from_numpy(windows.state)).float(),
+        text=text.float(), task_index=torch.from_numpy(np.asarray(windows.task_index, dtype=np.int64)),
+        rows=torch.from_numpy(windows.rows.astype(np.int64)),
+        frame_rows=torch.from_numpy(np.stack(frame_rows).astype(np.int64)), frame_pad=torch.from_numpy(np.stack(frame_pad)),
+        action_rows=torch.from_numpy(np.stack(action_rows).astype(np.int64)), action_pad=torch.from_numpy(np.stack(action_pad)),
+    )
+
+
+def cached_latents(cfg: Config, dataset: LeRobotDataset, windows: ChunkDataset, progress: bool = True) -> np.ndarray:
+    """Latents (N, C, h, w) float16 of every frame, encoded once per dataset and codec and cached on disk."""
+    codec_cfg = cfg.data.codec
+    if codec_cfg.name != "patch":
+        raise NotImplementedError(f"latent cache for codec {codec_cfg.name!r}: per-frame caching is only exact for "
+                                  "codecs without temporal compression (patch); wan22 clip latents are not cached yet")
+    frames = [dataset.frames(k) for k in windows.camera_keys]  # each (N, h, w, 3) uint8, memory-mapped
+    size = cfg.data.image_size
+    if frames[0].shape[1:3] != (size, size):
+        raise DatasetError(f"{dataset.root}: frames are {frames[0].shape[1]}x{frames[0].shape[2]} px, "
+                           f"config data.image_size is {size}; record with --image-size {size} or change the preset")
+    key = "-".join([codec_cfg.name, str(codec_cfg.factor), *cfg.data.cameras, str(dataset.num_frames)])
+    path = dataset.root / "cache" / f"latents-{key}.npy"
+    if path.is_file():
+        latents = np.load(path, mmap_mode="r")
+        if latents.shape == (dataset.num_frames, *cfg.model.latent_shape):
+            return np.asarray(latents)
+        raise DatasetError(f"{path}: latent cache is {latents.shape}, expected {(dataset.num_frames, *cfg.model.latent_shape)}; delete it")
+    codec = build_codec(codec_cfg)
+    out = np.empty((dataset.num_frames, *cfg.model.latent_shape), dtype=np.float16)
+    step = 512
+    for start in tqdm(range(0, dataset.num_frames, step), desc="encode latents", disable=not progress, leave=False):
+        pixels = np.concatenate([f[start:start + step] for f in frames], axis=2)  # (n, h, w * cams, 3)
+        unit = frames_to_unit(torch.from_numpy(pixels).permute(0, 3, 1, 2))[:, None]  # (n, 1, 3, h, W)
+        out[start:start + step] = codec.encode(unit)[:, 0].numpy().astype(np.float16)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npy")
+    np.save(tmp, out)
+    os.replace(tmp, path)
+    return out
+
+
+def _check_vectors(dataset: LeRobotDataset, m) -> None:
+    for key, dim in ((ACTION_KEY, m.action_dim), (STATE_KEY, m.state_dim)):
+        got = dataset.column(key).shape[1:]
+        if got != (dim,):
+            raise DatasetError(f"{dataset.root}: feature {key!r} has shape {got}, the model expects ({dim},)")
+
+
+# -- schedule, EMA -----------------------------------------------------------------------------
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    """Linear warmup to 1, then cosine decay to 0 at ``total`` (step counts from 0)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+class EMA:
+    """Exponential moving average of parameters: ema <- decay * ema + (1 - decay) * param."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for k, v in model.state_dict().items():
+            self.shadow[k].lerp_(v.float(), 1 - self.decay)
+
+
+# -- the trainer -------------------------------------------------------------------------------
+
+class Trainer:
+    """Owns model, optimizer, schedule, EMA and the run directory; ``run`` trains until ``cfg.train.steps``."""
+
+    def __init__(self, cfg: Config, data: TrainingData, normalizer: Normalizer, out: str | Path,
+                 data_info: dict | None = None, progress: bool = True):
+        from accelerate import Accelerator
+        from accelerate.utils import DistributedDataParallelKwargs
+
+        self.cfg, self.data, self.normalizer, self.out = cfg, data, normalizer, Path(out)
+        self.data_info, self.progress = data_info or {}, progress
+        t = cfg.train
+        torch.manual_seed(t.seed)
+        self.accelerator = Accelerator(
+            mixed_precision=t.mixed_precision, cpu=not torch.cuda.is_available(),
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=not cfg.model.variant.has_future)])
+        self.model = WAM(cfg.model)
+        self.ema = EMA(self.model, t.ema) if t.ema > 0 else None
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            (no_decay if p.dim() < 2 or name.endswith("modulation") else decay).append(p)
+        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
+                                            {"params": no_decay, "weight_decay": 0.0}], lr=t.lr, betas=(0.9, 0.95))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, t.warmup, t.steps))
+        self.step_fn, self.optimizer, self.scheduler = self.accelerator.prepare(_LossStep(self.model), self.optimizer, self.scheduler)
+        self.step = 0
+
+    # -- loop ----------------------------------------------------------------------------------
+
+    def run(self, until: int | None = None) -> list[dict]:
+        """Train from ``self.step`` to ``until`` (default: cfg.train.steps); returns the logged metrics."""
+        t = self.cfg.train
+        until = t.steps if until is None else min(until, t.steps)
+        self.out.mkdir(parents=True, exist_ok=True)
+        logged = []
+        bar = tqdm(total=t.steps, initial=self.step, desc="train", disable=not self.progress or not self.accelerator.is_main_process)
+        writer = _tensorboard(self.out) if self.accelerator.is_main_process else None
+        start = time.time()
+        while self.step < until:
+            metrics = self.train_step()
+            self.step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{metrics['loss']:.4f}", act=f"{metrics['loss_action']:.4f}", vid=f"{metrics['loss_video']:.4f}")
+            if self.step % t.log_every == 0 or self.step == until:
+                metrics |= {"step": self.step, "seconds": round(time.time() - start, 2)}
+                logged.append(metrics)
+                self._log(metrics, writer)
+            if self.step % t.checkpoint_every == 0 or self.step == t.steps:
+                self.save_checkpoint()
+        bar.close()
+        if writer is not None:
+            writer.close()
+        if self.step == t.steps and self.accelerator.is_main_process:
+            plot_losses(self.out / "metrics.jsonl", self.out / "loss.png")
+        return logged
+
+    def train_step(self) -> dict:
+        """One optimizer step on a batch drawn by the step's own generator."""
+        t = self.cfg.train
+        generator = torch.Generator().manual_seed(_step_seed(t.seed, self.step, self.accelerator.process_index))
+        indices = torch.randint(len(self.data), (t.batch_size,), generator=generator)
+        batch = self.data.batch(indices).to(self.accelerator.device)
+        self.model.train()
+        with self.accelerator.autocast():
+            out = self.step_fn(batch, generator)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.accelerator.backward(out.total)
+        grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        return {"loss": out.total.item(), "loss_action": out.action.item(), "loss_video": out.video.item(),
+                "lr": self.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}
+
+    def _log(self, metrics: dict, writer) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        with open(self.out / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        if writer is not None:
+            for key in ("loss", "loss_action", "loss_video", "lr", "grad_norm"):
+                writer.add_scalar(f"train/{key}", metrics[key], metrics["step"])
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> Path:
+        """Write checkpoints/step-XXXXXXX atomically (temp dir + rename); keep the newest few."""
+        self.accelerator.wait_for_everyone()
+        final = self.out / CHECKPOINTS / f"step-{self.step:07d}"
+        if not self.accelerator.is_main_process:
+            return final
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        weights = self.ema.shadow if self.ema is not None else self.model.state_dict()
+        save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, tmp / "model.safetensors")
+        write_run_files(tmp, self.cfg, self.normalizer, self.data_info)
+        torch.save({
+            "step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "ema": self.ema.shadow if self.ema is not None else None,
+            "torch_rng": torch.get_rng_state(),
+        }, tmp / "train_state.pt")
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in sorted((self.out / CHECKPOINTS).glob("step-???????"))[:-KEEP_CHECKPOINTS]:
+            shutil.rmtree(old)
+        return final
+
+    def resume(self) -> None:
+        """Load the newest checkpoint's training state (model, optimizer, schedule, EMA, step)."""
+        path = latest_checkpoint(self.out)
+        saved = Config.load(path / "config.yaml")
+        if saved.model != self.cfg.model:
+            raise ValueError(f"--resume: {path / 'config.yaml'} describes another model than the one requested")
+        state = torch.load(path / "train_state.pt", map_location="cpu", weights_only=False)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None:
+            if state["ema"] is None:
+                raise ValueError(f"--resume: {path} was trained without EMA, but train.ema = {self.cfg.train.ema}")
+            self.ema.shadow = state["ema"]
+        torch.set_rng_state(state["torch_rng"])
+        self.step = int(state["step"])
+
+
+class _LossStep(torch.nn.Module):
+    """The model's loss as ``forward``, so accelerate/DDP wrap the call that produces gradients."""
+
+    def __init__(self, model: WAM):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Batch, generator: torch.Generator):
+        return self.model.loss(batch, generator=generator)
+
+
+def _step_seed(seed: int, step: int, process: int) -> int:
+    return (seed * 1_000_003 + step) * 1009 + process
+
+
+def write_run_files(directory: Path, cfg: Config, normalizer: Normalizer, data_info: dict) -> None:
+    """config.yaml, stats.json and data.json: what a policy needs besides the weights."""
+    cfg.save(directory / "config.yaml")
+    normalizer.save(directory / "stats.json")
+    (directory / "data.json").write_text(json.dumps(data_info, indent=1))
+
+
+def latest_checkpoint(run: str | Path) -> Path:
+    """The newest complete checkpoint of a run directory (or the directory itself if it is one)."""
+    run = Path(run)
+    if (run / "model.safetensors").is_file():
+        return run
+    found = sorted((run / CHECKPOINTS).glob("step-???????"))
+    if not found:
+        raise FileNotFoundError(f"{run}: no checkpoint (expected {run / CHECKPOINTS}/step-XXXXXXX/model.safetensors)")
+    return found[-1]
+
+
+def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[WAM, Config]:
+    """Build the model of a checkpoint's config and load its weights strictly."""
+    path = latest_checkpoint(checkpoint)
+    cfg = Config.load(path / "config.yaml")
+    model = WAM(cfg.model)
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights}: missing model weights")
+    state = load_file(weights)
+    missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
+    if missing or unexpected:
+        raise ValueError(f"{weights}: does not match the config's model: missing {sorted(missing)[:5]}, "
+                         f"unexpected {sorted(unexpected)[:5]}")
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval(), cfg
+
+
+def plot_losses(metrics_path: Path, out: Path) -> None:
+    """Loss curves (total, action, video) against step, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    if not rows:
+        return
+    steps = [r["step"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for key, label in (("loss", "total"), ("loss_action", "L_act"), ("loss_video", "L_vid")):
+        ax.plot(steps, [r[key] for r in rows], label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("flow-matching loss")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # TensorBoard is optional: metrics.jsonl is always written
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+# -- command line ------------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="LeRobot dataset directory")
+    parser.add_argument("--preset", default="small", help="tiny, small, wan22-5b or a YAML path")
+    parser.add_argument("--variant", default="fastwam", choices=["fastwam", "joint", "idm"])
+    parser.add_argument("--video-weight", type=float, default=None, help="lambda (0: no video co-training)")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the preset's)")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--ema", type=float, default=None, help="EMA decay (0: off)")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--checkpoint-every", type=int, default=None)
+    parser.add_argument("--out", required=True, help="run directory")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    parser.add_argument("--recompute-stats", action="store_true", help="normalization stats from the data, not meta/stats.json")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    cfg = preset(args.preset).with_variant(args.variant, args.video_weight)
+    overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "ema": args.ema,
+                                   "seed": args.seed, "checkpoint_every": args.checkpoint_every}.items() if v is not None}
+    return cfg.replace(train=dataclasses.replace(cfg.train, **overrides))
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    out = Path(args.out)
+    if not args.resume and (out / CHECKPOINTS).is_dir() and any((out / CHECKPOINTS).iterdir()):
+        raise SystemExit(f"{out} already holds checkpoints: pass --resume to continue it, or choose another --out")
+    trainer = build_trainer(cfg, args.data, out, recompute_stats=args.recompute_stats)
+    if args.resume:
+        trainer.resume()
+        print(f"resumed {out} at step {trainer.step}")
+    trainer.run()
+    final = latest_checkpoint(out)
+    print(f"checkpoint: {final}\nloss curve: {out / 'loss.png'}\nmetrics:    {out / 'metrics.jsonl'}")
+    return 0
+
+
+def build_trainer(cfg: Config, data_dir: str | Path, out: str | Path, recompute_stats: bool = False,
+                  progress: bool = True) -> Trainer:
+    """Load the dataset, its normalization and latents, and a trainer writing to ``out``."""
+    from fastwam.envs.collect import collection_info
+
+    dataset = LeRobotDataset(data_dir, require=(STATE_KEY, ACTION_KEY))
+    normalizer = Normalizer.from_dataset(dataset, recompute=recompute_stats)
+    data = load_training_data(cfg, dataset, normalizer, progress)
+    try:
+        collection = collection_info(data_dir)
+    except FileNotFoundError:
+        collection = {}  # recorded elsewhere: no MetaWorld variation record, nothing to keep disjoint
+    info = {"dataset": str(Path(data_dir).resolve()), "tasks": dataset.tasks, "episodes": dataset.num_episodes,
+            "frames": dataset.num_frames, "collection": collection}
+    Path(out).mkdir(parents=True, exist_ok=True)
+    write_run_files(Path(out), cfg, normalizer, info)
+    return Trainer(cfg, data, normalizer, out, info, progress)
