@@ -107,7 +107,7 @@ def cached_latents(cfg: Config, dataset: LeRobotDataset, windows: ChunkDataset, 
     if path.is_file():
         latents = np.load(path, mmap_mode="r")
         if latents.shape == (dataset.num_frames, *cfg.model.latent_shape):
-            return np.asarray(latents)
+            return np.array(latents)  # into memory: sampled at random every step
         raise DatasetError(f"{path}: latent cache is {latents.shape}, expected {(dataset.num_frames, *cfg.model.latent_shape)}; delete it")
     codec = build_codec(codec_cfg)
     out = np.empty((dataset.num_frames, *cfg.model.latent_shape), dtype=np.float16)

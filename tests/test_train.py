@@ -1,0 +1,150 @@
+"""Training: resume equivalence, atomic checkpoints, strict loading, the policy's units."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from fastwam.config import preset
+from fastwam.data.lerobot import LeRobotWriter, build_features
+from fastwam.policy import Policy, RecedingHorizonController
+from fastwam.train import build_trainer, latest_checkpoint, load_model, lr_factor
+
+S = 16  # the tiny preset's image size
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Two short episodes of a dot drifting right; action = its displacement, state = its position."""
+    root = tmp_path_factory.mktemp("train") / "ds"
+    features = build_features(10, {"corner2": (S, S)}, {"observation.state": list("xyzg"), "action": list("xyzg")})
+    rng = np.random.default_rng(0)
+    with LeRobotWriter(root, fps=10, features=features) as writer:
+        for episode, task in enumerate(["reach the goal", "push the puck"]):
+            n = 12
+            x = np.linspace(2, 13, n)
+            frames = np.zeros((n, S, S, 3), np.uint8)
+            for t in range(n):
+                frames[t, 6:10, int(x[t]) - 1:int(x[t]) + 2] = 255
+            state = np.stack([x, np.full(n, episode), rng.normal(size=n), np.ones(n)], 1).astype(np.float32)
+            action = np.stack([np.gradient(x), np.zeros(n), rng.normal(size=n), -np.ones(n)], 1).astype(np.float32)
+            writer.add_episode(task, {"observation.state": state, "action": np.clip(action, -1, 1)},
+                               {"observation.images.corner2": frames})
+    return root
+
+
+def tiny_config(steps=6, **train):
+    cfg = preset("tiny")
+    return cfg.replace(train=dataclasses.replace(cfg.train, steps=steps, log_every=1, checkpoint_every=3,
+                                                 batch_size=4, warmup=2, **train))
+
+
+def test_resume_repeats_the_uninterrupted_loss_sequence(dataset, tmp_path):
+    cfg = tiny_config()
+    full = build_trainer(cfg, dataset, tmp_path / "full", progress=False).run()
+    killed = build_trainer(cfg, dataset, tmp_path / "cut", progress=False)
+    killed.run(until=3)  # stops right after the step-3 checkpoint, as a killed run would have
+    resumed = build_trainer(cfg, dataset, tmp_path / "cut", progress=False)
+    resumed.resume()
+    assert resumed.step == 3
+    rest = resumed.run()
+    assert [m["loss"] for m in full[3:]] == [m["loss"] for m in rest]
+    assert [m["step"] for m in rest] == [4, 5, 6]
+    # the model weights after both runs are identical too
+    a = load_file(latest_checkpoint(tmp_path / "full") / "model.safetensors")
+    b = load_file(latest_checkpoint(tmp_path / "cut") / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_run_directory_layout_and_metrics(dataset, tmp_path):
+    cfg = tiny_config(steps=6, ema=0.9)
+    build_trainer(cfg, dataset, tmp_path / "run", progress=False).run()
+    run = tmp_path / "run"
+    steps = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert steps == ["step-0000003", "step-0000006"]  # no leftover temp directories
+    ckpt = latest_checkpoint(run)
+    for name in ("model.safetensors", "config.yaml", "stats.json", "data.json", "train_state.pt"):
+        assert (ckpt / name).is_file(), name
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    assert all(np.isfinite(r["loss"]) and r["loss"] == pytest.approx(r["loss_action"] + r["loss_video"]) for r in rows)
+    assert (run / "loss.png").stat().st_size > 1000
+    # the published weights are the EMA, not the raw weights
+    state = torch.load(ckpt / "train_state.pt", weights_only=False)
+    ema = load_file(ckpt / "model.safetensors")
+    key = "action.head.head.weight"
+    assert not torch.equal(ema[key], state["model"][key]) and torch.equal(ema[key], state["ema"][key])
+
+
+def test_existing_run_needs_resume_flag(dataset, tmp_path):
+    from fastwam.cli import main
+
+    args = ["train", "--data", str(dataset), "--preset", "tiny", "--steps", "3", "--checkpoint-every", "3",
+            "--batch-size", "2", "--out", str(tmp_path / "r")]
+    assert main(args) == 0
+    with pytest.raises(SystemExit, match="already holds checkpoints: pass --resume"):
+        main(args)
+    assert main(args + ["--resume"]) == 0  # nothing left to do, but it loads and finishes cleanly
+
+
+def test_checkpoints_load_strictly(dataset, tmp_path):
+    build_trainer(tiny_config(steps=3), dataset, tmp_path / "run", progress=False).run()
+    ckpt = latest_checkpoint(tmp_path / "run")
+    model, cfg = load_model(ckpt)
+    assert cfg == tiny_config(steps=3)
+    weights = load_file(ckpt / "model.safetensors")
+    weights.pop("action.head.head.weight")
+    weights["extra.weight"] = torch.zeros(1)
+    save_file(weights, ckpt / "model.safetensors")
+    with pytest.raises(ValueError, match=r"missing \['action.head.head.weight'\], unexpected \['extra.weight'\]"):
+        load_model(ckpt)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        latest_checkpoint(tmp_path)
+
+
+def test_wrong_image_size_is_named(dataset, tmp_path):
+    cfg = preset("small")
+    with pytest.raises(ValueError, match=r"frames are 16x16 px, config data.image_size is 64"):
+        build_trainer(cfg, dataset, tmp_path / "run", progress=False)
+
+
+def test_lr_schedule_warms_up_then_decays_to_zero():
+    values = [lr_factor(s, warmup=10, total=110) for s in range(110)]
+    assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(values[9:], values[10:]))
+    assert lr_factor(110, 10, 110) == pytest.approx(0.0)
+
+
+def test_policy_returns_raw_units_and_controller_replans(dataset, tmp_path):
+    build_trainer(tiny_config(steps=3), dataset, tmp_path / "run", progress=False).run()
+    policy = Policy.from_checkpoint(tmp_path / "run")
+    raw = np.random.default_rng(1).uniform(-1, 1, size=(1, policy.chunk, 4)).astype(np.float32)
+    raw[..., 0] = np.linspace(0.5, 1.0, policy.chunk)  # inside the data range of dim 0
+    normalized = policy.normalizer.normalize("action", torch.from_numpy(raw))
+    seen = {}
+
+    def fake_predict(context, state, text, **_):
+        seen.update(context=context, state=state, text=text)
+        return normalized.expand(context.shape[0], -1, -1)
+
+    policy.model.predict_actions = fake_predict
+    obs = {"image": np.zeros((S, S, 3), np.uint8), "state": np.array([7.5, 0, 0, 1], np.float32),
+           "instruction": "reach the goal"}
+    np.testing.assert_allclose(policy.act(obs), raw[0], atol=1e-6)
+    # proprio is normalized on the way in: x in [2, 13] -> 7.5 is the middle of the range
+    assert seen["state"][0, 0].item() == pytest.approx(0.0, abs=1e-6)
+    assert seen["context"].shape == (1, 1, 48, 4, 4) and seen["text"].shape == (1, 1, 384)
+
+    controller = RecedingHorizonController(policy, execute=3)
+    observed = []
+    actions = [controller.act(lambda: observed.append(1) or obs) for _ in range(7)]
+    assert len(observed) == 3 and controller.chunks == 3  # replans at steps 0, 3, 6
+    np.testing.assert_allclose(actions[3], raw[0, 0], atol=1e-6)
+
+    with pytest.raises(ValueError, match=r"observation\['image'\]: expected uint8 \(\[B,\] 16, 16, 3\)"):
+        policy.act({**obs, "image": np.zeros((S, 2 * S, 3), np.uint8)})
+    with pytest.raises(KeyError, match="missing key 'instruction'"):
+        policy.act({"image": obs["image"], "state": obs["state"]})
