@@ -21,7 +21,7 @@ from fastwam.config import ModelConfig
 from fastwam.model.masks import ACTION
 from fastwam.nn.attention import CrossAttention, merge_heads, split_heads
 from fastwam.nn.layers import ConditionEmbedding, FeedForward, OutputHead, RMSNorm, TimeEmbedding, modulate
-from fastwam.nn.rope import apply_rope, rope_angles, rope_tables, video_positions, wan_axis_split
+from fastwam.nn.rope import apply_rope, rope_angles, rope_rotations, video_positions, wan_axis_split
 
 ContextKV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: cross-attention keys, values (B, H, L, K)
 
@@ -31,10 +31,9 @@ class Tokens:
     """One expert's tokens entering the layer loop."""
 
     x: torch.Tensor  # (B, N, D) hidden states
-    temb: torch.Tensor  # (B, N, D) time embedding (read by the output head)
-    mod: torch.Tensor  # (B, N, 6, D) time modulation (shift/scale/gate for attention and FFN)
-    cos: torch.Tensor  # (N, K/2) RoPE
-    sin: torch.Tensor  # (N, K/2)
+    temb: torch.Tensor  # (B, N or 1, D) time embedding (read by the output head); 1 = shared by all N
+    mod: torch.Tensor  # (B, N or 1, 6, D) time modulation (shift/scale/gate for attention and FFN)
+    rope: torch.Tensor  # (N, K/2) complex RoPE rotations
     kinds: torch.Tensor  # (N,) token kinds, see fastwam.model.masks
     context: ContextKV  # cross-attention keys/values per layer
 
@@ -48,15 +47,12 @@ class Tokens:
         if len(parts) == 1:
             return parts[0]
         return Tokens(
-            x=torch.cat([p.x for p in parts], 1), temb=torch.cat([p.temb for p in parts], 1),
-            mod=torch.cat([p.mod for p in parts], 1), cos=torch.cat([p.cos for p in parts], 0),
-            sin=torch.cat([p.sin for p in parts], 0), kinds=torch.cat([p.kinds for p in parts], 0),
+            x=torch.cat([p.x for p in parts], 1),
+            temb=torch.cat([p.temb.expand(-1, p.length, -1) for p in parts], 1),
+            mod=torch.cat([p.mod.expand(-1, p.length, -1, -1) for p in parts], 1),
+            rope=torch.cat([p.rope for p in parts], 0), kinds=torch.cat([p.kinds for p in parts], 0),
             context=parts[0].context,
         )
-
-    def slice(self, start: int, stop: int) -> "Tokens":
-        return Tokens(self.x[:, start:stop], self.temb[:, start:stop], self.mod[:, start:stop],
-                      self.cos[start:stop], self.sin[start:stop], self.kinds[start:stop], self.context)
 
 
 class SelfAttentionProjections(nn.Module):
@@ -69,10 +65,10 @@ class SelfAttentionProjections(nn.Module):
         self.o = nn.Linear(attn_dim, dim)
         self.norm_q, self.norm_k = RMSNorm(attn_dim), RMSNorm(attn_dim)
 
-    def qkv(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def qkv(self, x: torch.Tensor, rope: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """x (B, N, D) -> q, k, v (B, H, N, K), RoPE applied to q and k."""
-        q = apply_rope(split_heads(self.norm_q(self.q(x)), self.heads), cos, sin)
-        k = apply_rope(split_heads(self.norm_k(self.k(x)), self.heads), cos, sin)
+        q = apply_rope(split_heads(self.norm_q(self.q(x)), self.heads), rope)
+        k = apply_rope(split_heads(self.norm_k(self.k(x)), self.heads), rope)
         return q, k, split_heads(self.v(x), self.heads)
 
 
@@ -90,7 +86,7 @@ class ExpertBlock(nn.Module):
     def attention_inputs(self, t: Tokens) -> tuple[torch.Tensor, ...]:
         """Modulated pre-norm, then q, k, v (B, H, N, K) for the shared attention."""
         shift, scale = (self.modulation[:, :2] + t.mod[:, :, :2]).unbind(2)
-        return self.self_attn.qkv(modulate(t.x, shift, scale), t.cos, t.sin)
+        return self.self_attn.qkv(modulate(t.x, shift, scale), t.rope)
 
     def attention_output(self, t: Tokens, attn: torch.Tensor, layer: int) -> torch.Tensor:
         """attn (B, H, N, K) from the shared attention -> new hidden states (B, N, D)."""
@@ -109,19 +105,26 @@ class Expert(nn.Module):
         self.time = TimeEmbedding(freq_dim, width)
         self.blocks = nn.ModuleList(ExpertBlock(width, cfg.attn_dim, cfg.heads, ffn) for _ in range(cfg.layers))
         self.head = OutputHead(width, out_dim)
+        self._rope_cache: dict[tuple, torch.Tensor] = {}
 
     def context_kv(self, text: torch.Tensor, state: torch.Tensor) -> ContextKV:
         """Instruction (B, L, E) and proprio (B, S) -> cross-attention keys/values for every layer."""
         context = self.condition(text, state)
         return [block.cross_attn.context_kv(context) for block in self.blocks]
 
-    def _tokens(self, x: torch.Tensor, sigma: torch.Tensor, angles: torch.Tensor, kind: int, context: ContextKV) -> Tokens:
-        """x (B, N, D) embedded inputs, sigma (B,) one flow time for all N tokens."""
-        B, N, _ = x.shape
+    def _tokens(self, x: torch.Tensor, sigma: torch.Tensor, rope: torch.Tensor, kind: int, context: ContextKV) -> Tokens:
+        """x (B, N, D) embedded inputs, sigma (B,) one flow time shared by all N tokens."""
         temb, mod = self.time(sigma)  # (B, D), (B, 6, D)
-        cos, sin = rope_tables(angles.to(x.device))
-        kinds = torch.full((N,), kind, dtype=torch.long, device=x.device)
-        return Tokens(x, temb[:, None].expand(B, N, -1), mod[:, None].expand(B, N, -1, -1), cos, sin, kinds, context)
+        kinds = torch.full((x.shape[1],), kind, dtype=torch.long, device=x.device)
+        return Tokens(x, temb[:, None], mod[:, None], rope, kinds, context)
+
+    def _rope(self, positions: tuple, axis_split: tuple[int, ...], device: torch.device) -> torch.Tensor:
+        """RoPE rotations for a token layout, computed once per (layout, device) and reused."""
+        key = (positions, device)
+        if key not in self._rope_cache:
+            grid = video_positions(*positions) if len(positions) == 4 else torch.arange(positions[0])[:, None]
+            self._rope_cache[key] = rope_rotations(rope_angles(grid, axis_split)).to(device)
+        return self._rope_cache[key]
 
 
 class VideoExpert(Expert):
@@ -138,8 +141,8 @@ class VideoExpert(Expert):
         """latents (B, T, C, h, w) at flow time sigma (B,) -> tokens of one kind."""
         x = self.patch_embedding(rearrange(latents, "b t c h w -> b c t h w"))  # (B, D, T', h', w')
         _, _, t, h, w = x.shape
-        pos = video_positions(t, h, w, frame_offset // self.patch[0])
-        return self._tokens(rearrange(x, "b d t h w -> b (t h w) d"), sigma, rope_angles(pos, self.axis_split), kind, context)
+        rope = self._rope((t, h, w, frame_offset // self.patch[0]), self.axis_split, x.device)
+        return self._tokens(rearrange(x, "b d t h w -> b (t h w) d"), sigma, rope, kind, context)
 
     def output(self, x: torch.Tensor, temb: torch.Tensor, frames: int, height: int, width: int) -> torch.Tensor:
         """Hidden states (B, N, D) of ``frames`` latent frames -> velocity (B, T, C, h, w)."""
@@ -160,8 +163,8 @@ class ActionExpert(Expert):
 
     def tokens(self, actions: torch.Tensor, sigma: torch.Tensor, context: ContextKV) -> Tokens:
         """actions (B, S, A) at flow time sigma (B,) -> action tokens."""
-        steps = torch.arange(actions.shape[1])[:, None]
-        return self._tokens(self.action_in(actions), sigma, rope_angles(steps, (self.head_dim // 2,)), ACTION, context)
+        rope = self._rope((actions.shape[1],), (self.head_dim // 2,), actions.device)
+        return self._tokens(self.action_in(actions), sigma, rope, ACTION, context)
 
     def output(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
         """Hidden states (B, S, D) -> velocity (B, S, A)."""

@@ -28,6 +28,8 @@ future/action tokens are present: that is what makes the prefix K/V cache exact.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 CONTEXT, FUTURE, FUTURE_CLEAN, ACTION = 0, 1, 2, 3
@@ -41,8 +43,9 @@ _ACTION_SEES = {
 }
 
 
+@functools.cache
 def attention_table(rule: str) -> torch.Tensor:
-    """(4, 4) bool: entry [q, k] says whether a query of kind q may attend to a key of kind k."""
+    """(4, 4) bool: entry [q, k] says whether a query of kind q may attend to a key of kind k (do not modify)."""
     if rule not in _ACTION_SEES:
         raise ValueError(f"unknown mask rule {rule!r}: expected one of {sorted(_ACTION_SEES)}")
     sees = {**_COMMON, ACTION: _ACTION_SEES[rule]}

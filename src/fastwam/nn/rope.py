@@ -27,17 +27,15 @@ def rope_angles(positions: torch.Tensor, axis_split: tuple[int, ...], theta: flo
     return torch.cat(parts, dim=-1)
 
 
-def rope_tables(angles: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """angles (N, K/2) -> (cos, sin), each (N, K/2) float32."""
-    return torch.cos(angles).float(), torch.sin(angles).float()
+def rope_rotations(angles: torch.Tensor) -> torch.Tensor:
+    """angles (N, K/2) -> unit complex rotations exp(i * angle), (N, K/2) complex64."""
+    return torch.polar(torch.ones_like(angles), angles).to(torch.complex64)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate pairs of x (B, H, N, K) by angles given as cos/sin (N, K/2)."""
-    xf = x.float().unflatten(-1, (-1, 2))
-    x0, x1 = xf[..., 0], xf[..., 1]
-    out = torch.stack([x0 * cos - x1 * sin, x0 * sin + x1 * cos], dim=-1)
-    return out.flatten(-2).type_as(x)
+def apply_rope(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+    """Rotate consecutive channel pairs of x (B, H, N, K) by rotations (N, K/2) complex."""
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (B, H, N, K/2)
+    return torch.view_as_real(pairs * rotations).flatten(-2).type_as(x)
 
 
 def video_positions(frames: int, rows: int, cols: int, frame_offset: int = 0) -> torch.Tensor:
