@@ -1,0 +1,575 @@
+"""``fastwam eval metaworld``: closed-loop success rates of a checkpoint on MetaWorld tasks.
+
+Each episode resets a task to one *variation* (object and goal layout) that the checkpoint's
+demonstrations did not use, under the benchmark seed recorded at collection time (read from the
+checkpoint's ``data.json``, so the dataset need not be on disk). Episode e of a task runs on
+``unused[e % len(unused)]`` (cycling when more episodes than unused variations are asked for) with
+its own policy seed. A receding-horizon controller executes ``--execute`` actions of each chunk
+(default half) and then replans; the env renders only when the controller replans. An episode
+succeeds when the env's success flag is raised at any step (it stops there) within
+``--max-steps``.
+
+Episodes run in this process or on ``--workers`` spawned processes, one env and one policy each.
+
+JSON keys: checkpoint, episodes_per_task, tasks.<task>.{success_rate, ci95 (Wilson 95 % interval),
+episodes, successes, mean_chunk_ms, mean_steps, variations (per episode), training_variations,
+episode_success, episode_steps, episode_seconds}, mean_success_rate, mean_ci95, variant,
+max_steps, execute, denoise_steps, seed, benchmark_seed, variations_disjoint, workers,
+wall_seconds, seconds_per_episode, videos, date, machine.
+
+``--video OUT.mp4`` writes the first episode of each task (up to ``--video-episodes``) from the
+frames the policy observed; for variants trained with video it also writes
+``OUT_imagined.mp4``: at every replan, the frames the model imagines (top row) above the frames
+that really came ``frame_stride * k`` steps later (bottom row).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import time
+import zlib
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from fastwam.envs import metaworld as mw
+
+CONTROL_FPS = 80  # MetaWorld actions per second (fastwam.envs.collect.FPS)
+Z95 = 1.959963984540054
+
+
+# -- what to run -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class EvalPlan:
+    """Everything an evaluation needs, picklable for worker processes."""
+
+    checkpoint: str  # a checkpoint directory (model.safetensors, config.yaml, stats.json)
+    tasks: tuple[str, ...]
+    episodes: int
+    variations: dict[str, tuple[int, ...]]  # task -> the variation of each episode
+    training_variations: dict[str, tuple[int, ...]]  # task -> variations the demonstrations used
+    benchmark_seed: int
+    image_size: int
+    cameras: tuple[str, ...]
+    frame_stride: int
+    shadows: bool = False
+    max_steps: int = 200
+    execute: int | None = None  # actions executed per chunk (None: chunk // 2)
+    seed: int = 0
+    steps: int | None = None  # denoising steps (None: the checkpoint's)
+    device: str = "cpu"
+    threads: int = 0  # torch threads per process (0: torch's default)
+    recorded: int = 0  # episodes kept for the video
+    every_step: bool = False  # video frames at every step, not only at replans
+    imagine: bool = False  # also record imagined future frames (variants trained with video)
+
+    def episode_list(self) -> list["Episode"]:
+        """All episodes, task by task; the first ``recorded`` in (episode, task) order are recorded."""
+        order = sorted(((e, i) for i in range(len(self.tasks)) for e in range(self.episodes)))
+        record = set(order[: self.recorded])
+        return [Episode(task, e, self.variations[task][e], episode_seed(self.seed, task, e), (e, i) in record)
+                for i, task in enumerate(self.tasks) for e in range(self.episodes)]
+
+
+@dataclass(frozen=True)
+class Episode:
+    task: str
+    index: int
+    variation: int
+    seed: int  # seeds the policy's sampling noise
+    record: bool  # keep frames for the video
+
+
+@dataclass
+class EpisodeResult:
+    task: str
+    index: int
+    variation: int
+    seed: int
+    success: bool
+    steps: int  # env steps taken (the step of the first success, or max_steps)
+    chunk_ms: list[float]  # policy latency of every chunk
+    seconds: float  # wall time of the whole episode
+    frames: dict[int, np.ndarray] = field(default_factory=dict)  # step -> uint8 (H, W, 3), recorded episodes
+    imagined: dict[int, np.ndarray] = field(default_factory=dict)  # replan step -> uint8 (Tf, H, W, 3)
+
+
+def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion; (0, 1) when n = 0."""
+    if n == 0:
+        return 0.0, 1.0
+    if not 0 <= successes <= n:
+        raise ValueError(f"successes must be in 0..{n}, got {successes}")
+    p = successes / n
+    denom = 1 + z * z / n
+    center = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    lo = 0.0 if successes == 0 else max(0.0, center - half)  # exact at the ends (no rounding residue)
+    hi = 1.0 if successes == n else min(1.0, center + half)
+    return lo, hi
+
+
+def episode_variations(used: Sequence[int], episodes: int, total: int = mw.NUM_VARIATIONS) -> tuple[int, ...]:
+    """Variation of each episode: the ones not in ``used``, in order, cycled when there are fewer."""
+    unused = [v for v in range(total) if v not in set(used)]
+    if not unused:
+        raise ValueError(f"all {total} variations were used for training; none is left to evaluate on")
+    return tuple(unused[e % len(unused)] for e in range(episodes))
+
+
+def episode_seed(seed: int, task: str, index: int) -> int:
+    """A distinct, reproducible policy seed per (run seed, task, episode)."""
+    return zlib.crc32(f"{seed}/{task}/{index}".encode())
+
+
+# -- planning from a checkpoint ------------------------------------------------------------------
+
+def run_info(checkpoint: Path) -> dict:
+    """The ``data.json`` of a checkpoint directory (or of its run directory)."""
+    for path in (checkpoint / "data.json", checkpoint.parent.parent / "data.json"):
+        if path.is_file():
+            return json.loads(path.read_text())
+    return {}
+
+
+def default_tasks(info: dict) -> list[str]:
+    """The MetaWorld tasks the checkpoint was trained on, from its data record."""
+    collection = info.get("collection") or {}
+    if collection.get("spec", {}).get("tasks"):
+        return list(collection["spec"]["tasks"])
+    if collection.get("variations"):
+        return list(collection["variations"])
+    by_instruction = {text: task for task, text in mw.INSTRUCTIONS.items()}
+    tasks = [by_instruction[t] for t in info.get("tasks", []) if t in by_instruction]
+    if not tasks:
+        raise ValueError("the checkpoint does not record which MetaWorld tasks it was trained on; pass --tasks")
+    return tasks
+
+
+def make_plan(checkpoint: str | Path, episodes: int, tasks: str | Sequence[str] | None = None, *,
+              allow_any_variation: bool = False, max_steps: int = 200, execute: int | None = None, seed: int = 0,
+              steps: int | None = None, device: str = "cpu", threads: int = 0, video_episodes: int = 0,
+              every_step: bool = False) -> EvalPlan:
+    """Resolve the checkpoint, the tasks and each episode's variation; validate the numbers."""
+    from fastwam.config import Config
+    from fastwam.train import latest_checkpoint
+
+    if not Path(checkpoint).exists():
+        raise FileNotFoundError(f"--checkpoint {checkpoint}: no such file or directory")
+    path = latest_checkpoint(checkpoint)
+    if episodes < 1 or max_steps < 1 or video_episodes < 0:
+        raise ValueError(f"need --episodes >= 1, --max-steps >= 1, --video-episodes >= 0; "
+                         f"got {episodes}, {max_steps}, {video_episodes}")
+    cfg = Config.load(path / "config.yaml")
+    if execute is not None and not 1 <= execute <= cfg.model.chunk:
+        raise ValueError(f"--execute: expected 1..{cfg.model.chunk} (the checkpoint's chunk), got {execute}")
+    info = run_info(path)
+    collection = info.get("collection") or {}
+    task_list = mw.expand_tasks(tasks) if tasks else [mw.canonical_task(t) for t in default_tasks(info)]
+    if "variations" in collection:
+        used = {mw.canonical_task(t): tuple(v) for t, v in collection["variations"].items()}
+    elif allow_any_variation:
+        used = {}
+    else:
+        raise ValueError(f"{path}: data.json has no record of the MetaWorld variations its demonstrations used "
+                         "(collection.variations), so unseen variations cannot be chosen; pass --allow-any-variation "
+                         "to evaluate on variations 0, 1, ... anyway")
+    return EvalPlan(
+        checkpoint=str(path), tasks=tuple(task_list), episodes=episodes,
+        variations={t: episode_variations(used.get(t, ()), episodes) for t in task_list},
+        training_variations={t: used.get(t, ()) for t in task_list},
+        benchmark_seed=int(collection.get("benchmark_seed", 0)), image_size=cfg.data.image_size,
+        cameras=tuple(cfg.data.cameras), frame_stride=cfg.data.frame_stride,
+        shadows=bool(collection.get("spec", {}).get("shadows", False)), max_steps=max_steps, execute=execute,
+        seed=seed, steps=steps, device=device, threads=threads, recorded=video_episodes, every_step=every_step,
+        imagine=video_episodes > 0 and cfg.model.variant.has_future,
+    )
+
+
+# -- one episode -------------------------------------------------------------------------------
+
+class Recorder:
+    """Frames of one episode for the videos.
+
+    Keeps what the policy observed (at replans) and, when asked, every step's frame; for
+    imagining variants, the imagined future at each replan and the real frames at the imagined
+    times (t + frame_stride * k), rendered only for this episode.
+    """
+
+    def __init__(self, policy, every_step: bool, imagine: bool, frame_stride: int, seed: int):
+        import torch
+
+        self.policy, self.every_step, self.imagine, self.stride = policy, every_step, imagine, frame_stride
+        self.frames: dict[int, np.ndarray] = {}
+        self.imagined: dict[int, np.ndarray] = {}
+        self._wanted: set[int] = set()
+        self._generator = torch.Generator(device=policy.device).manual_seed(seed + 1)
+
+    def observed(self, step: int, observation: dict) -> None:
+        self.frames[step] = observation["image"]
+        if self.imagine:
+            self.imagined[step] = self._imagine(observation)
+            self._wanted.update(step + self.stride * k for k in range(1, len(self.imagined[step]) + 1))
+
+    def wants(self, step: int) -> bool:
+        return step not in self.frames and (self.every_step or step in self._wanted)
+
+    def _imagine(self, observation: dict) -> np.ndarray:
+        """The policy's imagined frames, drawn from a noise stream of their own (the actions' is untouched)."""
+        actions_generator, self.policy.generator = self.policy.generator, self._generator
+        try:
+            return self.policy.imagine(observation)
+        finally:
+            self.policy.generator = actions_generator
+
+
+def run_episode(plan: EvalPlan, policy, env: mw.MetaWorldEnv, episode: Episode) -> EpisodeResult:
+    """One closed-loop episode until the first success or ``plan.max_steps`` steps."""
+    from fastwam.policy import RecedingHorizonController
+
+    start = time.perf_counter()
+    controller = RecedingHorizonController(policy, plan.execute)
+    controller.reset(episode.seed)
+    env.set_variation(episode.variation)
+    env.reset()
+    recorder = Recorder(policy, plan.every_step, plan.imagine, plan.frame_stride, episode.seed) if episode.record else None
+
+    def observe() -> dict:
+        image = recorder.frames.get(env.steps) if recorder else None
+        observation = {"image": env.render() if image is None else image, "state": env.proprio(),
+                       "instruction": env.instruction}
+        if recorder:
+            recorder.observed(env.steps, observation)
+        return observation
+
+    success = False
+    while not success and env.steps < plan.max_steps:
+        _, success, _ = env.step(controller.act(observe))
+        if recorder and recorder.wants(env.steps):
+            recorder.frames[env.steps] = env.render()
+    if recorder and env.steps not in recorder.frames:
+        recorder.frames[env.steps] = env.render()  # the final state, for the video's last frame
+    return EpisodeResult(
+        task=episode.task, index=episode.index, variation=episode.variation, seed=episode.seed, success=success,
+        steps=env.steps, chunk_ms=[s * 1e3 for s in controller.chunk_seconds], seconds=time.perf_counter() - start,
+        frames=recorder.frames if recorder else {}, imagined=recorder.imagined if recorder else {},
+    )
+
+
+# -- processes: one policy and one env each ------------------------------------------------------
+
+_PROCESS: dict = {}  # "plan", "policy", "env" of this process
+
+
+def _init_process(plan: EvalPlan) -> None:
+    import torch
+
+    if plan.threads:
+        torch.set_num_threads(plan.threads)
+    _close_process()
+    _PROCESS["plan"] = plan
+
+
+def _process_policy(plan: EvalPlan):
+    if "policy" not in _PROCESS:
+        from fastwam.policy import Policy
+
+        _PROCESS["policy"] = Policy.from_checkpoint(plan.checkpoint, device=plan.device, steps=plan.steps, seed=plan.seed)
+    return _PROCESS["policy"]
+
+
+def _process_env(plan: EvalPlan, task: str) -> mw.MetaWorldEnv:
+    """This process's env, rebuilt when the task changes (one rendering env per process)."""
+    env = _PROCESS.get("env")
+    if env is None or env.task != task:
+        if env is not None:
+            env.close()
+        env = mw.MetaWorldEnv(task, 0, plan.image_size, plan.cameras, plan.benchmark_seed,
+                              max_steps=plan.max_steps, shadows=plan.shadows)
+        _PROCESS["env"] = env
+    return env
+
+
+def _close_process() -> None:
+    env = _PROCESS.pop("env", None)
+    if env is not None:
+        env.close()
+    _PROCESS.clear()
+
+
+def _episode_job(episode: Episode) -> EpisodeResult:
+    plan = _PROCESS["plan"]
+    return run_episode(plan, _process_policy(plan), _process_env(plan, episode.task), episode)
+
+
+@contextmanager
+def _episode_runner(plan: EvalPlan, workers: int) -> Iterator:
+    """A function mapping episodes to results as they finish: in this process, or on spawned workers."""
+    if workers <= 1:
+        import torch
+
+        threads = torch.get_num_threads()
+        _init_process(plan)
+        try:
+            yield lambda episodes: map(_episode_job, episodes)
+        finally:
+            _close_process()
+            torch.set_num_threads(threads)  # the caller's setting, as it was
+        return
+    pool = mp.get_context("spawn").Pool(workers, initializer=_init_process, initargs=(plan,))
+    try:
+        yield lambda episodes: pool.imap_unordered(_episode_job, episodes, chunksize=1)
+    except BaseException:
+        pool.terminate()
+        raise
+    pool.close()  # a clean exit, not terminate(): workers release their locks (no "leaked semaphore" warning)
+    pool.join()
+
+
+def evaluate(plan: EvalPlan, workers: int = 1, progress: bool = True) -> list[EpisodeResult]:
+    """Run every episode of the plan; results in (task, episode) order."""
+    from tqdm import tqdm
+
+    episodes = plan.episode_list()
+    results = []
+    with _episode_runner(plan, min(workers, len(episodes))) as run_all:
+        bar = tqdm(run_all(episodes), total=len(episodes), desc="eval", unit="ep", disable=not progress)
+        for result in bar:
+            results.append(result)
+            bar.set_postfix(success=f"{sum(r.success for r in results)}/{len(results)}")
+        bar.close()
+    order = {(e.task, e.index): i for i, e in enumerate(episodes)}
+    return sorted(results, key=lambda r: order[(r.task, r.index)])
+
+
+# -- results -----------------------------------------------------------------------------------
+
+def summarize(plan: EvalPlan, results: list[EpisodeResult], wall_seconds: float, workers: int) -> dict:
+    """The JSON record of an evaluation (keys in the module docstring)."""
+    import torch
+
+    from fastwam.config import Config
+
+    cfg = Config.load(Path(plan.checkpoint) / "config.yaml")
+    tasks = {}
+    for task in plan.tasks:
+        mine = [r for r in results if r.task == task]
+        wins = sum(r.success for r in mine)
+        chunk_ms = [ms for r in mine for ms in r.chunk_ms]
+        tasks[task] = {
+            "success_rate": wins / len(mine), "ci95": list(wilson_interval(wins, len(mine))),
+            "episodes": len(mine), "successes": wins,
+            "mean_chunk_ms": float(np.mean(chunk_ms)) if chunk_ms else 0.0,
+            "mean_steps": float(np.mean([r.steps for r in mine])),
+            "variations": [r.variation for r in mine], "training_variations": list(plan.training_variations[task]),
+            "episode_success": [r.success for r in mine], "episode_steps": [r.steps for r in mine],
+            "episode_seconds": [round(r.seconds, 3) for r in mine],
+        }
+    wins, n = sum(t["successes"] for t in tasks.values()), sum(t["episodes"] for t in tasks.values())
+    return {
+        "checkpoint": plan.checkpoint, "episodes_per_task": plan.episodes, "tasks": tasks,
+        "mean_success_rate": float(np.mean([t["success_rate"] for t in tasks.values()])),
+        "mean_ci95": list(wilson_interval(wins, n)),
+        "variant": cfg.model.variant.mask, "video_weight": cfg.model.variant.video_weight,
+        "max_steps": plan.max_steps, "execute": plan.execute or cfg.model.chunk // 2, "chunk": cfg.model.chunk,
+        "denoise_steps": plan.steps or cfg.model.action_flow.steps, "seed": plan.seed,
+        "benchmark_seed": plan.benchmark_seed,
+        "variations_disjoint": all(not set(t["variations"]) & set(t["training_variations"]) for t in tasks.values()),
+        "workers": workers, "wall_seconds": round(wall_seconds, 2),
+        "seconds_per_episode": round(float(np.mean([r.seconds for r in results])), 3), "videos": [],
+        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "machine": f"{platform.node()}: {plan.device}, {platform.processor() or platform.machine()}, "
+                   f"{os.cpu_count()} cpus, {plan.threads or torch.get_num_threads()} torch threads per process",
+    }
+
+
+def format_table(summary: dict) -> str:
+    lines = [f"closed-loop MetaWorld: {summary['checkpoint']}, {summary['episodes_per_task']} episodes per task, "
+             f"<= {summary['max_steps']} steps, {summary['execute']} of {summary['chunk']} actions per chunk",
+             f"{'task':<28} {'episodes':>8} {'success':>8} {'95% interval':>15} {'chunk ms':>9}"]
+    for task, t in summary["tasks"].items():
+        lo, hi = t["ci95"]
+        lines.append(f"{task:<28} {t['episodes']:>8} {t['success_rate']:>8.1%} {f'{lo:.0%}-{hi:.0%}':>15} "
+                     f"{t['mean_chunk_ms']:>9.1f}")
+    lo, hi = summary["mean_ci95"]
+    n = sum(t["episodes"] for t in summary["tasks"].values())
+    ms = np.mean([t["mean_chunk_ms"] for t in summary["tasks"].values()])
+    lines.append(f"{'mean':<28} {n:>8} {summary['mean_success_rate']:>8.1%} {f'{lo:.0%}-{hi:.0%}':>15} {ms:>9.1f}")
+    lines.append(f"{summary['wall_seconds']:.1f} s wall, {summary['seconds_per_episode']:.2f} s per episode, "
+                 f"{summary['workers']} worker(s)")
+    return "\n".join(lines)
+
+
+# -- videos ------------------------------------------------------------------------------------
+
+GREEN, RED, GRAY = (40, 160, 60), (190, 50, 40), (90, 90, 90)
+
+
+def _scale(image: np.ndarray, height: int) -> np.ndarray:
+    """Nearest-neighbour upscaling by the integer factor that brings the height closest to ``height``."""
+    factor = max(1, round(height / image.shape[0]))
+    return image.repeat(factor, axis=0).repeat(factor, axis=1)
+
+
+def _caption(image: np.ndarray, text: str, color: tuple[int, int, int]) -> np.ndarray:
+    """A coloured bar with ``text`` above the image."""
+    from PIL import Image, ImageDraw
+
+    bar = Image.new("RGB", (image.shape[1], 16), color)
+    ImageDraw.Draw(bar).text((4, 2), text, fill=(255, 255, 255))
+    return np.concatenate([np.asarray(bar), image], axis=0)
+
+
+def rollout_frames(result: EpisodeResult, height: int = 256) -> list[np.ndarray]:
+    """The recorded frames of one episode, upscaled and captioned with task, variation, step and outcome."""
+    outcome = "success" if result.success else "failure"
+    color = GREEN if result.success else RED
+    return [_caption(_scale(result.frames[step], height),
+                     f"{result.task}  variation {result.variation}  step {step}  ({outcome} at {result.steps})", color)
+            for step in sorted(result.frames)]
+
+
+def imagined_frames(result: EpisodeResult, frame_stride: int, height: int = 128) -> list[np.ndarray]:
+    """Per replan at step t: [now | imagined t+r | imagined t+2r ...] above [now | real t+r | real t+2r ...]."""
+    out = []
+    for step in sorted(result.imagined):
+        now, imagined = result.frames[step], list(result.imagined[step])
+        real = [result.frames.get(step + frame_stride * k) for k in range(1, len(imagined) + 1)]
+        real = [np.full_like(now, GRAY[0]) if f is None else f for f in real]  # past the episode's end
+        top = np.concatenate([_scale(f, height) for f in [now, *imagined]], axis=1)
+        bottom = np.concatenate([_scale(f, height) for f in [now, *real]], axis=1)
+        separator = np.full((2, top.shape[1], 3), 255, np.uint8)
+        columns = " | ".join(["now"] + [f"+{frame_stride * k}" for k in range(1, len(imagined) + 1)])
+        out.append(_caption(np.concatenate([top, separator, bottom], axis=0),
+                            f"{result.task} step {step}: {columns}  (top imagined, bottom real)",
+                            GREEN if result.success else RED))
+    return out
+
+
+def write_mp4(frames: list[np.ndarray], path: str | Path, fps: Fraction | int) -> Path:
+    """uint8 RGB frames (all one size) -> an H.264 MP4 (yuv420p, even-padded)."""
+    import av
+
+    if not frames:
+        raise ValueError(f"{path}: no frames to write")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    height, width = frames[0].shape[:2]
+    height, width = height + height % 2, width + width % 2
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"crf": "18"}
+        for image in frames:
+            padded = np.zeros((height, width, 3), np.uint8)
+            padded[: image.shape[0], : image.shape[1]] = image
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(padded, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def _same_size(frames: list[np.ndarray]) -> list[np.ndarray]:
+    """Pad frames with black to the largest height and width among them."""
+    height, width = max(f.shape[0] for f in frames), max(f.shape[1] for f in frames)
+    out = []
+    for f in frames:
+        padded = np.zeros((height, width, 3), np.uint8)
+        padded[: f.shape[0], : f.shape[1]] = f
+        out.append(padded)
+    return out
+
+
+def write_videos(plan: EvalPlan, results: list[EpisodeResult], path: str | Path) -> list[str]:
+    """The rollout MP4 at ``path`` and, for imagining variants, ``<stem>_imagined.mp4``; returns the paths."""
+    recorded = [r for r in sorted(results, key=lambda r: (r.index, plan.tasks.index(r.task))) if r.frames]
+    if not recorded:
+        return []
+    execute = plan.execute or _chunk(plan) // 2
+    fps = Fraction(CONTROL_FPS, 1 if plan.every_step else execute)
+    hold = max(1, round(float(fps)))  # one second on each episode's last frame
+    frames = []
+    for result in recorded:
+        episode = rollout_frames(result)
+        frames += episode + [episode[-1]] * hold
+    paths = [write_mp4(_same_size(frames), path, fps)]
+    if plan.imagine:
+        panels = [f for r in recorded for f in imagined_frames(r, plan.frame_stride)]
+        if panels:
+            path = Path(path)
+            paths.append(write_mp4(_same_size(panels), path.with_name(f"{path.stem}_imagined{path.suffix or '.mp4'}"),
+                                   Fraction(CONTROL_FPS, execute)))
+    return [str(p) for p in paths]
+
+
+def _chunk(plan: EvalPlan) -> int:
+    from fastwam.config import Config
+
+    return Config.load(Path(plan.checkpoint) / "config.yaml").model.chunk
+
+
+# -- command line ------------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("suite", choices=["metaworld"], help="simulator suite")
+    parser.add_argument("--checkpoint", required=True, help="run directory (its newest checkpoint) or checkpoint directory")
+    parser.add_argument("--episodes", type=int, default=50, help="episodes per task")
+    parser.add_argument("--tasks", default="", help="comma list of tasks and/or sets (mt10, easy, ...); "
+                                                    "default: the checkpoint's training tasks")
+    parser.add_argument("--json", default="", help="write the results here")
+    parser.add_argument("--video", default="", help="MP4 of the first rollouts (plus <stem>_imagined.mp4 for variants "
+                                                    "trained with video)")
+    parser.add_argument("--video-episodes", type=int, default=4, help="episodes in the video: the first of each task")
+    parser.add_argument("--video-every-step", action="store_true",
+                        help="render every step of the recorded episodes (default: only the frames the policy saw)")
+    parser.add_argument("--max-steps", type=int, default=200, help="episode bound in env steps")
+    parser.add_argument("--execute", type=int, default=None, help="actions executed per chunk before replanning "
+                                                                  "(default: half the chunk)")
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the checkpoint's)")
+    parser.add_argument("--seed", type=int, default=0, help="policy seed (each episode gets its own from it)")
+    parser.add_argument("--workers", type=int, default=1, help="worker processes, one env and one policy each")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads per process (0: torch's default with 1 worker, cpus / workers otherwise)")
+    parser.add_argument("--device", default="", help="cpu, cuda, ... (default: cuda when available)")
+    parser.add_argument("--allow-any-variation", action="store_true",
+                        help="evaluate even when the checkpoint does not record which variations it trained on")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    workers = max(1, args.workers)
+    threads = args.threads or (0 if workers == 1 else max(1, (os.cpu_count() or 1) // workers))
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        plan = make_plan(args.checkpoint, args.episodes, args.tasks or None, allow_any_variation=args.allow_any_variation,
+                         max_steps=args.max_steps, execute=args.execute, seed=args.seed, steps=args.steps,
+                         device=device, threads=threads, video_episodes=args.video_episodes if args.video else 0,
+                         every_step=args.video_every_step)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"fastwam eval: {e}") from e
+    start = time.perf_counter()
+    results = evaluate(plan, workers, progress=not args.quiet)
+    summary = summarize(plan, results, time.perf_counter() - start, workers)
+    if args.video:
+        summary["videos"] = write_videos(plan, results, args.video)
+    print(format_table(summary))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    for path in summary["videos"]:
+        print(f"video: {path}")
+    return 0
+

@@ -1,0 +1,154 @@
+"""Closed-loop evaluation: the JSON schema, the videos, unseen variations, the interval, the plumbing.
+
+The checkpoint is an untrained tiny model written straight into a run directory (no dataset,
+no training): it will not succeed, so these tests check the record, not the success rate.
+"""
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # before mujoco is imported
+
+import json
+
+import av
+import numpy as np
+import pytest
+from safetensors.torch import save_file
+
+from fastwam.cli import main as cli_main
+from fastwam.config import preset
+from fastwam.data.normalize import Normalizer
+from fastwam.evaluate import EvalPlan, episode_seed, episode_variations, make_plan, wilson_interval
+from fastwam.train import write_run_files
+
+TRAINING_VARIATIONS = [0, 1, 2, 3, 5, 8]  # what the (pretend) demonstrations of reach used
+
+
+def write_checkpoint(directory, cfg, collection):
+    """A run directory with one checkpoint of an untrained model, as fastwam.train lays it out."""
+    ckpt = directory / "checkpoints" / "step-0000001"
+    ckpt.mkdir(parents=True)
+    model = cfg.model.build()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, ckpt / "model.safetensors")
+    stats = {"observation.state": {"min": [-0.5, 0.3, 0.0, 0.0], "max": [0.5, 0.9, 0.3, 1.0]},
+             "action": {"min": [-1.0] * 4, "max": [1.0] * 4}}
+    info = {"dataset": "/nonexistent/dataset", "tasks": ["reach the goal position"], "collection": collection}
+    for d in (directory, ckpt):
+        write_run_files(d, cfg, Normalizer(stats), info)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    collection = {"suite": "metaworld", "benchmark_seed": 0, "variations": {"reach-v3": TRAINING_VARIATIONS},
+                  "spec": {"tasks": ["reach-v3"], "image_size": 16, "cameras": ["corner2"], "shadows": False}}
+    return write_checkpoint(tmp_path_factory.mktemp("eval") / "run", preset("tiny"), collection)
+
+
+@pytest.fixture(scope="module")
+def evaluated(run_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval_out")
+    code = cli_main(["eval", "metaworld", "--checkpoint", str(run_dir), "--episodes", "2", "--tasks", "reach",
+                     "--max-steps", "10", "--json", str(out / "out.json"), "--video", str(out / "out.mp4"),
+                     "--workers", "1", "--threads", "1", "--quiet"])
+    assert code == 0
+    return json.loads((out / "out.json").read_text()), out
+
+
+def test_json_schema_and_ranges(evaluated, run_dir):
+    result, _ = evaluated
+    assert result["checkpoint"].endswith("step-0000001") and result["episodes_per_task"] == 2
+    assert list(result["tasks"]) == ["reach-v3"]
+    task = result["tasks"]["reach-v3"]
+    assert task["episodes"] == 2 and 0 <= task["success_rate"] <= 1
+    lo, hi = task["ci95"]
+    assert 0 <= lo <= task["success_rate"] <= hi <= 1
+    assert task["mean_chunk_ms"] > 0
+    assert all(1 <= s <= 10 for s in task["episode_steps"])  # the episode bound holds
+    assert 0 <= result["mean_success_rate"] <= 1
+    assert result["mean_success_rate"] == pytest.approx(task["success_rate"])
+    assert result["max_steps"] == 10 and result["execute"] == 2  # tiny chunk 4 -> half executed
+    json.dumps(result)  # plain JSON types throughout
+
+
+def test_variations_are_unseen_and_seeds_distinct(evaluated):
+    task = evaluated[0]["tasks"]["reach-v3"]
+    assert task["variations"] == [4, 6]  # the first unused ones, in order
+    assert not set(task["variations"]) & set(TRAINING_VARIATIONS)
+    assert task["training_variations"] == TRAINING_VARIATIONS and evaluated[0]["variations_disjoint"]
+    assert episode_seed(0, "reach-v3", 0) != episode_seed(0, "reach-v3", 1) != episode_seed(0, "push-v3", 1)
+
+
+def _video_frames(path):
+    with av.open(str(path)) as container:
+        return [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
+
+
+def test_videos_open_and_have_frames(evaluated):
+    result, out = evaluated
+    assert result["videos"] == [str(out / "out.mp4"), str(out / "out_imagined.mp4")]  # tiny trains with video
+    rollout = _video_frames(out / "out.mp4")
+    # 2 episodes x (up to 10 steps / 2 per chunk + the final frame) + a 1 s hold (40 frames at 80/2 fps) each
+    assert 2 * (1 + 40) < len(rollout) <= 2 * (6 + 40)
+    assert rollout[0].shape[0] >= 256 and rollout[0].std() > 5
+    imagined = _video_frames(out / "out_imagined.mp4")
+    assert len(imagined) == 2 * 5  # one panel per replan (steps 0, 2, 4, 6, 8) of each episode
+    assert imagined[0].shape[1] > imagined[0].shape[0]  # now + 2 future frames side by side, 2 rows
+
+
+@pytest.mark.slow
+def test_worker_processes(run_dir, tmp_path):
+    """Two spawned workers, one env and one policy each; results come back in (task, episode) order."""
+    code = cli_main(["eval", "metaworld", "--checkpoint", str(run_dir), "--episodes", "2", "--tasks", "reach,push",
+                     "--max-steps", "3", "--json", str(tmp_path / "w.json"), "--workers", "2", "--quiet"])
+    assert code == 0
+    result = json.loads((tmp_path / "w.json").read_text())
+    assert result["workers"] == 2 and list(result["tasks"]) == ["reach-v3", "push-v3"]
+    assert result["tasks"]["reach-v3"]["variations"] == [4, 6] and result["tasks"]["push-v3"]["variations"] == [0, 1]
+    assert all(t["episode_steps"] == [3, 3] for t in result["tasks"].values())
+
+
+def test_episode_variations_cycle_through_the_unused():
+    assert episode_variations([0, 1, 2], 3, total=6) == (3, 4, 5)
+    assert episode_variations([0, 2], 7, total=5) == (1, 3, 4, 1, 3, 4, 1)
+    assert episode_variations([], 2) == (0, 1)
+    with pytest.raises(ValueError, match="none is left"):
+        episode_variations(range(5), 1, total=5)
+
+
+def test_wilson_interval():
+    assert wilson_interval(0, 0) == (0.0, 1.0)
+    lo, hi = wilson_interval(5, 10)
+    assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)
+    lo, hi = wilson_interval(0, 50)
+    assert lo == 0 and hi == pytest.approx(0.0714, abs=1e-4)  # not the degenerate [0, 0] of the Wald interval
+    lo, hi = wilson_interval(50, 50)
+    assert hi == 1 and lo == pytest.approx(0.9286, abs=1e-4)
+    with pytest.raises(ValueError):
+        wilson_interval(3, 2)
+
+
+def test_plan_defaults_to_training_tasks_and_records_rendering(run_dir):
+    plan = make_plan(run_dir, episodes=3)
+    assert isinstance(plan, EvalPlan) and plan.tasks == ("reach-v3",)
+    assert plan.image_size == 16 and plan.cameras == ("corner2",) and plan.benchmark_seed == 0
+    assert plan.variations == {"reach-v3": (4, 6, 7)}
+    # a task the demonstrations never saw may use every variation
+    assert make_plan(run_dir, episodes=2, tasks="push").variations == {"push-v3": (0, 1)}
+    # recorded episodes: the first of each task, then the second ...
+    plan = make_plan(run_dir, episodes=2, tasks="reach,push", video_episodes=3)
+    assert [(e.task, e.index) for e in plan.episode_list() if e.record] == [("reach-v3", 0), ("reach-v3", 1), ("push-v3", 0)]
+
+
+def test_errors_name_the_problem(run_dir, tmp_path):
+    with pytest.raises(SystemExit, match="no-such-run"):
+        cli_main(["eval", "metaworld", "--checkpoint", str(tmp_path / "no-such-run"), "--episodes", "1"])
+    with pytest.raises(SystemExit, match="unknown MetaWorld task 'fly-v3'"):
+        cli_main(["eval", "metaworld", "--checkpoint", str(run_dir), "--episodes", "1", "--tasks", "reach,fly-v3"])
+    with pytest.raises(SystemExit, match="--execute"):
+        cli_main(["eval", "metaworld", "--checkpoint", str(run_dir), "--episodes", "1", "--execute", "9"])
+    bare = write_checkpoint(tmp_path / "bare", preset("tiny"), collection={})
+    with pytest.raises(SystemExit, match="--allow-any-variation"):
+        cli_main(["eval", "metaworld", "--checkpoint", str(bare), "--episodes", "1"])
+    plan = make_plan(bare, episodes=2, allow_any_variation=True)  # tasks from the recorded instructions
+    assert plan.tasks == ("reach-v3",) and plan.variations == {"reach-v3": (0, 1)}
