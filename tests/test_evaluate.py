@@ -152,3 +152,49 @@ def test_errors_name_the_problem(run_dir, tmp_path):
         cli_main(["eval", "metaworld", "--checkpoint", str(bare), "--episodes", "1"])
     plan = make_plan(bare, episodes=2, allow_any_variation=True)  # tasks from the recorded instructions
     assert plan.tasks == ("reach-v3",) and plan.variations == {"reach-v3": (0, 1)}
+
+
+def test_recording_a_video_does_not_change_the_actions(run_dir):
+    """Imagining draws its own noise and extra renders are side effects only: same episode, same trajectory."""
+    import torch
+
+    from fastwam.envs.metaworld import MetaWorldEnv
+    from fastwam.evaluate import Episode, run_episode
+    from fastwam.policy import Policy
+
+    plan = make_plan(run_dir, episodes=1, max_steps=6, execute=4, video_episodes=1)  # replans at steps 0 and 4
+    assert plan.imagine
+    policy = Policy.from_checkpoint(plan.checkpoint)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with MetaWorldEnv("reach", 0, plan.image_size, plan.cameras, max_steps=plan.max_steps) as env:
+            finals, results = [], []
+            for record in (False, True, False):
+                results.append(run_episode(plan, policy, env, Episode("reach-v3", 0, 4, seed=7, record=record)))
+                finals.append(env.proprio())
+                assert bool(results[-1].frames) == record and results[-1].steps == 6 and len(results[-1].chunk_ms) == 2
+    finally:
+        torch.set_num_threads(threads)
+    assert np.array_equal(finals[0], finals[1]) and np.array_equal(finals[0], finals[2])
+    recorded = results[1]
+    assert sorted(recorded.imagined) == [0, 4]
+    assert sorted(recorded.frames) == [0, 2, 4, 6]  # observed at 0 and 4; 2 and 6 rendered for the imagined times
+
+
+def test_imagined_panels_pair_each_imagined_frame_with_the_real_one_at_its_time():
+    from fastwam.evaluate import EpisodeResult, imagined_frames
+
+    def frame(value):
+        return np.full((4, 4, 3), value, np.uint8)
+
+    result = EpisodeResult("reach-v3", 0, 4, 0, False, 7, [1.0], 1.0,
+                           frames={s: frame(10 * s) for s in (0, 2, 4, 6, 7)},
+                           imagined={0: np.stack([frame(200), frame(201)]), 4: np.stack([frame(202), frame(203)])})
+    first, second = imagined_frames(result, frame_stride=2, height=4)
+    assert first.shape == (16 + 4 + 2 + 4, 3 * 4, 3)  # caption, imagined row, separator, real row
+    top, bottom = first[16:20], first[22:26]
+    assert [top[0, 4 * c, 0] for c in range(3)] == [0, 200, 201]  # now, imagined +2, imagined +4
+    assert [bottom[0, 4 * c, 0] for c in range(3)] == [0, 20, 40]  # now, real step 2, real step 4
+    bottom = second[22:26]
+    assert [bottom[0, 4 * c, 0] for c in range(3)] == [40, 60, 90]  # step 8 is past the end: gray
