@@ -8,6 +8,7 @@ import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")  # before mujoco is imported
 
+import dataclasses
 import json
 
 import av
@@ -137,7 +138,8 @@ def test_plan_defaults_to_training_tasks_and_records_rendering(run_dir):
     assert make_plan(run_dir, episodes=2, tasks="push").variations == {"push-v3": (0, 1)}
     # recorded episodes: the first of each task, then the second ...
     plan = make_plan(run_dir, episodes=2, tasks="reach,push", video_episodes=3)
-    assert [(e.task, e.index) for e in plan.episode_list() if e.record] == [("reach-v3", 0), ("reach-v3", 1), ("push-v3", 0)]
+    recorded = [(e.task, e.index) for e in plan.episode_list() if e.record]
+    assert recorded == [("reach-v3", 0), ("reach-v3", 1), ("push-v3", 0)]
 
 
 def test_errors_name_the_problem(run_dir, tmp_path):
@@ -174,9 +176,13 @@ def test_recording_a_video_does_not_change_the_actions(run_dir):
                 results.append(run_episode(plan, policy, env, Episode("reach-v3", 0, 4, seed=7, record=record)))
                 finals.append(env.proprio())
                 assert bool(results[-1].frames) == record and results[-1].steps == 6 and len(results[-1].chunk_ms) == 2
+            every = run_episode(dataclasses.replace(plan, every_step=True), policy, env,
+                                Episode("reach-v3", 0, 4, seed=7, record=True))
+            finals.append(env.proprio())
     finally:
         torch.set_num_threads(threads)
-    assert np.array_equal(finals[0], finals[1]) and np.array_equal(finals[0], finals[2])
+    assert all(np.array_equal(finals[0], f) for f in finals[1:])
+    assert sorted(every.frames) == list(range(7))  # --video-every-step: every step's frame
     recorded = results[1]
     assert sorted(recorded.imagined) == [0, 4]
     assert sorted(recorded.frames) == [0, 2, 4, 6]  # observed at 0 and 4; 2 and 6 rendered for the imagined times

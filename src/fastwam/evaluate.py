@@ -12,10 +12,10 @@ succeeds when the env's success flag is raised at any step (it stops there) with
 Episodes run in this process or on ``--workers`` spawned processes, one env and one policy each.
 
 JSON keys: checkpoint, episodes_per_task, tasks.<task>.{success_rate, ci95 (Wilson 95 % interval),
-episodes, successes, mean_chunk_ms, mean_steps, variations (per episode), training_variations,
-episode_success, episode_steps, episode_seconds}, mean_success_rate, mean_ci95, variant,
-max_steps, execute, denoise_steps, seed, benchmark_seed, variations_disjoint, workers,
-wall_seconds, seconds_per_episode, videos, date, machine.
+episodes, successes, mean_chunk_ms, mean_steps, mean_episode_seconds, variations (per episode),
+training_variations, episode_success, episode_steps, episode_seconds}, mean_success_rate,
+mean_ci95, variant, video_weight, max_steps, execute, chunk, denoise_steps, seed, benchmark_seed,
+variations_disjoint, workers, wall_seconds, seconds_per_episode, videos, date, machine.
 
 ``--video OUT.mp4`` writes the first episode of each task (up to ``--video-episodes``) from the
 frames the policy observed; for variants trained with video it also writes
@@ -243,7 +243,9 @@ def run_episode(plan: EvalPlan, policy, env: mw.MetaWorldEnv, episode: Episode) 
     controller.reset(episode.seed)
     env.set_variation(episode.variation)
     env.reset()
-    recorder = Recorder(policy, plan.every_step, plan.imagine, plan.frame_stride, episode.seed) if episode.record else None
+    recorder = None
+    if episode.record:
+        recorder = Recorder(policy, plan.every_step, plan.imagine, plan.frame_stride, episode.seed)
 
     def observe() -> dict:
         image = recorder.frames.get(env.steps) if recorder else None
@@ -285,7 +287,8 @@ def _process_policy(plan: EvalPlan):
     if "policy" not in _PROCESS:
         from fastwam.policy import Policy
 
-        _PROCESS["policy"] = Policy.from_checkpoint(plan.checkpoint, device=plan.device, steps=plan.steps, seed=plan.seed)
+        _PROCESS["policy"] = Policy.from_checkpoint(plan.checkpoint, device=plan.device, steps=plan.steps,
+                                                    seed=plan.seed)
     return _PROCESS["policy"]
 
 
@@ -372,6 +375,7 @@ def summarize(plan: EvalPlan, results: list[EpisodeResult], wall_seconds: float,
             "episodes": len(mine), "successes": wins,
             "mean_chunk_ms": float(np.mean(chunk_ms)) if chunk_ms else 0.0,
             "mean_steps": float(np.mean([r.steps for r in mine])),
+            "mean_episode_seconds": float(np.mean([r.seconds for r in mine])),
             "variations": [r.variation for r in mine], "training_variations": list(plan.training_variations[task]),
             "episode_success": [r.success for r in mine], "episode_steps": [r.steps for r in mine],
             "episode_seconds": [round(r.seconds, 3) for r in mine],
@@ -414,6 +418,7 @@ def format_table(summary: dict) -> str:
 # -- videos ------------------------------------------------------------------------------------
 
 GREEN, RED, GRAY = (40, 160, 60), (190, 50, 40), (90, 90, 90)
+IMAGINED_FPS = 5  # replans per second in the imagined-vs-real video: slow enough to compare the rows
 
 
 def _scale(image: np.ndarray, height: int) -> np.ndarray:
@@ -508,7 +513,7 @@ def write_videos(plan: EvalPlan, results: list[EpisodeResult], path: str | Path)
         if panels:
             path = Path(path)
             paths.append(write_mp4(_same_size(panels), path.with_name(f"{path.stem}_imagined{path.suffix or '.mp4'}"),
-                                   Fraction(CONTROL_FPS, execute)))
+                                   IMAGINED_FPS))
     return [str(p) for p in paths]
 
 
@@ -522,7 +527,8 @@ def _chunk(plan: EvalPlan) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("suite", choices=["metaworld"], help="simulator suite")
-    parser.add_argument("--checkpoint", required=True, help="run directory (its newest checkpoint) or checkpoint directory")
+    parser.add_argument("--checkpoint", required=True,
+                        help="run directory (its newest checkpoint) or checkpoint directory")
     parser.add_argument("--episodes", type=int, default=50, help="episodes per task")
     parser.add_argument("--tasks", default="", help="comma list of tasks and/or sets (mt10, easy, ...); "
                                                     "default: the checkpoint's training tasks")
@@ -553,10 +559,10 @@ def run(args: argparse.Namespace) -> int:
     threads = args.threads or (0 if workers == 1 else max(1, (os.cpu_count() or 1) // workers))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        plan = make_plan(args.checkpoint, args.episodes, args.tasks or None, allow_any_variation=args.allow_any_variation,
-                         max_steps=args.max_steps, execute=args.execute, seed=args.seed, steps=args.steps,
-                         device=device, threads=threads, video_episodes=args.video_episodes if args.video else 0,
-                         every_step=args.video_every_step)
+        plan = make_plan(args.checkpoint, args.episodes, args.tasks or None,
+                         allow_any_variation=args.allow_any_variation, max_steps=args.max_steps, execute=args.execute,
+                         seed=args.seed, steps=args.steps, device=device, threads=threads,
+                         video_episodes=args.video_episodes if args.video else 0, every_step=args.video_every_step)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"fastwam eval: {e}") from e
     start = time.perf_counter()
