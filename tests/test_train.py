@@ -148,3 +148,18 @@ def test_policy_returns_raw_units_and_controller_replans(dataset, tmp_path):
         policy.act({**obs, "image": np.zeros((S, 2 * S, 3), np.uint8)})
     with pytest.raises(KeyError, match="missing key 'instruction'"):
         policy.act({"image": obs["image"], "state": obs["state"]})
+
+
+def test_ema_warms_up_instead_of_keeping_the_initial_weights():
+    from fastwam.train import EMA
+
+    model = torch.nn.Linear(2, 2, bias=False)
+    torch.nn.init.zeros_(model.weight)
+    ema = EMA(model, decay=0.999)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model)  # first update: d = min(0.999, 1/10) = 0.1
+    assert torch.allclose(ema.shadow["weight"], torch.full((2, 2), 0.9))
+    for _ in range(2000):
+        ema.update(model)
+    assert ema.shadow["weight"].min() > 0.999  # with a fixed 0.999, 0.999**2001 = 13 % would still be zeros
