@@ -347,10 +347,14 @@ def plot_losses(metrics_path: Path, out: Path) -> None:
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
     if not rows:
         return
-    steps = [r["step"] for r in rows]
+    steps = np.array([r["step"] for r in rows])
     fig, ax = plt.subplots(figsize=(7, 4))
     for key, label in (("loss", "total"), ("loss_action", "L_act"), ("loss_video", "L_vid")):
-        ax.plot(steps, [r[key] for r in rows], label=label)
+        values = np.array([r[key] for r in rows])
+        line, = ax.plot(steps, values, alpha=0.25, linewidth=0.8)
+        window = max(1, len(values) // 20)  # running mean over 5 % of the run: single batches are noisy
+        smooth = np.convolve(values, np.ones(window) / window, mode="valid")
+        ax.plot(steps[window - 1:], smooth, color=line.get_color(), label=label)
     ax.set_yscale("log")
     ax.set_xlabel("step")
     ax.set_ylabel("flow-matching loss")

@@ -19,8 +19,8 @@ from torch import nn
 
 from fastwam.config import ModelConfig
 from fastwam.model.masks import ACTION
-from fastwam.nn.attention import CrossAttention, merge_heads, split_heads
-from fastwam.nn.layers import ConditionEmbedding, FeedForward, OutputHead, RMSNorm, TimeEmbedding, modulate
+from fastwam.nn.attention import AttentionProjections, CrossAttention, merge_heads, split_heads
+from fastwam.nn.layers import ConditionEmbedding, FeedForward, OutputHead, TimeEmbedding, modulate
 from fastwam.nn.rope import apply_rope, rope_angles, rope_rotations, video_positions, wan_axis_split
 
 ContextKV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: cross-attention keys, values (B, H, L, K)
@@ -55,15 +55,8 @@ class Tokens:
         )
 
 
-class SelfAttentionProjections(nn.Module):
+class SelfAttentionProjections(AttentionProjections):
     """An expert's projections into and out of the shared attention (Wan ``self_attn``)."""
-
-    def __init__(self, dim: int, attn_dim: int, heads: int):
-        super().__init__()
-        self.heads = heads
-        self.q, self.k, self.v = nn.Linear(dim, attn_dim), nn.Linear(dim, attn_dim), nn.Linear(dim, attn_dim)
-        self.o = nn.Linear(attn_dim, dim)
-        self.norm_q, self.norm_k = RMSNorm(attn_dim), RMSNorm(attn_dim)
 
     def qkv(self, x: torch.Tensor, rope: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """x (B, N, D) -> q, k, v (B, H, N, K), RoPE applied to q and k."""

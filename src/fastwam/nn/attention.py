@@ -25,12 +25,8 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
-class CrossAttention(nn.Module):
-    """An expert's attention to its instruction + proprio context (Wan ``cross_attn``).
-
-    The context is fixed during sampling, so its keys/values are computed once (``context_kv``)
-    and reused by every denoising step.
-    """
+class AttentionProjections(nn.Module):
+    """q, k, v: width D -> A; o: A -> D; RMSNorm on queries and keys (Wan's attention weights)."""
 
     def __init__(self, dim: int, attn_dim: int, heads: int):
         super().__init__()
@@ -38,6 +34,14 @@ class CrossAttention(nn.Module):
         self.q, self.k, self.v = nn.Linear(dim, attn_dim), nn.Linear(dim, attn_dim), nn.Linear(dim, attn_dim)
         self.o = nn.Linear(attn_dim, dim)
         self.norm_q, self.norm_k = RMSNorm(attn_dim), RMSNorm(attn_dim)
+
+
+class CrossAttention(AttentionProjections):
+    """An expert's attention to its instruction + proprio context (Wan ``cross_attn``).
+
+    The context is fixed during sampling, so its keys/values are computed once (``context_kv``)
+    and reused by every denoising step.
+    """
 
     def context_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """context (B, L, D) -> keys, values (B, H, L, K)."""
