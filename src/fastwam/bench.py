@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime
 import json
 import platform
@@ -164,8 +165,6 @@ def _frame(cfg: Config, batch: int, device: torch.device) -> torch.Tensor:
 
 
 def _with_codec_path(cfg: Config, path: str) -> Config:
-    import dataclasses
-
     return cfg.replace(data=dataclasses.replace(cfg.data, codec=dataclasses.replace(cfg.data.codec, path=path)))
 
 
