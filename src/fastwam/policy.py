@@ -99,11 +99,14 @@ class Policy:
         return context, state_t, self._embed(prompts), batched
 
     def _embed(self, prompts: list[str]) -> torch.Tensor:
-        """Instruction embeddings (B, L, E), computed once per distinct prompt."""
-        missing = [p for p in dict.fromkeys(prompts) if p not in self._instruction_cache]
-        if missing:
-            for prompt, emb in zip(missing, self.text_encoder.encode(missing)):
-                self._instruction_cache[prompt] = emb.to(self.device)
+        """Instruction embeddings (B, L, E) on the policy's device.
+
+        The text encoder already caches per prompt, on the CPU and unpadded; this keeps the padded
+        copy on the device, so a control step neither pads nor transfers an embedding.
+        """
+        for prompt in dict.fromkeys(prompts):
+            if prompt not in self._instruction_cache:
+                self._instruction_cache[prompt] = self.text_encoder.encode([prompt])[0].to(self.device)
         return torch.stack([self._instruction_cache[p] for p in prompts])
 
 
