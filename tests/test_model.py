@@ -47,7 +47,7 @@ def action_velocity(model: WAM, batch, future: torch.Tensor | None, sigma_a: flo
 # -- masks -------------------------------------------------------------------------------------
 
 def test_mask_worked_example_from_docstring():
-    kinds = torch.tensor([CONTEXT, CONTEXT, FUTURE, ACTION, ACTION])
+    layout = ((CONTEXT, 2), (FUTURE, 1), (ACTION, 2))
     expected = torch.tensor([
         [1, 1, 0, 0, 0],
         [1, 1, 0, 0, 0],
@@ -55,7 +55,7 @@ def test_mask_worked_example_from_docstring():
         [1, 1, 0, 1, 1],
         [1, 1, 0, 1, 1],
     ], dtype=torch.bool)
-    assert torch.equal(attention_mask(kinds, kinds, "fastwam"), expected)
+    assert torch.equal(attention_mask(layout, layout, "fastwam"), expected)
 
 
 def test_mask_rules_differ_only_in_what_actions_see():
@@ -70,8 +70,8 @@ def test_mask_rules_differ_only_in_what_actions_see():
 
 
 def test_full_mask_is_none():
-    kinds = torch.tensor([CONTEXT, ACTION, ACTION])
-    assert attention_mask(kinds[1:], kinds, "fastwam") is None
+    assert attention_mask(((ACTION, 2),), ((CONTEXT, 1), (ACTION, 2)), "fastwam") is None
+    assert attention_mask(((ACTION, 2),), ((CONTEXT, 1), (FUTURE, 1), (ACTION, 2)), "fastwam") is not None
 
 
 # -- invariant 1: Fast-WAM actions never see the future ----------------------------------------
@@ -357,3 +357,20 @@ def test_kv_cache_layer_bookkeeping():
     k = torch.zeros(1, 2, 3, 4)
     cache.set_layer(0, k, k)
     assert cache.layer(0)[0] is k
+
+
+def test_compiled_model_traces_as_one_graph_and_matches_eager():
+    """``model.compile()`` (bench --compile) sees no graph breaks and predicts what eager predicts."""
+    torch._dynamo.reset()
+    cfg = tiny("idm")
+    model = randomized(cfg)
+    batch = cfg.fake_batch(2)
+    noise = torch.randn(2, cfg.chunk, cfg.action_dim)
+    with torch.inference_mode():
+        eager = model.predict_actions(batch.context, batch.state, batch.text, steps=2, noise=noise,
+                                      generator=torch.Generator().manual_seed(0))
+        model.compile(dynamic=False, fullgraph=True)  # fullgraph: any graph break raises
+        compiled = model.predict_actions(batch.context, batch.state, batch.text, steps=2, noise=noise,
+                                         generator=torch.Generator().manual_seed(0))
+    torch._dynamo.reset()
+    torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)

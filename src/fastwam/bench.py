@@ -4,8 +4,11 @@ Each timed call is what a deployed policy does per chunk: encode the current fra
 (the codec), then ``predict_actions`` (instruction embedding cached, as a policy caches it).
 Weights are random: latency does not depend on their values.
 
-JSON keys: preset, device, dtype, steps, batch, calls, variants.<name>.{median_ms, p90_ms, params,
-tokens, video_expert_calls}, ratios.{idm_over_fastwam, joint_over_fastwam}, date, host.
+JSON keys: preset, device, dtype, steps, batch, calls, compiled, variants.<name>.{median_ms, p90_ms,
+params, tokens, video_expert_calls, warmup_s}, ratios.{idm_over_fastwam, joint_over_fastwam}, date, host.
+
+``--compile`` runs ``torch.compile`` on the model's layer loop (the same for every variant); the
+compilation happens during warm-up, whose duration is reported as ``warmup_s``.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calls", type=int, default=20, help="timed calls per variant (after warm-up)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the layer loop (compiled during warm-up; compile time is reported)")
     parser.add_argument("--codec-path", default="", help="wan22: local AutoencoderKLWan dir (default: random Wan2.2 VAE)")
     parser.add_argument("--json", default="", help="write the results here")
 
@@ -55,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     result = benchmark(preset(args.preset), names, steps=args.steps, device=args.device, dtype=DTYPES[args.dtype],
-                       batch=args.batch, calls=args.calls, warmup=args.warmup, codec_path=args.codec_path)
+                       batch=args.batch, calls=args.calls, warmup=args.warmup, codec_path=args.codec_path,
+                       compile=args.compile)
     result["preset"] = args.preset
     print(format_table(result))
     if args.json:
@@ -66,14 +72,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def benchmark(cfg: Config, variants: list[str], *, steps: int, device: str, dtype: torch.dtype, batch: int = 1,
-              calls: int = 20, warmup: int = 3, codec_path: str = "") -> dict:
+              calls: int = 20, warmup: int = 3, codec_path: str = "", compile: bool = False) -> dict:
     """Median / p90 latency per variant of (encode current frame + predict_actions)."""
     device = torch.device(device)
     with _codec_dir(cfg, codec_path) as path:
         codec = build_codec(_with_codec_path(cfg, path).data.codec, device=device, dtype=dtype)
         frame = _frame(cfg, batch, device)
         out = {"device": _device_name(device), "dtype": str(dtype).removeprefix("torch."), "steps": steps,
-               "batch": batch, "calls": calls, "variants": {}}
+               "batch": batch, "calls": calls, "compiled": compile, "variants": {}}
         for name in variants:
             model_cfg = cfg.with_variant(name).model
             torch.manual_seed(0)
@@ -85,12 +91,15 @@ def benchmark(cfg: Config, variants: list[str], *, steps: int, device: str, dtyp
                 context = codec.encode(frame).to(dtype)[:, :model_cfg.context_frames]
                 return model.predict_actions(context, state, text, steps=steps)
 
-            times = _time(call, device, calls, warmup)
-            tokens, video_calls = _count_tokens(model, call)
+            tokens, video_calls = _count_tokens(model, call)  # before compiling: it patches the blocks
+            if compile:
+                torch._dynamo.reset()  # each variant compiles afresh, within dynamo's recompile limit
+                model.compile(dynamic=False)
+            warmup_s, times = _time(call, device, calls, warmup)
             out["variants"][name] = {
                 "median_ms": statistics.median(times), "p90_ms": _percentile(times, 90),
                 "params": sum(p.numel() for p in model.parameters()), "tokens": tokens,
-                "video_expert_calls": video_calls,
+                "video_expert_calls": video_calls, "warmup_s": round(warmup_s, 1),
             }
             del model
     v = out["variants"]
@@ -101,19 +110,21 @@ def benchmark(cfg: Config, variants: list[str], *, steps: int, device: str, dtyp
     return out
 
 
-def _time(fn, device: torch.device, calls: int, warmup: int) -> list[float]:
-    """Milliseconds per call, synchronizing the device around each call."""
+def _time(fn, device: torch.device, calls: int, warmup: int) -> tuple[float, list[float]]:
+    """Seconds of warm-up (compilation included), then milliseconds per call, synchronizing around each."""
     with torch.inference_mode():
+        start = time.perf_counter()
         for _ in range(warmup):
             fn()
         _sync(device)
+        warmup_s = time.perf_counter() - start
         times = []
         for _ in range(calls):
             start = time.perf_counter()
             fn()
             _sync(device)
             times.append((time.perf_counter() - start) * 1e3)
-    return times
+    return warmup_s, times
 
 
 def _count_tokens(model, fn) -> tuple[int, int]:

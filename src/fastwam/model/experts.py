@@ -18,7 +18,7 @@ from einops import rearrange
 from torch import nn
 
 from fastwam.config import ModelConfig
-from fastwam.model.masks import ACTION
+from fastwam.model.masks import ACTION, Layout
 from fastwam.nn.attention import AttentionProjections, CrossAttention, merge_heads, split_heads
 from fastwam.nn.layers import ConditionEmbedding, FeedForward, OutputHead, TimeEmbedding, modulate
 from fastwam.nn.rope import apply_rope, rope_angles, rope_rotations, video_positions, wan_axis_split
@@ -33,8 +33,8 @@ class Tokens:
     x: torch.Tensor  # (B, N, D) hidden states
     temb: torch.Tensor  # (B, N or 1, D) time embedding (read by the output head); 1 = shared by all N
     mod: torch.Tensor  # (B, N or 1, 6, D) time modulation (shift/scale/gate for attention and FFN)
-    rope: torch.Tensor  # (N, K/2) complex RoPE rotations
-    kinds: torch.Tensor  # (N,) token kinds, see fastwam.model.masks
+    rope: torch.Tensor  # (2, N, K) RoPE rotations, see fastwam.nn.rope
+    layout: Layout  # token kinds as runs of (kind, count), see fastwam.model.masks
     context: ContextKV  # cross-attention keys/values per layer
 
     @property
@@ -50,7 +50,7 @@ class Tokens:
             x=torch.cat([p.x for p in parts], 1),
             temb=torch.cat([p.temb.expand(-1, p.length, -1) for p in parts], 1),
             mod=torch.cat([p.mod.expand(-1, p.length, -1, -1) for p in parts], 1),
-            rope=torch.cat([p.rope for p in parts], 0), kinds=torch.cat([p.kinds for p in parts], 0),
+            rope=torch.cat([p.rope for p in parts], 1), layout=sum((p.layout for p in parts), ()),
             context=parts[0].context,
         )
 
@@ -108,8 +108,7 @@ class Expert(nn.Module):
     def _tokens(self, x: torch.Tensor, sigma: torch.Tensor, rope: torch.Tensor, kind: int, context: ContextKV) -> Tokens:
         """x (B, N, D) embedded inputs, sigma (B,) one flow time shared by all N tokens."""
         temb, mod = self.time(sigma)  # (B, D), (B, 6, D)
-        kinds = torch.full((x.shape[1],), kind, dtype=torch.long, device=x.device)
-        return Tokens(x, temb[:, None], mod[:, None], rope, kinds, context)
+        return Tokens(x, temb[:, None], mod[:, None], rope, ((kind, x.shape[1]),), context)
 
     def _rope(self, positions: tuple, axis_split: tuple[int, ...], device: torch.device) -> torch.Tensor:
         """RoPE rotations for a token layout, computed once per (layout, device) and reused."""

@@ -13,7 +13,7 @@ Rules (row = query kind, column = key kind; C, F, FC, A):
     joint:    C->C   F->C,F   FC->C,FC   A->C,F,A
     idm:      C->C   F->C,F   FC->C,FC   A->C,FC,A
 
-Worked example, fastwam, kinds [C, C, F, A, A]:
+Worked example, fastwam, layout ((C, 2), (F, 1), (A, 2)), i.e. kinds [C, C, F, A, A]:
 
     q\\k  C C F A A
     C    1 1 0 0 0
@@ -43,19 +43,37 @@ _ACTION_SEES = {
 }
 
 
+def _sees(rule: str) -> dict[int, set[int]]:
+    if rule not in _ACTION_SEES:
+        raise ValueError(f"unknown mask rule {rule!r}: expected one of {sorted(_ACTION_SEES)}")
+    return {**_COMMON, ACTION: _ACTION_SEES[rule]}
+
+
 @functools.cache
 def attention_table(rule: str) -> torch.Tensor:
     """(4, 4) bool: entry [q, k] says whether a query of kind q may attend to a key of kind k (do not modify)."""
-    if rule not in _ACTION_SEES:
-        raise ValueError(f"unknown mask rule {rule!r}: expected one of {sorted(_ACTION_SEES)}")
-    sees = {**_COMMON, ACTION: _ACTION_SEES[rule]}
     table = torch.zeros(4, 4, dtype=torch.bool)
-    for q, keys in sees.items():
+    for q, keys in _sees(rule).items():
         table[q, sorted(keys)] = True
     return table
 
 
-def attention_mask(query_kinds: torch.Tensor, key_kinds: torch.Tensor, rule: str) -> torch.Tensor | None:
-    """(Nq,), (Nk,) int kinds -> (Nq, Nk) bool mask, or None when everything may attend to everything."""
-    mask = attention_table(rule).to(query_kinds.device)[query_kinds[:, None], key_kinds[None, :]]
-    return None if bool(mask.all()) else mask
+Layout = tuple[tuple[int, int], ...]  # a token sequence as runs of (kind, count), in order
+
+
+def layout_length(layout: Layout) -> int:
+    return sum(count for _, count in layout)
+
+
+def layout_kinds(layout: Layout) -> torch.Tensor:
+    """(N,) int kinds of every token of ``layout``."""
+    return torch.tensor([kind for kind, count in layout for _ in range(count)], dtype=torch.long)
+
+
+def attention_mask(query: Layout, key: Layout, rule: str, device: torch.device | None = None) -> torch.Tensor | None:
+    """(Nq, Nk) bool mask of queries laid out as ``query`` over keys laid out as ``key``, or None when
+    everything may attend to everything (decided from the layouts alone, without tensors)."""
+    sees = _sees(rule)
+    if all(k in sees[q] for q, _ in query for k, _ in key):
+        return None
+    return attention_table(rule)[layout_kinds(query)[:, None], layout_kinds(key)[None, :]].to(device)

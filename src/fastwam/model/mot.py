@@ -16,21 +16,21 @@ import torch
 from torch import nn
 
 from fastwam.model.experts import Tokens
-from fastwam.model.masks import attention_mask
+from fastwam.model.masks import Layout, attention_mask, layout_length
 from fastwam.nn.attention import attend
 
 
 @dataclass
 class KVCache:
-    """Per-layer keys/values (B, H, M, K) of prefix tokens, and the kinds (M,) of those tokens."""
+    """Per-layer keys/values (B, H, M, K) of prefix tokens, and the layout of those M tokens."""
 
     keys: list[torch.Tensor] = field(default_factory=list)
     values: list[torch.Tensor] = field(default_factory=list)
-    kinds: torch.Tensor | None = None
+    layout: Layout = ()
 
     @property
     def length(self) -> int:
-        return 0 if self.kinds is None else int(self.kinds.numel())
+        return layout_length(self.layout)
 
     def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         return (self.keys[i], self.values[i]) if i < len(self.keys) else None
@@ -62,15 +62,15 @@ def run_layers(
         raise ValueError("run_layers: at least one of video/action tokens is required")
     if store and cache is None:
         raise ValueError("run_layers: store=True needs a cache to store into")
-    query_kinds = torch.cat([t.kinds for _, t in streams])
-    key_kinds = query_kinds if cache is None or cache.kinds is None else torch.cat([cache.kinds, query_kinds])
-    mask = attention_mask(query_kinds, key_kinds, rule)
+    query_layout = sum((t.layout for _, t in streams), ())
+    key_layout = query_layout if cache is None else cache.layout + query_layout
+    mask = attention_mask(query_layout, key_layout, rule, streams[0][1].x.device)
     lengths = [t.length for _, t in streams]
     current = [t for _, t in streams]
 
     for i in range(len(video_blocks)):
         qkv = [blocks[i].attention_inputs(t) for (blocks, _), t in zip(streams, current)]
-        q, k, v = (torch.cat(parts, dim=2) for parts in zip(*qkv))  # (B, H, N, K)
+        q, k, v = qkv[0] if len(qkv) == 1 else (torch.cat(parts, dim=2) for parts in zip(*qkv))  # (B, H, N, K)
         past = cache.layer(i) if cache is not None else None
         if past is not None:
             k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (B, H, M + N, K)
@@ -81,7 +81,7 @@ def run_layers(
                    for (blocks, _), t, o in zip(streams, current, out)]
 
     if store:
-        cache.kinds = key_kinds
+        cache.layout = key_layout
     video_x = current[0].x if video is not None else None
     action_x = current[-1].x if action is not None else None
     return video_x, action_x

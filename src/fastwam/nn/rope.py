@@ -28,14 +28,21 @@ def rope_angles(positions: torch.Tensor, axis_split: tuple[int, ...], theta: flo
 
 
 def rope_rotations(angles: torch.Tensor) -> torch.Tensor:
-    """angles (N, K/2) -> unit complex rotations exp(i * angle), (N, K/2) complex64."""
-    return torch.polar(torch.ones_like(angles), angles).to(torch.complex64)
+    """angles (N, K/2) -> rotations (2, N, K), float32: per channel, cos and signed sin of its pair's angle.
+
+    Channel 2i gets (cos, -sin), channel 2i+1 gets (cos, +sin), so that ``apply_rope`` is two
+    multiplies and an add (real arithmetic, which compiled graphs fuse; complex numbers they do not).
+    """
+    cos = angles.cos().repeat_interleave(2, dim=-1)
+    sin = torch.stack([-angles.sin(), angles.sin()], dim=-1).flatten(-2)
+    return torch.stack([cos, sin]).float()
 
 
 def apply_rope(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
-    """Rotate consecutive channel pairs of x (B, H, N, K) by rotations (N, K/2) complex."""
-    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (B, H, N, K/2)
-    return torch.view_as_real(pairs * rotations).flatten(-2).type_as(x)
+    """Rotate consecutive channel pairs (a, b) of x (B, H, N, K) to (a cos - b sin, b cos + a sin), in float32."""
+    x32 = x.float()
+    swapped = x32.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)  # (b, a) per pair
+    return (x32 * rotations[0] + swapped * rotations[1]).type_as(x)
 
 
 def video_positions(frames: int, rows: int, cols: int, frame_offset: int = 0) -> torch.Tensor:
