@@ -11,12 +11,12 @@ def test_bench_latency_writes_documented_json(tmp_path, capsys):
                  "--calls", "2", "--warmup", "1", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["preset"] == "tiny" and result["steps"] == 3 and result["dtype"] == "float32"
-    assert result["device"].startswith("cpu")
+    assert result["device"].startswith("cpu") and result["compiled"] is False
     variants = result["variants"]
     assert set(variants) == {"fastwam", "joint", "idm"}
     for v in variants.values():
         assert 0 < v["median_ms"] <= v["p90_ms"]
-        assert v["params"] > 0
+        assert v["params"] > 0 and v["warmup_s"] >= 0
     # tiny: 4 context tokens, chunk 4, 2 future frames of 4 tokens, 3 steps
     assert variants["fastwam"]["tokens"] == 4 + 3 * 4 and variants["fastwam"]["video_expert_calls"] == 1
     assert variants["joint"]["tokens"] == 4 + 3 * (8 + 4) and variants["joint"]["video_expert_calls"] == 1 + 3
