@@ -28,13 +28,13 @@ def collected(tmp_path_factory):
 def test_smoke_dataset_contents(collected):
     ds = LeRobotDataset(collected, require=("observation.state", "action"))
     assert ds.num_episodes == 1 and ds.tasks == ["reach the goal position"] and ds.fps == 80
-    assert ds.video_keys == ["observation.images.corner2"]
+    assert ds.video_keys == ["observation.images.corner3"]
     state, action = ds.column("observation.state"), ds.column("action")
     assert state.shape == (ds.num_frames, 4) and state.dtype == np.float32  # proprio: xyz + gripper only
     assert action.shape == (ds.num_frames, 4) and np.all(np.abs(action) <= 1)
     assert np.all((state[:, 3] >= 0) & (state[:, 3] <= 1))  # gripper opening
     assert np.abs(np.diff(state[:, :3], axis=0)).max() > 0  # the arm moved
-    frames = ds.episode_frames(0, "corner2")
+    frames = ds.episode_frames(0, "corner3")
     assert frames.shape == (ds.num_frames, 16, 16, 3) and frames.std() > 10  # a real image
     assert np.abs(frames[-1].astype(int) - frames[0]).mean() > 1  # the scene changed
 

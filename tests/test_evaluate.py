@@ -42,7 +42,7 @@ def write_checkpoint(directory, cfg, collection):
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     collection = {"suite": "metaworld", "benchmark_seed": 0, "variations": {"reach-v3": TRAINING_VARIATIONS},
-                  "spec": {"tasks": ["reach-v3"], "image_size": 16, "cameras": ["corner2"], "shadows": False}}
+                  "spec": {"tasks": ["reach-v3"], "image_size": 16, "cameras": ["corner3"], "shadows": False}}
     return write_checkpoint(tmp_path_factory.mktemp("eval") / "run", preset("tiny"), collection)
 
 
@@ -132,7 +132,7 @@ def test_wilson_interval():
 def test_plan_defaults_to_training_tasks_and_records_rendering(run_dir):
     plan = make_plan(run_dir, episodes=3)
     assert isinstance(plan, EvalPlan) and plan.tasks == ("reach-v3",)
-    assert plan.image_size == 16 and plan.cameras == ("corner2",) and plan.benchmark_seed == 0
+    assert plan.image_size == 16 and plan.cameras == ("corner3",) and plan.benchmark_seed == 0
     assert plan.variations == {"reach-v3": (4, 6, 7)}
     # a task the demonstrations never saw may use every variation
     assert make_plan(run_dir, episodes=2, tasks="push").variations == {"push-v3": (0, 1)}

@@ -20,7 +20,7 @@ S = 16  # the tiny preset's image size
 def dataset(tmp_path_factory):
     """Two short episodes of a dot drifting right; action = its displacement, state = its position."""
     root = tmp_path_factory.mktemp("train") / "ds"
-    features = build_features(10, {"corner2": (S, S)}, {"observation.state": list("xyzg"), "action": list("xyzg")})
+    features = build_features(10, {"corner3": (S, S)}, {"observation.state": list("xyzg"), "action": list("xyzg")})
     rng = np.random.default_rng(0)
     with LeRobotWriter(root, fps=10, features=features) as writer:
         for episode, task in enumerate(["reach the goal", "push the puck"]):
@@ -32,7 +32,7 @@ def dataset(tmp_path_factory):
             state = np.stack([x, np.full(n, episode), rng.normal(size=n), np.ones(n)], 1).astype(np.float32)
             action = np.stack([np.gradient(x), np.zeros(n), rng.normal(size=n), -np.ones(n)], 1).astype(np.float32)
             writer.add_episode(task, {"observation.state": state, "action": np.clip(action, -1, 1)},
-                               {"observation.images.corner2": frames})
+                               {"observation.images.corner3": frames})
     return root
 
 

@@ -200,7 +200,7 @@ class TextConfig:
 class DataConfig:
     """What one training sample is: cameras, image size, action chunk and future frames."""
 
-    cameras: tuple[str, ...] = ("corner2",)
+    cameras: tuple[str, ...] = ("corner3",)
     image_size: int = 64  # square, per camera; cameras are concatenated side by side
     frame_stride: int = 8  # r: future frames at t + r*k, k = 1..chunk/r
     codec: CodecConfig = field(default_factory=CodecConfig)

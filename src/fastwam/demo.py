@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastwam.cli import main as cli
+from fastwam.config import preset
 
 DEMO_TASKS = "drawer-close,button-press-topdown,window-close"
 
@@ -61,7 +62,9 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit(f"demo: stage {name!r} failed with exit code {code}")
         timings[name] = round(time.time() - start, 1)
 
+    views = preset("small").data  # record what the model is configured to see
     stage("collect", ["collect", "metaworld", "--tasks", plan.tasks, "--episodes", str(plan.demos),
+                      "--image-size", str(views.image_size), "--cameras", ",".join(views.cameras),
                       "--workers", "2", "--out", str(data)], data / "meta" / "info.json")
     interrupted = (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir())
     stage("train", ["train", "--data", str(data), "--preset", "small", "--variant", "fastwam",

@@ -45,7 +45,7 @@ class CollectSpec:
     tasks: tuple[str, ...]
     episodes: int = 10
     image_size: int = 64
-    cameras: tuple[str, ...] = ("corner2",)
+    cameras: tuple[str, ...] = ("corner3",)
     seed: int = 0
     max_steps: int = 300  # the expert must succeed within this many steps
     steps_after_success: int = 10
@@ -269,7 +269,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--episodes", type=int, default=10, help="successful demonstrations per task")
     parser.add_argument("--out", required=True, help="output dataset directory (must not exist)")
     parser.add_argument("--image-size", type=int, default=64, help="square image size per camera")
-    parser.add_argument("--cameras", default="corner2", help="comma list of MetaWorld cameras")
+    parser.add_argument("--cameras", default="corner3", help="comma list of MetaWorld cameras")
     parser.add_argument("--seed", type=int, default=0, help="benchmark seed: fixes the variations' layouts")
     parser.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 8), help="worker processes")
     parser.add_argument("--max-steps", type=int, default=300, help="steps allowed to reach success")

@@ -8,7 +8,7 @@ same seed.
 
 API used by evaluation::
 
-    env = MetaWorldEnv("drawer-open-v3", variation=7, image_size=64, cameras=("corner2",), seed=0)
+    env = MetaWorldEnv("drawer-open-v3", variation=7, image_size=64, cameras=("corner3",), seed=0)
     obs = env.reset()                    # {"state": float32 (4,)}: proprio only, no image
     image = env.render()                 # uint8 (S, S * n_cameras, 3), cameras side by side, upright
     obs, success, done = env.step(a)     # a: (4,) in [-1, 1]; done = step limit reached
@@ -169,12 +169,12 @@ class MetaWorldEnv:
     """One MetaWorld task in one variation, with camera rendering and a 4-D proprio.
 
     task: MetaWorld name; variation: 0..num_variations(task)-1; image_size: S (square, per
-    camera); cameras: MetaWorld camera names (``corner2``, ``corner``, ``topview``, ...);
+    camera); cameras: MetaWorld camera names (``corner3``, ``corner2``, ``corner``, ``topview``, ...);
     seed: benchmark seed fixing the variations' layouts; max_steps: steps per episode;
     shadows: render shadows and reflections (slower).
     """
 
-    def __init__(self, task: str, variation: int = 0, image_size: int = 64, cameras: Sequence[str] = ("corner2",),
+    def __init__(self, task: str, variation: int = 0, image_size: int = 64, cameras: Sequence[str] = ("corner3",),
                  seed: int = 0, max_steps: int = MAX_STEPS, shadows: bool = False):
         import mujoco
 
