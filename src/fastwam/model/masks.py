@@ -76,4 +76,10 @@ def attention_mask(query: Layout, key: Layout, rule: str, device: torch.device |
     sees = _sees(rule)
     if all(k in sees[q] for q, _ in query for k, _ in key):
         return None
+    return _mask(query, key, rule, device)
+
+
+@functools.cache
+def _mask(query: Layout, key: Layout, rule: str, device: torch.device | None) -> torch.Tensor:
+    """Built once per (layouts, rule, device) and shared by every call: do not modify."""
     return attention_table(rule)[layout_kinds(query)[:, None], layout_kinds(key)[None, :]].to(device)
