@@ -42,8 +42,9 @@ def tiny_config(steps=6, **train):
                                                  batch_size=4, warmup=2, **train))
 
 
-def test_resume_repeats_the_uninterrupted_loss_sequence(dataset, tmp_path):
-    cfg = tiny_config()
+@pytest.mark.parametrize("shift", [0, 2], ids=["plain", "random-shift"])
+def test_resume_repeats_the_uninterrupted_loss_sequence(dataset, tmp_path, shift):
+    cfg = tiny_config(augment_shift=shift)
     full = build_trainer(cfg, dataset, tmp_path / "full", progress=False).run()
     killed = build_trainer(cfg, dataset, tmp_path / "cut", progress=False)
     killed.run(until=3)  # stops right after the step-3 checkpoint, as a killed run would have
@@ -57,6 +58,14 @@ def test_resume_repeats_the_uninterrupted_loss_sequence(dataset, tmp_path):
     a = load_file(latest_checkpoint(tmp_path / "full") / "model.safetensors")
     b = load_file(latest_checkpoint(tmp_path / "cut") / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_random_shift_reaches_the_loss(dataset, tmp_path):
+    """Same seed, same batches and noise: only the shifted pixels can change the first loss."""
+    plain = build_trainer(tiny_config(steps=1), dataset, tmp_path / "plain", progress=False).run()
+    shifted = build_trainer(tiny_config(steps=1, augment_shift=3), dataset, tmp_path / "shift", progress=False).run()
+    assert plain[0]["loss_action"] != shifted[0]["loss_action"]
+    assert plain[0]["loss_video"] != shifted[0]["loss_video"]
 
 
 def test_run_directory_layout_and_metrics(dataset, tmp_path):

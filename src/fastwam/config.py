@@ -221,6 +221,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     ema: float = 0.0  # 0 = no EMA; else the decay, e.g. 0.999
+    augment_shift: int = 0  # random-shift augmentation: pixels each camera image moves at most (0 = off)
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 500
@@ -235,6 +236,11 @@ class Config:
 
     def __post_init__(self):
         m, d = self.model, self.data
+        _check(0 <= self.train.augment_shift < d.image_size // 2,
+               f"train.augment_shift must be in [0, {d.image_size // 2}) for {d.image_size}px images, got {self.train.augment_shift}")
+        _check(self.train.augment_shift == 0 or d.codec.name == "patch",
+               f"train.augment_shift shifts pixels: it needs the patch codec (latents are pixel blocks), "
+               f"not {d.codec.name!r}, whose latents would have to be re-encoded every step")
         if d.codec.name == "patch":
             want_c = 3 * d.codec.factor**2
             want_h = d.image_size // d.codec.factor

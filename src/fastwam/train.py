@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from fastwam.codecs import build_codec, frames_to_unit
 from fastwam.config import Config, preset
+from fastwam.data.augment import random_shift
 from fastwam.data.lerobot import DatasetError, LeRobotDataset
 from fastwam.data.normalize import Normalizer
 from fastwam.data.windows import ACTION_KEY, STATE_KEY, ChunkDataset
@@ -184,6 +185,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
                                             {"params": no_decay, "weight_decay": 0.0}], lr=t.lr, betas=(0.9, 0.95))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, t.warmup, t.steps))
+        self.codec = build_codec(cfg.data.codec) if t.augment_shift else None
         self.step_fn, self.optimizer, self.scheduler = self.accelerator.prepare(_LossStep(self.model), self.optimizer, self.scheduler)
         self.step = 0
 
@@ -221,7 +223,10 @@ class Trainer:
         t = self.cfg.train
         generator = torch.Generator().manual_seed(_step_seed(t.seed, self.step, self.accelerator.process_index))
         indices = torch.randint(len(self.data), (t.batch_size,), generator=generator)
-        batch = self.data.batch(indices).to(self.accelerator.device)
+        batch = self.data.batch(indices)
+        if self.codec is not None:
+            batch = self._shifted(batch, generator)
+        batch = batch.to(self.accelerator.device)
         self.model.train()
         with self.accelerator.autocast():
             out = self.step_fn(batch, generator)
@@ -234,6 +239,15 @@ class Trainer:
             self.ema.update(self.model)
         return {"loss": out.total.item(), "loss_action": out.action.item(), "loss_video": out.video.item(),
                 "lr": self.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}
+
+    def _shifted(self, batch: Batch, generator: torch.Generator) -> Batch:
+        """``batch`` with every sample's frames (context and future alike) randomly shifted in pixels."""
+        latents = batch.context if batch.future is None else torch.cat([batch.context, batch.future], dim=1)
+        pixels = random_shift(self.codec.decode(latents), self.cfg.train.augment_shift, len(self.cfg.data.cameras), generator)
+        latents = self.codec.encode(pixels)
+        tc = batch.context.shape[1]
+        future = None if batch.future is None else latents[:, tc:]
+        return dataclasses.replace(batch, context=latents[:, :tc], future=future)
 
     def _log(self, metrics: dict, writer) -> None:
         if not self.accelerator.is_main_process:
@@ -384,6 +398,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--ema", type=float, default=None, help="EMA decay (0: off)")
+    parser.add_argument("--augment-shift", type=int, default=None,
+                        help="random-shift augmentation: pixels each camera image moves at most (0: off)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--checkpoint-every", type=int, default=None)
     parser.add_argument("--out", required=True, help="run directory")
@@ -394,7 +410,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> Config:
     cfg = preset(args.preset).with_variant(args.variant, args.video_weight)
     overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "ema": args.ema,
-                                   "seed": args.seed, "checkpoint_every": args.checkpoint_every}.items() if v is not None}
+                                   "augment_shift": args.augment_shift, "seed": args.seed, "checkpoint_every": args.checkpoint_every}.items() if v is not None}
     return cfg.replace(train=dataclasses.replace(cfg.train, **overrides))
 
 
