@@ -242,12 +242,11 @@ class Trainer:
 
     def _shifted(self, batch: Batch, generator: torch.Generator) -> Batch:
         """``batch`` with every sample's frames (context and future alike) randomly shifted in pixels."""
-        latents = batch.context if batch.future is None else torch.cat([batch.context, batch.future], dim=1)
+        tc = batch.context.shape[1]
+        latents = torch.cat([batch.context, batch.future], dim=1)  # TrainingData.batch always has future (Tf may be 0)
         pixels = random_shift(self.codec.decode(latents), self.cfg.train.augment_shift, len(self.cfg.data.cameras), generator)
         latents = self.codec.encode(pixels)
-        tc = batch.context.shape[1]
-        future = None if batch.future is None else latents[:, tc:]
-        return dataclasses.replace(batch, context=latents[:, :tc], future=future)
+        return dataclasses.replace(batch, context=latents[:, :tc], future=latents[:, tc:])
 
     def _log(self, metrics: dict, writer) -> None:
         if not self.accelerator.is_main_process:
