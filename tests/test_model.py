@@ -359,17 +359,18 @@ def test_kv_cache_layer_bookkeeping():
     assert cache.layer(0)[0] is k
 
 
-def test_compiled_model_traces_as_one_graph_and_matches_eager():
-    """``model.compile()`` (bench --compile) sees no graph breaks and predicts what eager predicts."""
+@pytest.mark.parametrize("variant", ["idm", "joint"])  # idm: future and action steps; joint: joint steps
+def test_compiled_inference_traces_as_one_graph_per_unit_and_matches_eager(variant):
+    """``compile_inference`` (bench --compile) sees no graph breaks and predicts what eager predicts."""
     torch._dynamo.reset()
-    cfg = tiny("idm")
+    cfg = tiny(variant)
     model = randomized(cfg)
     batch = cfg.fake_batch(2)
     noise = torch.randn(2, cfg.chunk, cfg.action_dim)
     with torch.inference_mode():
         eager = model.predict_actions(batch.context, batch.state, batch.text, steps=2, noise=noise,
                                       generator=torch.Generator().manual_seed(0))
-        model.compile(dynamic=False, fullgraph=True)  # fullgraph: any graph break raises
+        model.compile_inference(dynamic=False, fullgraph=True)  # fullgraph: any graph break raises
         compiled = model.predict_actions(batch.context, batch.state, batch.text, steps=2, noise=noise,
                                          generator=torch.Generator().manual_seed(0))
     torch._dynamo.reset()

@@ -7,9 +7,9 @@ Weights are random: latency does not depend on their values.
 JSON keys: preset, device, dtype, steps, batch, calls, compiled, variants.<name>.{median_ms, p90_ms,
 params, tokens, video_expert_calls, warmup_s}, ratios.{idm_over_fastwam, joint_over_fastwam}, date, host.
 
-``--compile`` runs ``torch.compile`` on the model's layer loop (the same for every variant), with
-inductor's ``freezing`` (weights folded in as constants, as for any inference-only deployment);
-the compilation happens during warm-up, whose duration is reported as ``warmup_s``.
+``--compile`` runs ``WAM.compile_inference`` (``torch.compile`` of the prefill's layer pass and of one
+denoising step per mode; the same for every variant), with inductor's ``freezing`` (weights folded
+in as constants, as for any inference-only deployment); the compilation happens during warm-up, whose duration is reported as ``warmup_s``.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the layer loop with frozen weights (compiled during warm-up, timed as warmup_s)")
+                        help="torch.compile the prefill and the denoising steps with frozen weights (compiled during warm-up, timed as warmup_s)")
     parser.add_argument("--codec-path", default="", help="wan22: local AutoencoderKLWan dir (default: random Wan2.2 VAE)")
     parser.add_argument("--json", default="", help="write the results here")
 
@@ -95,7 +95,7 @@ def benchmark(cfg: Config, variants: list[str], *, steps: int, device: str, dtyp
             tokens, video_calls = _count_tokens(model, call)  # before compiling: it patches the blocks
             if compile:
                 torch._dynamo.reset()  # each variant compiles afresh, within dynamo's recompile limit
-                model.compile(dynamic=False, options={"freezing": True})  # weights become constants
+                model.compile_inference(dynamic=False, options={"freezing": True})  # weights become constants
             warmup_s, times = _time(call, device, calls, warmup)
             out["variants"][name] = {
                 "median_ms": statistics.median(times), "p90_ms": _percentile(times, 90),

@@ -187,25 +187,20 @@ class WAM(nn.Module):
     def sample_actions(self, prefix: Prefix, noise: torch.Tensor, steps: int) -> torch.Tensor:
         """N action-only Euler steps attending to the cached prefix. noise (B, S, A) -> actions (B, S, A)."""
         expect("noise", noise, (prefix.batch, self.cfg.chunk, self.cfg.action_dim))
-        sigmas = flow.sampling_sigmas(steps, self.cfg.action_flow.shift)
+        sigmas = flow.sampling_sigmas(steps, self.cfg.action_flow.shift).tolist()
         x = noise
-        for sigma, sigma_next in zip(sigmas[:-1].tolist(), sigmas[1:].tolist()):
-            tokens = self.action.tokens(x, x.new_full((prefix.batch,), sigma), prefix.action_context)
-            _, hidden = self(None, tokens, cache=prefix.cache)
-            x = flow.euler_step(x, self.action.output(hidden, tokens.temb), sigma, sigma_next)
+        for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+            x = flow.euler_step(x, self.action_velocity(x, x.new_full((prefix.batch,), sigma), prefix), sigma, sigma_next)
         return x
 
     @torch.no_grad()
     def sample_future(self, prefix: Prefix, noise: torch.Tensor, steps: int) -> torch.Tensor:
         """N video-only Euler steps on the future, context from the cache. noise (B, Tf, C, h, w)."""
         expect("noise", noise, self._future_shape(prefix.batch))
-        sigmas = flow.sampling_sigmas(steps, self.cfg.video_flow.shift)
+        sigmas = flow.sampling_sigmas(steps, self.cfg.video_flow.shift).tolist()
         x = noise
-        for sigma, sigma_next in zip(sigmas[:-1].tolist(), sigmas[1:].tolist()):
-            tokens = self._future_tokens(x, sigma, prefix)
-            hidden, _ = self(tokens, None, cache=prefix.cache)
-            velocity = self._video_velocity(hidden, tokens.temb, x, x.new_full((prefix.batch,), sigma))
-            x = flow.euler_step(x, velocity, sigma, sigma_next)
+        for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+            x = flow.euler_step(x, self.future_velocity(x, x.new_full((prefix.batch,), sigma), prefix), sigma, sigma_next)
         return x
 
     @torch.no_grad()
@@ -218,16 +213,43 @@ class WAM(nn.Module):
         sig_v = flow.sampling_sigmas(steps, self.cfg.video_flow.shift).tolist()
         xa, xv = action_noise, video_noise
         for i in range(steps):
-            video = self._future_tokens(xv, sig_v[i], prefix)
-            action = self.action.tokens(xa, xa.new_full((prefix.batch,), sig_a[i]), prefix.action_context)
-            hidden_v, hidden_a = self(video, action, cache=prefix.cache)
-            velocity = self._video_velocity(hidden_v, video.temb, xv, xv.new_full((prefix.batch,), sig_v[i]))
-            xv = flow.euler_step(xv, velocity, sig_v[i], sig_v[i + 1])
-            xa = flow.euler_step(xa, self.action.output(hidden_a, action.temb), sig_a[i], sig_a[i + 1])
+            va, vv = self.joint_velocity(xa, xa.new_full((prefix.batch,), sig_a[i]),
+                                         xv, xv.new_full((prefix.batch,), sig_v[i]), prefix)
+            xa = flow.euler_step(xa, va, sig_a[i], sig_a[i + 1])
+            xv = flow.euler_step(xv, vv, sig_v[i], sig_v[i + 1])
         return xa, xv
 
-    def _future_tokens(self, x: torch.Tensor, sigma: float, prefix: Prefix) -> Tokens:
-        return self.video.tokens(x, x.new_full((prefix.batch,), sigma), FUTURE, self.cfg.context_frames, prefix.video_context)
+    # One denoiser call each: what a sampling loop repeats, and the unit ``compile_inference`` compiles.
+
+    def action_velocity(self, x: torch.Tensor, sigma: torch.Tensor, prefix: Prefix) -> torch.Tensor:
+        """Actions only, on the cached prefix: x (B, S, A) at sigma (B,) -> velocity (B, S, A)."""
+        tokens = self.action.tokens(x, sigma, prefix.action_context)
+        _, hidden = self(None, tokens, cache=prefix.cache)
+        return self.action.output(hidden, tokens.temb)
+
+    def future_velocity(self, x: torch.Tensor, sigma: torch.Tensor, prefix: Prefix) -> torch.Tensor:
+        """Future video only, on the cached prefix: x (B, Tf, C, h, w) at sigma (B,) -> velocity, same shape."""
+        tokens = self._future_tokens(x, sigma, prefix)
+        hidden, _ = self(tokens, None, cache=prefix.cache)
+        return self._video_velocity(hidden, tokens.temb, x, sigma)
+
+    def joint_velocity(self, xa: torch.Tensor, sigma_a: torch.Tensor, xv: torch.Tensor, sigma_v: torch.Tensor,
+                       prefix: Prefix) -> tuple[torch.Tensor, torch.Tensor]:
+        """Actions and future video together (both experts): -> velocities of xa (B, S, A) and xv (B, Tf, C, h, w)."""
+        video = self._future_tokens(xv, sigma_v, prefix)
+        action = self.action.tokens(xa, sigma_a, prefix.action_context)
+        hidden_v, hidden_a = self(video, action, cache=prefix.cache)
+        return self.action.output(hidden_a, action.temb), self._video_velocity(hidden_v, video.temb, xv, sigma_v)
+
+    def compile_inference(self, **options) -> None:
+        """``torch.compile`` (with ``options``) what inference repeats: the layer pass (prefill) and one
+        denoising step of each mode, so that a step's time embedding, tokens and head fuse with its layers."""
+        self.compile(**options)
+        for name in ("action_velocity", "future_velocity", "joint_velocity"):
+            setattr(self, name, torch.compile(getattr(self, name), **options))
+
+    def _future_tokens(self, x: torch.Tensor, sigma: torch.Tensor, prefix: Prefix) -> Tokens:
+        return self.video.tokens(x, sigma, FUTURE, self.cfg.context_frames, prefix.video_context)
 
     @torch.no_grad()
     def extend_prefix(self, prefix: Prefix, future: torch.Tensor) -> None:
