@@ -9,7 +9,8 @@ params, tokens, video_expert_calls, warmup_s}, ratios.{idm_over_fastwam, joint_o
 
 ``--compile`` runs ``WAM.compile_inference`` (``torch.compile`` of the prefill's layer pass and of one
 denoising step per mode; the same for every variant), with inductor's ``freezing`` (weights folded
-in as constants, as for any inference-only deployment); the compilation happens during warm-up, whose duration is reported as ``warmup_s``.
+in as constants, as for any inference-only deployment); the compilation happens during warm-up,
+whose duration is reported as ``warmup_s``.
 """
 
 from __future__ import annotations
