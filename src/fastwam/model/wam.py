@@ -187,21 +187,13 @@ class WAM(nn.Module):
     def sample_actions(self, prefix: Prefix, noise: torch.Tensor, steps: int) -> torch.Tensor:
         """N action-only Euler steps attending to the cached prefix. noise (B, S, A) -> actions (B, S, A)."""
         expect("noise", noise, (prefix.batch, self.cfg.chunk, self.cfg.action_dim))
-        sigmas = flow.sampling_sigmas(steps, self.cfg.action_flow.shift).tolist()
-        x = noise
-        for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
-            x = flow.euler_step(x, self.action_velocity(x, x.new_full((prefix.batch,), sigma), prefix), sigma, sigma_next)
-        return x
+        return _euler(self.action_velocity, noise, steps, self.cfg.action_flow.shift, prefix)
 
     @torch.no_grad()
     def sample_future(self, prefix: Prefix, noise: torch.Tensor, steps: int) -> torch.Tensor:
         """N video-only Euler steps on the future, context from the cache. noise (B, Tf, C, h, w)."""
         expect("noise", noise, self._future_shape(prefix.batch))
-        sigmas = flow.sampling_sigmas(steps, self.cfg.video_flow.shift).tolist()
-        x = noise
-        for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
-            x = flow.euler_step(x, self.future_velocity(x, x.new_full((prefix.batch,), sigma), prefix), sigma, sigma_next)
-        return x
+        return _euler(self.future_velocity, noise, steps, self.cfg.video_flow.shift, prefix)
 
     @torch.no_grad()
     def sample_joint(self, prefix: Prefix, action_noise: torch.Tensor, video_noise: torch.Tensor,
@@ -311,6 +303,14 @@ class WAM(nn.Module):
         expect("state", state, ("B", cfg.state_dim), d)
         expect("text", text, ("B", cfg.text_tokens, cfg.text_dim), d)
         return d
+
+
+def _euler(velocity, x: torch.Tensor, steps: int, shift: float, prefix: Prefix) -> torch.Tensor:
+    """Integrate x from noise (sigma = 1) to data (sigma = 0) in ``steps`` Euler steps of ``velocity(x, sigma (B,), prefix)``."""
+    sigmas = flow.sampling_sigmas(steps, shift).tolist()
+    for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+        x = flow.euler_step(x, velocity(x, x.new_full((prefix.batch,), sigma), prefix), sigma, sigma_next)
+    return x
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
