@@ -42,3 +42,11 @@ def test_data_and_model_shapes_must_agree():
     cfg = preset("small")
     with pytest.raises(ValueError, match=r"patch codec .* gives latents \(C, h, w\) = \(192, 8, 16\)"):
         cfg.replace(data=dataclasses.replace(cfg.data, cameras=("corner2", "corner3")))
+
+
+def test_history_frames_need_a_codec_without_temporal_compression():
+    cfg = preset("wan22-5b")
+    with pytest.raises(ValueError, match=r"model.context_frames 2: .* needs the patch codec, not 'wan22'"):
+        cfg.replace(model=dataclasses.replace(cfg.model, context_frames=2))
+    small = preset("small")
+    assert small.replace(model=dataclasses.replace(small.model, context_frames=2)).model.context_frames == 2

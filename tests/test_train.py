@@ -159,6 +159,42 @@ def test_policy_returns_raw_units_and_controller_replans(dataset, tmp_path):
         policy.act({"image": obs["image"], "state": obs["state"]})
 
 
+def test_history_policy_trains_and_the_controller_feeds_it_the_past_frames(dataset, tmp_path):
+    cfg = tiny_config(steps=2)
+    cfg = cfg.replace(model=dataclasses.replace(cfg.model, context_frames=2))
+    history = build_trainer(cfg, dataset, tmp_path / "run", progress=False).run()
+    assert len(history) == 2 and np.isfinite(history[-1]["loss"])
+    policy = Policy.from_checkpoint(tmp_path / "run")
+    r = policy.frame_stride
+    assert (policy.history_frames, r) == (1, 2)
+    image = lambda t: np.full((S, S, 3), 10 * t, np.uint8)  # frame t: gray level 10 t
+    obs = lambda t: {"image": image(t), "state": np.zeros(4, np.float32), "instruction": "reach the goal"}
+    contexts, acted = [], []
+    predict, act = policy.model.predict_actions, policy.act
+    policy.model.predict_actions = lambda context, *a, **k: contexts.append(context) or predict(context, *a, **k)
+    policy.act = lambda observation: acted.append(observation) or act(observation)
+
+    controller = RecedingHorizonController(policy, execute=2 * r)  # replans at 0, 4, 8; history every 2 steps
+    observed = []
+    for t in range(9):
+        controller.act(lambda: observed.append(t) or obs(t))
+    assert observed == [0, 2, 4, 6, 8] and controller.chunks == 3
+    # at t = 0 the current frame repeats as its own past; later the frame r steps back is the history
+    assert [int(o["history"][0, 0, 0, 0]) for o in acted] == [0, 20, 60]
+    assert contexts[0].shape == (1, 2, 48, 4, 4) and torch.equal(contexts[0][:, 0], contexts[0][:, 1])
+    assert not torch.equal(contexts[1][:, 0], contexts[1][:, 1])
+    # the policy's context is [past, current]: the past of the replan at 8 is the frame seen at 6
+    six = policy._inputs({**obs(6), "history": image(6)[None]})[0]
+    assert torch.equal(contexts[2][:, 0], six[:, 1])
+
+    with pytest.raises(ValueError, match=r"execute: 3 actions per chunk is not a multiple of the policy's frame stride 2"):
+        RecedingHorizonController(policy, execute=3)
+    with pytest.raises(KeyError, match="missing key 'history'"):
+        act(obs(0))
+    with pytest.raises(ValueError, match=r"observation\['history'\]: expected uint8 \(1, 16, 16, 3\).*got uint8 \(2, 16, 16, 3\)"):
+        act({**obs(0), "history": np.stack([image(0), image(0)])})
+
+
 def test_ema_warms_up_instead_of_keeping_the_initial_weights():
     from fastwam.train import EMA
 

@@ -92,6 +92,22 @@ def test_windows_never_cross_episodes(dataset):
             np.testing.assert_array_equal(rows, np.minimum(i + offsets, stop - 1))
 
 
+def test_history_frames_repeat_the_episode_start_and_never_cross_episodes(dataset):
+    ds = ChunkDataset(dataset, CHUNK, STRIDE, FUTURE, cameras=["left"], context_frames=3)
+    start = LENGTHS[0]  # episode 1 begins at row 7
+    rows, pad = ds.frame_indices(start + 1)  # t = 1: t - 6 and t - 3 are before the start
+    assert rows.tolist() == [start, start, start + 1, start + 4, start + 7] and not pad.any()
+    item = ds[start + 1]
+    assert item["frames"].shape == (3 + FUTURE, 3, S, S) and item["frame_pad"].shape == (3 + FUTURE,)
+    gray = decode_gray(item["frames"])[:, 0]
+    expected = [frame_value(1, t, "left") for t in (0, 0, 1, 4, 7)]
+    assert torch.allclose(gray, torch.tensor(expected, dtype=torch.float32), atol=2)
+    last = sum(LENGTHS) - 1
+    rows, pad = ds.frame_indices(last - 1)  # t = 10 of 12: history inside, future past the end
+    assert rows.tolist() == [last - 7, last - 4, last - 1, last, last] and pad.tolist() == [False] * 3 + [True] * 2
+    assert item["actions"][:, 1].tolist() == [1, 2, 3, 4, 5, 6]  # actions unaffected by the history
+
+
 def test_episode_subset_and_dataloader(dataset):
     ds = ChunkDataset(dataset.root, CHUNK, STRIDE, FUTURE, episodes=[1])
     assert len(ds) == LENGTHS[1] and ds[0]["episode_index"] == 1
@@ -109,6 +125,8 @@ def test_no_future_frames(dataset):
 def test_bad_arguments(dataset):
     with pytest.raises(ValueError, match="chunk >= 1"):
         ChunkDataset(dataset, 0, STRIDE, FUTURE)
+    with pytest.raises(ValueError, match=r"context_frames >= 1; got 6, 3, 2, 0"):
+        ChunkDataset(dataset, CHUNK, STRIDE, FUTURE, context_frames=0)
     with pytest.raises(DatasetError, match=r"cameras \['observation.images.top'\]"):
         ChunkDataset(dataset, CHUNK, STRIDE, FUTURE, cameras=["top"])
     with pytest.raises(IndexError):

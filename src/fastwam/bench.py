@@ -172,9 +172,9 @@ def _device_name(device: torch.device) -> str:
 
 
 def _frame(cfg: Config, batch: int, device: torch.device) -> torch.Tensor:
-    """One current frame (B, 1, 3, H, W * cameras) in [-1, 1]."""
+    """The context frames (B, Tc, 3, H, W * cameras) in [-1, 1]: history, then the current frame."""
     d = cfg.data
-    return torch.rand(batch, 1, 3, d.image_size, d.image_size * len(d.cameras), device=device) * 2 - 1
+    return torch.rand(batch, cfg.model.context_frames, 3, d.image_size, d.image_size * len(d.cameras), device=device) * 2 - 1
 
 
 def _with_codec_path(cfg: Config, path: str) -> Config:

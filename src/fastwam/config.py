@@ -241,6 +241,9 @@ class Config:
         _check(self.train.augment_shift == 0 or d.codec.name == "patch",
                f"train.augment_shift shifts pixels: it needs the patch codec (latents are pixel blocks), "
                f"not {d.codec.name!r}, whose latents would have to be re-encoded every step")
+        _check(m.context_frames == 1 or d.codec.name == "patch",
+               f"model.context_frames {m.context_frames}: history frames are encoded one latent frame each, which "
+               f"needs the patch codec, not {d.codec.name!r} (4:1 temporal compression)")
         if d.codec.name == "patch":
             want_c = 3 * d.codec.factor**2
             want_h = d.image_size // d.codec.factor

@@ -202,9 +202,9 @@ def make_plan(checkpoint: str | Path, episodes: int, tasks: str | Sequence[str] 
 class Recorder:
     """Frames of one episode for the videos.
 
-    Keeps what the policy observed (at replans) and, when asked, every step's frame; for
-    imagining variants, the imagined future at each replan and the real frames at the imagined
-    times (t + frame_stride * k), rendered only for this episode.
+    Keeps what the policy observed (at replans and history times) and, when asked, every step's
+    frame; for imagining variants, the imagined future at each replan and the real frames at the
+    imagined times (t + frame_stride * k), rendered only for this episode.
     """
 
     def __init__(self, policy, every_step: bool, imagine: bool, frame_stride: int, seed: int):
@@ -216,8 +216,8 @@ class Recorder:
         self._wanted: set[int] = set()
         self._generator = torch.Generator(device=policy.device).manual_seed(seed + 1)
 
-    def observed(self, step: int, observation: dict) -> None:
-        self.frames[step] = observation["image"]
+    def replanned(self, step: int, observation: dict) -> None:
+        """The policy planned from ``observation`` (history included) at ``step``."""
         if self.imagine:
             self.imagined[step] = self._imagine(observation)
             self._wanted.update(step + self.stride * k for k in range(1, len(self.imagined[step]) + 1))
@@ -252,12 +252,16 @@ def run_episode(plan: EvalPlan, policy, env: mw.MetaWorldEnv, episode: Episode) 
         observation = {"image": env.render() if image is None else image, "state": env.proprio(),
                        "instruction": env.instruction}
         if recorder:
-            recorder.observed(env.steps, observation)
+            recorder.frames[env.steps] = observation["image"]
         return observation
 
     success = False
     while not success and env.steps < plan.max_steps:
-        _, success, _ = env.step(controller.act(observe))
+        step, chunks = env.steps, controller.chunks
+        action = controller.act(observe)
+        if recorder and controller.chunks > chunks:
+            recorder.replanned(step, controller.last_observation)
+        _, success, _ = env.step(action)
         if recorder and recorder.wants(env.steps):
             recorder.frames[env.steps] = env.render()
     if recorder and env.steps not in recorder.frames:

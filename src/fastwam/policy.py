@@ -8,12 +8,16 @@ per prompt), numpy <-> torch.
     chunk = policy.act({"image": uint8 (H, W, 3), "state": (P,), "instruction": "open the drawer"})  # (S, A)
 
 ``image`` is the current frame with all cameras side by side, as in training; batched
-observations (leading batch axis, a list of instructions) give (B, S, A).
+observations (leading batch axis, a list of instructions) give (B, S, A). A policy trained with
+history (``model.context_frames`` K > 1) also needs ``"history"``: uint8 ([B,] K - 1, H, W, 3),
+the past frames at t - r*(K-1), ..., t - r (r = ``data.frame_stride`` env steps), oldest first;
+the controller below keeps them.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from pathlib import Path
 from typing import Callable
 
@@ -52,6 +56,16 @@ class Policy:
     def chunk(self) -> int:
         return self.cfg.model.chunk
 
+    @property
+    def history_frames(self) -> int:
+        """Past frames an observation carries besides the current one (K - 1)."""
+        return self.cfg.model.context_frames - 1
+
+    @property
+    def frame_stride(self) -> int:
+        """Env steps between consecutive history frames (r)."""
+        return self.cfg.data.frame_stride
+
     def reset(self, seed: int | None = None) -> None:
         """Start a new episode (re-seeds the sampling noise when ``seed`` is given)."""
         if seed is not None:
@@ -59,7 +73,8 @@ class Policy:
 
     @torch.no_grad()
     def act(self, observation: dict) -> np.ndarray:
-        """{"image": uint8 ([B,] H, W, 3), "state": ([B,] P), "instruction": str | list[str]} -> ([B,] S, A) raw units."""
+        """{"image": uint8 ([B,] H, W, 3), "state": ([B,] P), "instruction": str | list[str]
+        [, "history": uint8 ([B,] K - 1, H, W, 3)]} -> ([B,] S, A) raw units."""
         context, state, text, batched = self._inputs(observation)
         actions = self.model.predict_actions(context, state, text, steps=self.steps, generator=self.generator)
         actions = self.normalizer.unnormalize(ACTION_KEY, actions.float().cpu()).numpy()
@@ -93,10 +108,26 @@ class Policy:
         prompts = [prompts] * len(images) if isinstance(prompts, str) else list(prompts)
         if len(prompts) != len(images):
             raise ValueError(f"observation['instruction']: expected {len(images)} instructions, got {len(prompts)}")
-        pixels = frames_to_unit(torch.from_numpy(images).permute(0, 3, 1, 2).to(self.device))[:, None]  # (B, 1, 3, H, W)
+        frames = np.concatenate([self._history(observation, len(images), want, batched), images[:, None]], axis=1)
+        pixels = frames_to_unit(torch.from_numpy(frames).permute(0, 1, 4, 2, 3).to(self.device))  # (B, K, 3, H, W)
         context = self.codec.encode(pixels)[:, : self.cfg.model.context_frames]
         state_t = self.normalizer.normalize(STATE_KEY, torch.from_numpy(states)).float().to(self.device)
         return context, state_t, self._embed(prompts), batched
+
+    def _history(self, observation: dict, batch: int, frame: tuple[int, int, int], batched: bool) -> np.ndarray:
+        """observation["history"] validated -> uint8 (B, K - 1, H, W, 3) (empty without history)."""
+        k = self.history_frames
+        if "history" not in observation:
+            if k:
+                raise KeyError(f"observation: missing key 'history'; this policy takes the {k} past frame(s) "
+                               f"{self.frame_stride} env steps apart (model.context_frames {k + 1})")
+            return np.empty((batch, 0, *frame), np.uint8)
+        history = np.asarray(observation["history"])
+        want = (batch, k, *frame) if batched else (k, *frame)
+        if history.dtype != np.uint8 or history.shape != want:
+            raise ValueError(f"observation['history']: expected uint8 {want} (the past frames, oldest first; "
+                             f"model.context_frames {k + 1}), got {history.dtype} {history.shape}")
+        return history if batched else history[None]
 
     def _embed(self, prompts: list[str]) -> torch.Tensor:
         """Instruction embeddings (B, L, E) on the policy's device.
@@ -113,7 +144,10 @@ class Policy:
 class RecedingHorizonController:
     """Executes the first ``execute`` actions of each predicted chunk, then replans.
 
-    ``observe`` is called only when a new chunk is needed, so a simulator renders only then.
+    ``observe`` is called only when the policy needs a frame, so a simulator renders only then:
+    at replans and, for a policy with history, every ``policy.frame_stride`` steps (``execute``
+    must be a multiple of it, so replans fall on history times). Before the episode has enough
+    past frames, the oldest one repeats, as in training.
     """
 
     def __init__(self, policy: Policy, execute: int | None = None):
@@ -121,12 +155,19 @@ class RecedingHorizonController:
         self.execute = policy.chunk // 2 if execute is None else execute
         if not 1 <= self.execute <= policy.chunk:
             raise ValueError(f"execute: expected 1..{policy.chunk} actions per chunk, got {self.execute}")
-        self._queue: list[np.ndarray] = []
-        self.chunks = 0  # chunks predicted since reset
-        self.chunk_seconds: list[float] = []
+        history, stride = policy.history_frames, policy.frame_stride
+        if history and self.execute % stride:
+            raise ValueError(f"execute: {self.execute} actions per chunk is not a multiple of the policy's frame stride "
+                             f"{stride}, so replans would miss its history frames")
+        self._stride = stride if history else 0
+        self._history: deque[np.ndarray] = deque(maxlen=history)
+        self.reset()
 
     def reset(self, seed: int | None = None) -> None:
         self._queue, self.chunks, self.chunk_seconds = [], 0, []
+        self._history.clear()
+        self._steps = 0
+        self.last_observation: dict | None = None  # what the policy last acted on (history included)
         self.policy.reset(seed)
 
     @property
@@ -135,11 +176,22 @@ class RecedingHorizonController:
 
     def act(self, observe: Callable[[], dict]) -> np.ndarray:
         """The next action; calls ``observe()`` and the policy only at the start of a chunk."""
+        on_history = bool(self._stride) and self._steps % self._stride == 0
         if not self._queue:
             observation = observe()
+            if self._stride:
+                past = list(self._history) or [observation["image"]]
+                past = [past[0]] * (self._history.maxlen - len(past)) + past
+                observation = {**observation, "history": np.stack(past)}
             start = time.perf_counter()
             chunk = self.policy.act(observation)
             self.chunk_seconds.append(time.perf_counter() - start)
             self._queue = list(chunk[: self.execute])
             self.chunks += 1
+            self.last_observation = observation
+        elif on_history:
+            observation = observe()
+        if on_history:
+            self._history.append(observation["image"])
+        self._steps += 1
         return self._queue.pop(0)

@@ -52,19 +52,21 @@ class TrainingData:
     text: torch.Tensor  # (tasks, L, E) instruction embeddings per task_index
     task_index: torch.Tensor  # (N,)
     rows: torch.Tensor  # (S,) sample -> global frame row
-    frame_rows: torch.Tensor  # (S, 1 + Tf) rows of the current and future frames
-    frame_pad: torch.Tensor  # (S, 1 + Tf) bool
+    frame_rows: torch.Tensor  # (S, Tc + Tf) rows of the context (history, current) and future frames
+    frame_pad: torch.Tensor  # (S, Tc + Tf) bool
     action_rows: torch.Tensor  # (S, H)
     action_pad: torch.Tensor  # (S, H) bool
+    context_frames: int  # Tc
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def batch(self, indices: torch.Tensor) -> Batch:
         rows = self.rows[indices]
-        frames = self.latents[self.frame_rows[indices]].float()  # (B, 1 + Tf, C, h, w)
+        frames = self.latents[self.frame_rows[indices]].float()  # (B, Tc + Tf, C, h, w)
+        tc = self.context_frames
         return Batch(
-            context=frames[:, :1], future=frames[:, 1:], future_pad=self.frame_pad[indices, 1:],
+            context=frames[:, :tc], future=frames[:, tc:], future_pad=self.frame_pad[indices, tc:],
             actions=self.actions[self.action_rows[indices]], action_pad=self.action_pad[indices],
             state=self.state[rows], text=self.text[self.task_index[rows]],
         )
@@ -74,7 +76,7 @@ def load_training_data(cfg: Config, dataset: LeRobotDataset, normalizer: Normali
     """Windows, normalized vectors, cached latents and instruction embeddings of ``dataset``."""
     m, d = cfg.model, cfg.data
     windows = ChunkDataset(dataset, chunk=m.chunk, frame_stride=d.frame_stride, future_frames=m.future_frames,
-                           cameras=d.cameras, progress=progress)
+                           cameras=d.cameras, progress=progress, context_frames=m.context_frames)
     _check_vectors(dataset, m)
     frame_rows, frame_pad = zip(*(windows.frame_indices(i) for i in range(len(windows))))
     action_rows, action_pad = zip(*(windows.action_indices(i) for i in range(len(windows))))
@@ -89,6 +91,7 @@ def load_training_data(cfg: Config, dataset: LeRobotDataset, normalizer: Normali
         rows=torch.from_numpy(windows.rows.astype(np.int64)),
         frame_rows=torch.from_numpy(np.stack(frame_rows).astype(np.int64)), frame_pad=torch.from_numpy(np.stack(frame_pad)),
         action_rows=torch.from_numpy(np.stack(action_rows).astype(np.int64)), action_pad=torch.from_numpy(np.stack(action_pad)),
+        context_frames=m.context_frames,
     )
 
 
