@@ -27,7 +27,7 @@ def test_euler_sampler_reproduces_data_for_exact_velocity_field():
         sigmas = flow.sampling_sigmas(steps, shift)
         assert sigmas[0] == 1 and sigmas[-1] == 0 and len(sigmas) == steps + 1
         x = torch.randn_like(x0)
-        for s, s_next in zip(sigmas[:-1].tolist(), sigmas[1:].tolist()):
+        for s, s_next in zip(sigmas[:-1], sigmas[1:]):
             x = flow.euler_step(x, exact_velocity(x, s), s, s_next)
         assert (x - x0).abs().max() < 1e-5
 

@@ -7,8 +7,8 @@ Weights are random: latency does not depend on their values.
 JSON keys: preset, device, dtype, steps, batch, calls, compiled, variants.<name>.{median_ms, p90_ms,
 params, tokens, video_expert_calls, warmup_s}, ratios.{idm_over_fastwam, joint_over_fastwam}, date, host.
 
-``--compile`` runs ``WAM.compile_inference`` (``torch.compile`` of the prefill's layer pass and of one
-denoising step per mode; the same for every variant), with inductor's ``freezing`` (weights folded
+``--compile`` runs ``WAM.compile_inference`` (``torch.compile`` of the prefill's layer pass and of each
+mode's whole sampling loop; the same for every variant), with inductor's ``freezing`` (weights folded
 in as constants, as for any inference-only deployment); the compilation happens during warm-up,
 whose duration is reported as ``warmup_s``.
 """

@@ -48,9 +48,10 @@ def data_to_velocity(x: torch.Tensor, x0_pred: torch.Tensor, sigma: torch.Tensor
     return (x - x0_pred) / s
 
 
-def sampling_sigmas(steps: int, shift: float, device=None) -> torch.Tensor:
-    """(steps + 1,) sigmas from 1 to 0: shift applied to u = linspace(1, 0)."""
-    return shift_sigma(torch.linspace(1.0, 0.0, steps + 1, device=device, dtype=torch.float64), shift).float()
+def sampling_sigmas(steps: int, shift: float) -> list[float]:
+    """steps + 1 sigmas from 1 to 0: shift applied to u = linspace(1, 0). Python floats, so a
+    compiled sampling loop unrolls over constants."""
+    return [shift_sigma(1.0 - i / steps, shift) for i in range(steps + 1)]
 
 
 def euler_step(x: torch.Tensor, velocity: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:

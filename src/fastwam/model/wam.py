@@ -187,13 +187,13 @@ class WAM(nn.Module):
     def sample_actions(self, prefix: Prefix, noise: torch.Tensor, steps: int) -> torch.Tensor:
         """N action-only Euler steps attending to the cached prefix. noise (B, S, A) -> actions (B, S, A)."""
         expect("noise", noise, (prefix.batch, self.cfg.chunk, self.cfg.action_dim))
-        return _euler(self.action_velocity, noise, steps, self.cfg.action_flow.shift, prefix)
+        return self._action_loop(noise, steps, prefix)
 
     @torch.no_grad()
     def sample_future(self, prefix: Prefix, noise: torch.Tensor, steps: int) -> torch.Tensor:
         """N video-only Euler steps on the future, context from the cache. noise (B, Tf, C, h, w)."""
         expect("noise", noise, self._future_shape(prefix.batch))
-        return _euler(self.future_velocity, noise, steps, self.cfg.video_flow.shift, prefix)
+        return self._future_loop(noise, steps, prefix)
 
     @torch.no_grad()
     def sample_joint(self, prefix: Prefix, action_noise: torch.Tensor, video_noise: torch.Tensor,
@@ -201,17 +201,26 @@ class WAM(nn.Module):
         """Denoise future video and actions together, both experts every step -> (actions, future)."""
         expect("action_noise", action_noise, (prefix.batch, self.cfg.chunk, self.cfg.action_dim))
         expect("video_noise", video_noise, self._future_shape(prefix.batch))
-        sig_a = flow.sampling_sigmas(steps, self.cfg.action_flow.shift).tolist()
-        sig_v = flow.sampling_sigmas(steps, self.cfg.video_flow.shift).tolist()
-        xa, xv = action_noise, video_noise
+        return self._joint_loop(action_noise, video_noise, steps, prefix)
+
+    # The sampling loops (what ``compile_inference`` compiles, steps unrolled) and the one denoiser
+    # call per mode that each repeats.
+
+    def _action_loop(self, x: torch.Tensor, steps: int, prefix: Prefix) -> torch.Tensor:
+        return _euler(self.action_velocity, x, flow.sampling_sigmas(steps, self.cfg.action_flow.shift), prefix)
+
+    def _future_loop(self, x: torch.Tensor, steps: int, prefix: Prefix) -> torch.Tensor:
+        return _euler(self.future_velocity, x, flow.sampling_sigmas(steps, self.cfg.video_flow.shift), prefix)
+
+    def _joint_loop(self, xa: torch.Tensor, xv: torch.Tensor, steps: int, prefix: Prefix) -> tuple[torch.Tensor, torch.Tensor]:
+        sig_a = flow.sampling_sigmas(steps, self.cfg.action_flow.shift)
+        sig_v = flow.sampling_sigmas(steps, self.cfg.video_flow.shift)
         for i in range(steps):
             va, vv = self.joint_velocity(xa, xa.new_full((prefix.batch,), sig_a[i]),
                                          xv, xv.new_full((prefix.batch,), sig_v[i]), prefix)
             xa = flow.euler_step(xa, va, sig_a[i], sig_a[i + 1])
             xv = flow.euler_step(xv, vv, sig_v[i], sig_v[i + 1])
         return xa, xv
-
-    # One denoiser call each: what a sampling loop repeats, and the unit ``compile_inference`` compiles.
 
     def action_velocity(self, x: torch.Tensor, sigma: torch.Tensor, prefix: Prefix) -> torch.Tensor:
         """Actions only, on the cached prefix: x (B, S, A) at sigma (B,) -> velocity (B, S, A)."""
@@ -234,10 +243,11 @@ class WAM(nn.Module):
         return self.action.output(hidden_a, action.temb), self._video_velocity(hidden_v, video.temb, xv, sigma_v)
 
     def compile_inference(self, **options) -> None:
-        """``torch.compile`` (with ``options``) what inference repeats: the layer pass (prefill) and one
-        denoising step of each mode, so that a step's time embedding, tokens and head fuse with its layers."""
+        """``torch.compile`` (with ``options``) what inference repeats: the layer pass (prefill) and each
+        mode's whole sampling loop, its steps unrolled into one graph (one per step count), so that a
+        chunk pays Python and guard overhead once, not once per step, and the Euler updates fuse."""
         self.compile(**options)
-        for name in ("action_velocity", "future_velocity", "joint_velocity"):
+        for name in ("_action_loop", "_future_loop", "_joint_loop"):
             setattr(self, name, torch.compile(getattr(self, name), **options))
 
     def _future_tokens(self, x: torch.Tensor, sigma: torch.Tensor, prefix: Prefix) -> Tokens:
@@ -305,9 +315,9 @@ class WAM(nn.Module):
         return d
 
 
-def _euler(velocity, x: torch.Tensor, steps: int, shift: float, prefix: Prefix) -> torch.Tensor:
-    """Integrate x from noise (sigma = 1) to data (sigma = 0) in ``steps`` Euler steps of ``velocity(x, sigma (B,), prefix)``."""
-    sigmas = flow.sampling_sigmas(steps, shift).tolist()
+def _euler(velocity, x: torch.Tensor, sigmas: list[float], prefix: Prefix) -> torch.Tensor:
+    """Integrate x from noise (sigma = 1) to data (sigma = 0) along ``sigmas`` with Euler steps of
+    ``velocity(x, sigma (B,), prefix)``."""
     for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
         x = flow.euler_step(x, velocity(x, x.new_full((prefix.batch,), sigma), prefix), sigma, sigma_next)
     return x
