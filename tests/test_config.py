@@ -1,8 +1,10 @@
 """The config tree: presets, validation, YAML round trip."""
 
 import dataclasses
+from pathlib import Path
 
 import pytest
+import torch
 
 from fastwam.config import Config, ModelConfig, VariantConfig, preset
 
@@ -50,3 +52,12 @@ def test_history_frames_need_a_codec_without_temporal_compression():
         cfg.replace(model=dataclasses.replace(cfg.model, context_frames=2))
     small = preset("small")
     assert small.replace(model=dataclasses.replace(small.model, context_frames=2)).model.context_frames == 2
+
+
+@pytest.mark.parametrize("path", sorted(Path(__file__).parents[1].glob("benchmarks/*.yaml")), ids=lambda p: p.name)
+def test_benchmark_configs_load(path):
+    """The configurations docs/RESULTS.md cites stay loadable as the config tree evolves."""
+    cfg = Config.load(path)  # validates every key and the data/model shape agreement
+    with torch.device("meta"):
+        model = cfg.model.build()
+    assert sum(p.numel() for p in model.parameters()) > 0
