@@ -36,10 +36,11 @@ ACTION_KEY = "action"
 
 
 class ChunkDataset(Dataset):
-    """Windows (frame at t, future frames, action chunk, state, instruction) over a LeRobot dataset.
+    """Windows (frames up to t, future frames, action chunk, state, instruction) over a LeRobot dataset.
 
     dataset: a ``LeRobotDataset`` or its directory. chunk: H. frame_stride: r. future_frames: F.
-    context_frames: K (the current frame and K - 1 past ones, r frames apart). cameras: camera names or full video keys (default: all, in info.json order).
+    context_frames: K (the current frame and K - 1 past ones, r frames apart).
+    cameras: camera names or full video keys (default: all, in info.json order).
     episodes: restrict to these episode indices (default: all). Item i is the i-th frame of the
     selected episodes in row order.
     """
