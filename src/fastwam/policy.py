@@ -175,7 +175,8 @@ class RecedingHorizonController:
         return not self._queue
 
     def act(self, observe: Callable[[], dict]) -> np.ndarray:
-        """The next action; calls ``observe()`` and the policy only at the start of a chunk."""
+        """The next action; calls the policy only at the start of a chunk, and ``observe()`` then and
+        at history times."""
         on_history = bool(self._stride) and self._steps % self._stride == 0
         if not self._queue:
             observation = observe()
