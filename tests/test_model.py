@@ -373,5 +373,7 @@ def test_compiled_inference_traces_as_one_graph_per_unit_and_matches_eager(varia
         model.compile_inference(dynamic=False, fullgraph=True)  # fullgraph: any graph break raises
         compiled = model.predict_actions(batch.context, batch.state, batch.text, steps=2, noise=noise,
                                          generator=torch.Generator().manual_seed(0))
+    with pytest.raises(RuntimeError, match="already compiled"):
+        model.compile_inference()
     torch._dynamo.reset()
     torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)

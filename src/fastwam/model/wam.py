@@ -246,6 +246,8 @@ class WAM(nn.Module):
         """``torch.compile`` (with ``options``) what inference repeats: the layer pass (prefill) and each
         mode's whole sampling loop, its steps unrolled into one graph (one per step count), so that a
         chunk pays Python and guard overhead once, not once per step, and the Euler updates fuse."""
+        if "_action_loop" in vars(self):  # the compiled loops are instance attributes; a second call would wrap them
+            raise RuntimeError("compile_inference: this model is already compiled")
         self.compile(**options)
         for name in ("_action_loop", "_future_loop", "_joint_loop"):
             setattr(self, name, torch.compile(getattr(self, name), **options))
