@@ -5,6 +5,7 @@ import re
 
 import pytest
 import torch
+from conftest import WAN_Z_DIM as Z_DIM
 
 from fastwam.codecs import LatentCodec, build_codec, frames_to_unit, unit_to_frames
 from fastwam.config import CodecConfig
@@ -41,35 +42,15 @@ def test_patch_codec_rejects_bad_input():
         codec.decode(torch.zeros(2, 3, 48, 8, 8))
 
 
-Z_DIM = 16
-
-
-@pytest.fixture(scope="module")
-def tiny_wan_dir(tmp_path_factory):
-    """A random AutoencoderKLWan in the Wan2.2 format (residual blocks, patch_size 2, 4x temporal), 8x spatial."""
-    from diffusers import AutoencoderKLWan
-
-    torch.manual_seed(0)
-    vae = AutoencoderKLWan(
-        base_dim=8, decoder_base_dim=8, z_dim=Z_DIM, dim_mult=[1, 1, 1], num_res_blocks=1,
-        temperal_downsample=[True, True], is_residual=True, in_channels=12, out_channels=12, patch_size=2,
-        scale_factor_spatial=8, scale_factor_temporal=4,
-        latents_mean=(torch.randn(Z_DIM)).tolist(), latents_std=(torch.rand(Z_DIM) + 0.5).tolist(),
-    )
-    path = tmp_path_factory.mktemp("wan_vae")
-    vae.save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def wan_codec(tiny_wan_dir):
-    return build_codec(CodecConfig(name="wan22", factor=8, path=str(tiny_wan_dir)))
+    return build_codec(CodecConfig(name="wan22", factor=16, path=str(tiny_wan_dir)))
 
 
 def test_wan_codec_shapes_and_determinism(wan_codec):
-    assert (wan_codec.channels, wan_codec.spatial, wan_codec.temporal) == (Z_DIM, 8, 4)
+    assert (wan_codec.channels, wan_codec.spatial, wan_codec.temporal) == (Z_DIM, 16, 4)
     assert [wan_codec.latent_frames(t) for t in (1, 5, 9)] == [1, 2, 3]
-    frames = torch.rand(2, 9, 3, 16, 24) * 2 - 1
+    frames = torch.rand(2, 9, 3, 32, 48) * 2 - 1
     latents = wan_codec.encode(frames)
     assert latents.shape == (2, 3, Z_DIM, 2, 3) and latents.dtype == torch.float32
     assert torch.equal(wan_codec.encode(frames), latents)  # posterior mode, not a sample
@@ -80,7 +61,7 @@ def test_wan_codec_shapes_and_determinism(wan_codec):
 
 
 def test_wan_codec_normalizes_like_wan(wan_codec):
-    frames = torch.rand(1, 5, 3, 16, 16) * 2 - 1
+    frames = torch.rand(1, 5, 3, 32, 32) * 2 - 1
     vae = wan_codec.vae
     raw = vae.encode(frames.transpose(1, 2)).latent_dist.mode().transpose(1, 2)  # (B, T', C, h, w)
     mean = torch.tensor(vae.config.latents_mean).view(-1, 1, 1)
@@ -94,9 +75,9 @@ def test_wan_codec_normalizes_like_wan(wan_codec):
 
 def test_wan_codec_rejects_bad_input(wan_codec):
     with pytest.raises(ValueError, match=r"frames: expected T = 1 \+ 4\*n frames .* got T = 4"):
-        wan_codec.encode(torch.zeros(1, 4, 3, 16, 16))
-    with pytest.raises(ValueError, match=r"divisible by 8, got \(1, 5, 3, 12, 16\)"):
-        wan_codec.encode(torch.zeros(1, 5, 3, 12, 16))
+        wan_codec.encode(torch.zeros(1, 4, 3, 32, 32))
+    with pytest.raises(ValueError, match=r"divisible by 16, got \(1, 5, 3, 24, 32\)"):
+        wan_codec.encode(torch.zeros(1, 5, 3, 24, 32))
 
 
 def test_wan_codec_bad_paths(tmp_path, tiny_wan_dir):
@@ -113,11 +94,11 @@ def test_wan_codec_bad_paths(tmp_path, tiny_wan_dir):
     (tmp_path / "config.json").write_text((tiny_wan_dir / "config.json").read_text())
     with pytest.raises(FileNotFoundError, match=re.escape(f"{tmp_path} has no weights")):
         build_codec(CodecConfig(name="wan22", factor=16, path=str(tmp_path)))
-    with pytest.raises(ValueError, match="compresses 8x spatially and 4x in time; expected 16x"):
-        build_codec(CodecConfig(name="wan22", factor=16, path=str(tiny_wan_dir)))
+    with pytest.raises(ValueError, match="compresses 16x spatially and 4x in time; expected 8x"):
+        build_codec(CodecConfig(name="wan22", factor=8, path=str(tiny_wan_dir)))
 
 
 def test_wan_codec_accepts_pipeline_root(tmp_path, tiny_wan_dir):
     (tmp_path / "vae").symlink_to(tiny_wan_dir, target_is_directory=True)
-    codec = build_codec(CodecConfig(name="wan22", factor=8, path=str(tmp_path)))
+    codec = build_codec(CodecConfig(name="wan22", factor=16, path=str(tmp_path)))
     assert codec.channels == Z_DIM

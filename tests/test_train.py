@@ -16,24 +16,27 @@ from fastwam.train import build_trainer, latest_checkpoint, load_model, lr_facto
 S = 16  # the tiny preset's image size
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
+def write_dot_dataset(root, size: int):
     """Two short episodes of a dot drifting right; action = its displacement, state = its position."""
-    root = tmp_path_factory.mktemp("train") / "ds"
-    features = build_features(10, {"corner3": (S, S)}, {"observation.state": list("xyzg"), "action": list("xyzg")})
+    features = build_features(10, {"corner3": (size, size)}, {"observation.state": list("xyzg"), "action": list("xyzg")})
     rng = np.random.default_rng(0)
     with LeRobotWriter(root, fps=10, features=features) as writer:
         for episode, task in enumerate(["reach the goal", "push the puck"]):
             n = 12
-            x = np.linspace(2, 13, n)
-            frames = np.zeros((n, S, S, 3), np.uint8)
+            x = np.linspace(2, size - 3, n)
+            frames = np.zeros((n, size, size, 3), np.uint8)
             for t in range(n):
-                frames[t, 6:10, int(x[t]) - 1:int(x[t]) + 2] = 255
+                frames[t, size // 2 - 2:size // 2 + 2, int(x[t]) - 1:int(x[t]) + 2] = 255
             state = np.stack([x, np.full(n, episode), rng.normal(size=n), np.ones(n)], 1).astype(np.float32)
             action = np.stack([np.gradient(x), np.zeros(n), rng.normal(size=n), -np.ones(n)], 1).astype(np.float32)
             writer.add_episode(task, {"observation.state": state, "action": np.clip(action, -1, 1)},
                                {"observation.images.corner3": frames})
     return root
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return write_dot_dataset(tmp_path_factory.mktemp("train") / "ds", S)
 
 
 def tiny_config(steps=6, **train):
@@ -208,3 +211,59 @@ def test_ema_warms_up_instead_of_keeping_the_initial_weights():
     for _ in range(2000):
         ema.update(model)
     assert ema.shadow["weight"].min() > 0.999  # with a fixed 0.999, 0.999**2001 = 13 % would still be zeros
+
+
+def test_fold_pad_marks_a_latent_frame_that_shows_any_frame_past_the_end():
+    from fastwam.train import fold_pad
+
+    pixel = np.array([[0, 0, 0, 0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 0, 0, 0, 1], [0, 0, 0, 0, 1, 1, 1, 1, 1]], bool)
+    assert fold_pad(pixel, 4).tolist() == [[False, False, False], [False, False, True], [False, True, True]]
+    assert fold_pad(pixel, 1).tolist() == pixel.tolist()
+    with pytest.raises(ValueError, match=r"frame_pad: expected \(S, 1 \+ 4\*F\) pixel-frame flags, got \(3, 8\)"):
+        fold_pad(pixel[:, :8], 4)
+
+
+def test_wan22_codec_trains_on_cached_clip_latents_and_imagines_pixel_frames(tmp_path, tiny_wan_dir, monkeypatch):
+    """The paper's codec path on a tiny random Wan2.2 VAE: 9-frame clips (stride 1) -> 3 latent frames."""
+    import fastwam.train
+    from fastwam.codecs import build_codec, frames_to_unit
+    from fastwam.config import CodecConfig
+    from fastwam.data.windows import ChunkDataset
+
+    size = 32  # 16x spatial: 2x2 latents
+    root = write_dot_dataset(tmp_path / "ds", size)
+    cfg = tiny_config(steps=3)
+    codec_cfg = CodecConfig(name="wan22", factor=16, path=str(tiny_wan_dir))
+    cfg = cfg.replace(model=dataclasses.replace(cfg.model, latent_height=2, latent_width=2, chunk=8),
+                      data=dataclasses.replace(cfg.data, image_size=size, frame_stride=1, codec=codec_cfg))
+    trainer = build_trainer(cfg, root, tmp_path / "run", progress=False)
+    history = trainer.run()
+    assert [m["step"] for m in history] == [1, 2, 3] and all(np.isfinite(m["loss_video"]) for m in history)
+
+    # One clip per sample: the window's 9 frames t .. t + 8 encoded together, as the VAE sees a video.
+    data, codec = trainer.data, build_codec(codec_cfg)
+    assert data.latents.shape == (24 * 3, 48, 2, 2) and data.latent_rows.shape == (24, 3)
+    windows = ChunkDataset(root, chunk=8, frame_stride=1, future_frames=8)
+    for i in (0, 5, 11):  # inside the episode, the last full window, and one that runs past the end
+        frames = frames_to_unit(windows[i]["frames"])[None]  # (1, 9, 3, 32, 32)
+        expected = codec.encode(frames)[0]  # (3, 48, 2, 2)
+        assert torch.allclose(data.latents[data.latent_rows[i]].float(), expected, atol=2e-2, rtol=1e-2)
+    assert data.latent_pad[[0, 3, 4, 11]].tolist() == [[False] * 3, [False] * 3, [False, False, True], [False, True, True]]
+
+    # The cache is read, not re-encoded, by the next run on the same data and codec.
+    monkeypatch.setattr(fastwam.train, "build_codec", lambda *a, **k: pytest.fail("re-encoded a cached clip"))
+    again = build_trainer(cfg, root, tmp_path / "run2", progress=False).data
+    assert torch.equal(again.latents, data.latents)
+    assert len(list((root / "cache").glob("clips-wan22-*.npy"))) == 1 and not list((root / "cache").glob("*.tmp.npy"))
+    monkeypatch.undo()
+
+    # The policy encodes the current frame alone (the clip's first latent frame) and decodes the
+    # imagined latents after it: 2 latent frames -> 8 pixel frames, one per env step.
+    policy = Policy.from_checkpoint(tmp_path / "run")
+    obs = {"image": windows[0]["frames"][0].permute(1, 2, 0).numpy(), "state": np.zeros(4, np.float32),
+           "instruction": "reach the goal"}
+    context = policy._inputs(obs)[0]
+    assert torch.allclose(context[0, 0], data.latents[data.latent_rows[0, 0]].float(), atol=2e-2, rtol=1e-2)
+    assert policy.act(obs).shape == (8, 4)
+    imagined = policy.imagine(obs)
+    assert imagined.shape == (8, size, size, 3) and imagined.dtype == np.uint8

@@ -187,6 +187,11 @@ class CodecConfig:
         _check(self.name in ("patch", "wan22"), f"codec.name must be patch|wan22, got {self.name!r}")
         _check(self.factor >= 1, f"codec.factor must be >= 1, got {self.factor}")
 
+    @property
+    def temporal(self) -> int:
+        """Pixel frames per latent frame after the first: 1 (patch, frame by frame) or 4 (wan22, causal 4:1)."""
+        return 1 if self.name == "patch" else 4
+
 
 @dataclass(frozen=True)
 class TextConfig:
@@ -252,17 +257,16 @@ class Config:
                    f"patch codec (factor {d.codec.factor}, {len(d.cameras)} camera(s) of {d.image_size}px) gives latents "
                    f"(C, h, w) = {(want_c, want_h, want_w)}, but model expects "
                    f"{(m.latent_channels, m.latent_height, m.latent_width)}")
-            _check(m.future_frames == 0 or m.chunk == d.frame_stride * m.future_frames,
-                   f"patch codec: future frames t + r*k for k = 1..chunk/r need chunk = frame_stride * future_frames; "
-                   f"got chunk {m.chunk}, frame_stride {d.frame_stride}, future_frames {m.future_frames}")
         else:  # wan22: 16x spatial, 4x temporal compression, first frame encoded on its own
             want_h = d.image_size // d.codec.factor
             _check((m.latent_channels, m.latent_height, m.latent_width) == (48, want_h, want_h * len(d.cameras)),
                    f"wan22 codec gives latents (C, h, w) = {(48, want_h, want_h * len(d.cameras))}, "
                    f"but model expects {(m.latent_channels, m.latent_height, m.latent_width)}")
-            _check(m.future_frames == 0 or m.chunk == 4 * d.frame_stride * m.future_frames,
-                   f"wan22 codec: chunk/frame_stride future frames compress 4:1 into future_frames latent frames; "
-                   f"got chunk {m.chunk}, frame_stride {d.frame_stride}, future_frames {m.future_frames}")
+        k = d.codec.temporal
+        _check(m.future_frames == 0 or m.chunk == k * d.frame_stride * m.future_frames,
+               f"{d.codec.name} codec: the future pixel frames t + r*k, k = 1..chunk/r, become {k} per latent frame, "
+               f"so chunk must be {k} * frame_stride * future_frames; got chunk {m.chunk}, frame_stride "
+               f"{d.frame_stride}, future_frames {m.future_frames}")
 
     def replace(self, **sections: Any) -> "Config":
         return dataclasses.replace(self, **sections)

@@ -82,10 +82,14 @@ class Policy:
 
     @torch.no_grad()
     def imagine(self, observation: dict) -> np.ndarray:
-        """The model's imagined future frames: uint8 ([B,] Tf, H, W, 3) (for variants trained with video)."""
+        """The model's imagined future frames, ``data.frame_stride`` env steps apart: uint8 ([B,] T, H, W, 3),
+        T = model.future_frames x the codec's temporal compression (for variants trained with video)."""
         context, state, text, batched = self._inputs(observation)
         future = self.model.imagine(context, state, text, steps=self.steps, generator=self.generator)
-        frames = unit_to_frames(self.codec.decode(future)).permute(0, 1, 3, 4, 2).cpu().numpy()  # (B, T, H, W, 3)
+        # Decoded after the current frame's latent, as encoded in training: a causal codec (wan22)
+        # decodes its first latent frame as one pixel frame and every later one as `temporal` frames.
+        clip = self.codec.decode(torch.cat([context[:, -1:], future], dim=1))[:, 1:]  # (B, temporal * Tf, 3, H, W)
+        frames = unit_to_frames(clip).permute(0, 1, 3, 4, 2).cpu().numpy()  # (B, T, H, W, 3)
         return frames if batched else frames[0]
 
     def _inputs(self, observation: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:

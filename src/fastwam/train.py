@@ -44,16 +44,16 @@ KEEP_CHECKPOINTS = 2
 
 @dataclasses.dataclass
 class TrainingData:
-    """Everything a step samples from, in memory: latents per frame, normalized vectors, windows."""
+    """Everything a step samples from: cached latents, normalized vectors, windows."""
 
-    latents: torch.Tensor  # (N, C, h, w) float16, one per dataset frame
+    latents: torch.Tensor  # (M, C, h, w) float16: one per dataset frame (patch) or per sample and latent frame (wan22)
     actions: torch.Tensor  # (N, A) normalized
     state: torch.Tensor  # (N, P) normalized
     text: torch.Tensor  # (tasks, L, E) instruction embeddings per task_index
     task_index: torch.Tensor  # (N,)
     rows: torch.Tensor  # (S,) sample -> global frame row
-    frame_rows: torch.Tensor  # (S, Tc + Tf) rows of the context (history, current) and future frames
-    frame_pad: torch.Tensor  # (S, Tc + Tf) bool
+    latent_rows: torch.Tensor  # (S, Tc + Tf) rows of ``latents``: context (history, current), then future
+    latent_pad: torch.Tensor  # (S, Tc + Tf) bool: the latent frame shows frames past the episode's end
     action_rows: torch.Tensor  # (S, H)
     action_pad: torch.Tensor  # (S, H) bool
     context_frames: int  # Tc
@@ -63,10 +63,10 @@ class TrainingData:
 
     def batch(self, indices: torch.Tensor) -> Batch:
         rows = self.rows[indices]
-        frames = self.latents[self.frame_rows[indices]].float()  # (B, Tc + Tf, C, h, w)
+        frames = self.latents[self.latent_rows[indices]].float()  # (B, Tc + Tf, C, h, w)
         tc = self.context_frames
         return Batch(
-            context=frames[:, :tc], future=frames[:, tc:], future_pad=self.frame_pad[indices, tc:],
+            context=frames[:, :tc], future=frames[:, tc:], future_pad=self.latent_pad[indices, tc:],
             actions=self.actions[self.action_rows[indices]], action_pad=self.action_pad[indices],
             state=self.state[rows], text=self.text[self.task_index[rows]],
         )
@@ -75,56 +75,135 @@ class TrainingData:
 def load_training_data(cfg: Config, dataset: LeRobotDataset, normalizer: Normalizer, progress: bool = True) -> TrainingData:
     """Windows, normalized vectors, cached latents and instruction embeddings of ``dataset``."""
     m, d = cfg.model, cfg.data
-    windows = ChunkDataset(dataset, chunk=m.chunk, frame_stride=d.frame_stride, future_frames=m.future_frames,
+    temporal = d.codec.temporal
+    windows = ChunkDataset(dataset, chunk=m.chunk, frame_stride=d.frame_stride, future_frames=m.future_frames * temporal,
                            cameras=d.cameras, progress=progress, context_frames=m.context_frames)
     _check_vectors(dataset, m)
-    frame_rows, frame_pad = zip(*(windows.frame_indices(i) for i in range(len(windows))))
+    frame_rows, frame_pad = (np.stack(x) for x in zip(*(windows.frame_indices(i) for i in range(len(windows)))))
     action_rows, action_pad = zip(*(windows.action_indices(i) for i in range(len(windows))))
+    if temporal == 1:  # a latent frame per pixel frame: encode every dataset frame once, samples share them
+        latents, latent_rows, latent_pad = cached_frame_latents(cfg, dataset, windows, progress), frame_rows, frame_pad
+    else:  # causal clip latents depend on the whole window: one clip per sample
+        clips = cached_clip_latents(cfg, dataset, windows, frame_rows, progress)  # (S, 1 + Tf, C, h, w)
+        latents = clips.reshape(-1, *clips.shape[2:])
+        latent_rows = np.arange(len(latents)).reshape(clips.shape[:2])
+        latent_pad = fold_pad(frame_pad, temporal)
     text = build_text_encoder(d.text, m.text_tokens, cache_dir=dataset.root / "cache" / "text").encode(dataset.tasks)
     if text.shape[-1] != m.text_dim:
         raise ValueError(f"text encoder {d.text.name!r} gives {text.shape[-1]}-dim embeddings, model.text_dim is {m.text_dim}")
     return TrainingData(
-        latents=torch.from_numpy(cached_latents(cfg, dataset, windows, progress)),
+        latents=torch.from_numpy(latents),
         actions=normalizer.normalize(ACTION_KEY, torch.from_numpy(windows.actions)).float(),
         state=normalizer.normalize(STATE_KEY, torch.from_numpy(windows.state)).float(),
         text=text.float(), task_index=torch.from_numpy(np.asarray(windows.task_index, dtype=np.int64)),
         rows=torch.from_numpy(windows.rows.astype(np.int64)),
-        frame_rows=torch.from_numpy(np.stack(frame_rows).astype(np.int64)), frame_pad=torch.from_numpy(np.stack(frame_pad)),
+        latent_rows=torch.from_numpy(latent_rows.astype(np.int64)), latent_pad=torch.from_numpy(latent_pad),
         action_rows=torch.from_numpy(np.stack(action_rows).astype(np.int64)), action_pad=torch.from_numpy(np.stack(action_pad)),
         context_frames=m.context_frames,
     )
 
 
-def cached_latents(cfg: Config, dataset: LeRobotDataset, windows: ChunkDataset, progress: bool = True) -> np.ndarray:
-    """Latents (N, C, h, w) float16 of every frame, encoded once per dataset and codec and cached on disk."""
-    codec_cfg = cfg.data.codec
-    if codec_cfg.name != "patch":
-        raise NotImplementedError(f"latent cache for codec {codec_cfg.name!r}: per-frame caching is only exact for "
-                                  "codecs without temporal compression (patch); wan22 clip latents are not cached yet")
-    frames = [dataset.frames(k) for k in windows.camera_keys]  # each (N, h, w, 3) uint8, memory-mapped
+def fold_pad(frame_pad: np.ndarray, temporal: int) -> np.ndarray:
+    """Pixel-frame pad flags (S, 1 + k*F) -> latent-frame flags (S, 1 + F) for a causal k:1 codec.
+
+    Latent frame j > 0 covers pixel frames 1 + k*(j-1) .. k*j; it is padding if any of them is
+    (it then shows repeated last frames that never happened).
+    """
+    s, frames = frame_pad.shape
+    if (frames - 1) % temporal:
+        raise ValueError(f"frame_pad: expected (S, 1 + {temporal}*F) pixel-frame flags, got {frame_pad.shape}")
+    future = frame_pad[:, 1:].reshape(s, -1, temporal).any(-1)  # (S, F)
+    return np.concatenate([frame_pad[:, :1], future], axis=1)
+
+
+def _camera_frames(cfg: Config, dataset: LeRobotDataset, windows: ChunkDataset) -> list[np.ndarray]:
+    """Each training camera's decoded frames (N, h, w, 3) uint8, memory-mapped, checked against the config."""
+    frames = [dataset.frames(k) for k in windows.camera_keys]
     size = cfg.data.image_size
     if frames[0].shape[1:3] != (size, size):
         raise DatasetError(f"{dataset.root}: frames are {frames[0].shape[1]}x{frames[0].shape[2]} px, "
                            f"config data.image_size is {size}; record with --image-size {size} or change the preset")
+    return frames
+
+
+def _side_by_side(frames: list[np.ndarray], rows: np.ndarray) -> torch.Tensor:
+    """Rows (...,) of every camera -> float (..., 3, h, w * cameras) in [-1, 1], cameras side by side."""
+    pixels = np.concatenate([f[rows] for f in frames], axis=-2)  # (..., h, w * cams, 3)
+    return frames_to_unit(torch.from_numpy(pixels).movedim(-1, -3))
+
+
+def _save_atomic(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")  # per process: accelerate ranks may race here
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def _load_cache(path: Path, shape: tuple[int, ...], mmap: bool) -> np.ndarray | None:
+    """The cached array at ``path`` (None if absent); a cache of another shape is an error, not a miss."""
+    if not path.is_file():
+        return None
+    cached = np.load(path, mmap_mode="c" if mmap else "r")
+    if cached.shape != shape:
+        raise DatasetError(f"{path}: latent cache is {cached.shape}, expected {shape}; delete it")
+    return cached if mmap else np.array(cached)  # into memory: sampled at random every step
+
+
+def cached_frame_latents(cfg: Config, dataset: LeRobotDataset, windows: ChunkDataset, progress: bool = True) -> np.ndarray:
+    """Latents (N, C, h, w) float16 of every frame, encoded once per dataset and codec and cached on disk."""
+    codec_cfg = cfg.data.codec
+    frames = _camera_frames(cfg, dataset, windows)
     key = "-".join([codec_cfg.name, str(codec_cfg.factor), *cfg.data.cameras, str(dataset.num_frames)])
     path = dataset.root / "cache" / f"latents-{key}.npy"
-    if path.is_file():
-        latents = np.load(path, mmap_mode="r")
-        if latents.shape == (dataset.num_frames, *cfg.model.latent_shape):
-            return np.array(latents)  # into memory: sampled at random every step
-        raise DatasetError(f"{path}: latent cache is {latents.shape}, expected {(dataset.num_frames, *cfg.model.latent_shape)}; delete it")
+    shape = (dataset.num_frames, *cfg.model.latent_shape)
+    if (cached := _load_cache(path, shape, mmap=False)) is not None:
+        return cached
     codec = build_codec(codec_cfg)
-    out = np.empty((dataset.num_frames, *cfg.model.latent_shape), dtype=np.float16)
+    out = np.empty(shape, dtype=np.float16)
     step = 512
     for start in tqdm(range(0, dataset.num_frames, step), desc="encode latents", disable=not progress, leave=False):
-        pixels = np.concatenate([f[start:start + step] for f in frames], axis=2)  # (n, h, w * cams, 3)
-        unit = frames_to_unit(torch.from_numpy(pixels).permute(0, 3, 1, 2))[:, None]  # (n, 1, 3, h, W)
+        unit = _side_by_side(frames, np.arange(start, min(start + step, dataset.num_frames)))[:, None]  # (n, 1, 3, h, W)
         out[start:start + step] = codec.encode(unit)[:, 0].numpy().astype(np.float16)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
-    np.save(tmp, out)
-    os.replace(tmp, path)
+    _save_atomic(path, out)
     return out
+
+
+def cached_clip_latents(cfg: Config, dataset: LeRobotDataset, windows: ChunkDataset, frame_rows: np.ndarray,
+                        progress: bool = True, batch: int = 8) -> np.ndarray:
+    """Latents (S, 1 + F, C, h, w) float16 of every sample's clip (its frame rows), for codecs with
+    temporal compression, encoded once per dataset, codec weights and window and cached on disk.
+
+    Memory-mapped copy-on-write rather than loaded: at the paper's scale a sample's clip latents
+    take ~150 KB, so the cache of a real dataset is tens of GB.
+    """
+    import hashlib
+
+    from fastwam.codecs.wan_vae import resolve_vae_dir
+
+    d, codec_cfg = cfg.data, cfg.data.codec
+    frames = _camera_frames(cfg, dataset, windows)
+    vae_dir = resolve_vae_dir(codec_cfg.path)
+    weights = sorted(p for p in vae_dir.iterdir() if p.name.startswith("diffusion_pytorch_model"))
+    identity = [codec_cfg.name, codec_cfg.factor, str(vae_dir.resolve()), (vae_dir / "config.json").read_text(),
+                [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in weights],
+                list(d.cameras), d.image_size, dataset.num_frames]
+    digest = hashlib.sha1(json.dumps(identity).encode() + frame_rows.astype(np.int64).tobytes()).hexdigest()[:16]
+    path = dataset.root / "cache" / f"clips-{codec_cfg.name}-{digest}.npy"
+    shape = (len(frame_rows), 1 + cfg.model.future_frames, *cfg.model.latent_shape)
+    if (cached := _load_cache(path, shape, mmap=True)) is not None:
+        return cached
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    codec = build_codec(codec_cfg, device=device, dtype=torch.bfloat16 if device == "cuda" else torch.float32)
+    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")  # per process: accelerate ranks may race here
+    path.parent.mkdir(parents=True, exist_ok=True)
+    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)  # written in place, not held in RAM
+    for start in tqdm(range(0, len(frame_rows), batch), desc="encode clip latents", disable=not progress, leave=False):
+        clips = _side_by_side(frames, frame_rows[start:start + batch])  # (n, 1 + k*F, 3, h, W)
+        out[start:start + batch] = codec.encode(clips).cpu().numpy().astype(np.float16)
+    out.flush()
+    del out
+    os.replace(tmp, path)
+    return np.load(path, mmap_mode="c")
 
 
 def _check_vectors(dataset: LeRobotDataset, m) -> None:
@@ -434,11 +513,14 @@ def run(args: argparse.Namespace) -> int:
 def build_trainer(cfg: Config, data_dir: str | Path, out: str | Path, recompute_stats: bool = False,
                   progress: bool = True) -> Trainer:
     """Load the dataset, its normalization and latents, and a trainer writing to ``out``."""
+    from accelerate import PartialState
+
     from fastwam.envs.collect import collection_info
 
     dataset = LeRobotDataset(data_dir, require=(STATE_KEY, ACTION_KEY))
     normalizer = Normalizer.from_dataset(dataset, recompute=recompute_stats)
-    data = load_training_data(cfg, dataset, normalizer, progress)
+    with PartialState().main_process_first():  # one process encodes the latent cache, the others then read it
+        data = load_training_data(cfg, dataset, normalizer, progress)
     try:
         collection = collection_info(data_dir)
     except FileNotFoundError:
