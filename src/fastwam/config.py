@@ -227,6 +227,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema: float = 0.0  # 0 = no EMA; else the decay, e.g. 0.999
     augment_shift: int = 0  # random-shift augmentation: pixels each camera image moves at most (0 = off)
+    init_video: str = ""  # Wan2.2 DiT checkpoint (file or directory) the video expert starts from ("" = random)
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 500
