@@ -133,11 +133,11 @@ def _side_by_side(frames: list[np.ndarray], rows: np.ndarray) -> torch.Tensor:
     return frames_to_unit(torch.from_numpy(pixels).movedim(-1, -3))
 
 
-def _save_atomic(path: Path, array: np.ndarray) -> None:
+def _temp_for(path: Path) -> Path:
+    """A temporary file beside ``path`` for an atomic write (then ``os.replace``), one per process:
+    accelerate ranks may race here."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")  # per process: accelerate ranks may race here
-    np.save(tmp, array)
-    os.replace(tmp, path)
+    return path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
 
 
 def _load_cache(path: Path, shape: tuple[int, ...], mmap: bool) -> np.ndarray | None:
@@ -165,7 +165,9 @@ def cached_frame_latents(cfg: Config, dataset: LeRobotDataset, windows: ChunkDat
     for start in tqdm(range(0, dataset.num_frames, step), desc="encode latents", disable=not progress, leave=False):
         unit = _side_by_side(frames, np.arange(start, min(start + step, dataset.num_frames)))[:, None]  # (n, 1, 3, h, W)
         out[start:start + step] = codec.encode(unit)[:, 0].numpy().astype(np.float16)
-    _save_atomic(path, out)
+    tmp = _temp_for(path)
+    np.save(tmp, out)
+    os.replace(tmp, path)
     return out
 
 
@@ -195,8 +197,7 @@ def cached_clip_latents(cfg: Config, dataset: LeRobotDataset, windows: ChunkData
         return cached
     device = "cuda" if torch.cuda.is_available() else "cpu"
     codec = build_codec(codec_cfg, device=device, dtype=torch.bfloat16 if device == "cuda" else torch.float32)
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")  # per process: accelerate ranks may race here
-    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_for(path)
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)  # written in place, not held in RAM
     for start in tqdm(range(0, len(frame_rows), batch), desc="encode clip latents", disable=not progress, leave=False):
         clips = _side_by_side(frames, frame_rows[start:start + batch])  # (n, 1 + k*F, 3, h, W)
