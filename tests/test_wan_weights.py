@@ -152,3 +152,12 @@ def test_fastwam_train_init_video_starts_from_the_checkpoint(tmp_path, tiny_cfg,
     trainer = build_trainer(cfg, data, tmp_path / "again", progress=False)  # before any step: the loaded weights
     ours = trainer.model.video.state_dict()
     assert all(torch.equal(ours[k], v) for k, v in reference.video.state_dict().items() if not k.startswith("condition.state_embedding."))
+
+    # Resuming does not read the Wan checkpoint (the run's own checkpoint replaces every weight): gone, it is not missed.
+    moved = diffusers_dir.with_name(diffusers_dir.name + ".moved")
+    diffusers_dir.rename(moved)
+    try:
+        resumed = build_trainer(cfg, data, tmp_path / "run", progress=False, resume=True)
+    finally:
+        moved.rename(diffusers_dir)
+    assert resumed.step == 1

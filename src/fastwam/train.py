@@ -250,7 +250,7 @@ class Trainer:
     """Owns model, optimizer, schedule, EMA and the run directory; ``run`` trains until ``cfg.train.steps``."""
 
     def __init__(self, cfg: Config, data: TrainingData, normalizer: Normalizer, out: str | Path,
-                 data_info: dict | None = None, progress: bool = True):
+                 data_info: dict | None = None, progress: bool = True, init_weights: bool = True):
         from accelerate import Accelerator
         from accelerate.utils import DistributedDataParallelKwargs
 
@@ -262,7 +262,7 @@ class Trainer:
             mixed_precision=t.mixed_precision, cpu=not torch.cuda.is_available(),
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=not cfg.model.variant.has_future)])
         self.model = WAM(cfg.model)
-        if t.init_video:
+        if t.init_video and init_weights:  # not when resuming: the checkpoint replaces every weight
             load_wan_video_weights(self.model, t.init_video)
         self.ema = EMA(self.model, t.ema) if t.ema > 0 else None
         decay, no_decay = [], []
@@ -507,9 +507,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if not args.resume and (out / CHECKPOINTS).is_dir() and any((out / CHECKPOINTS).iterdir()):
         raise SystemExit(f"{out} already holds checkpoints: pass --resume to continue it, or choose another --out")
-    trainer = build_trainer(cfg, args.data, out, recompute_stats=args.recompute_stats)
+    trainer = build_trainer(cfg, args.data, out, recompute_stats=args.recompute_stats, resume=args.resume)
     if args.resume:
-        trainer.resume()
         print(f"resumed {out} at step {trainer.step}")
     trainer.run()
     final = latest_checkpoint(out)
@@ -518,8 +517,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def build_trainer(cfg: Config, data_dir: str | Path, out: str | Path, recompute_stats: bool = False,
-                  progress: bool = True) -> Trainer:
-    """Load the dataset, its normalization and latents, and a trainer writing to ``out``."""
+                  progress: bool = True, resume: bool = False) -> Trainer:
+    """Load the dataset, its normalization and latents, and a trainer writing to ``out``
+    (``resume``: continued from the newest checkpoint in ``out``, without reading ``train.init_video``)."""
     from accelerate import PartialState
 
     from fastwam.envs.collect import collection_info
@@ -536,4 +536,7 @@ def build_trainer(cfg: Config, data_dir: str | Path, out: str | Path, recompute_
             "frames": dataset.num_frames, "collection": collection}
     Path(out).mkdir(parents=True, exist_ok=True)
     write_run_files(Path(out), cfg, normalizer, info)
-    return Trainer(cfg, data, normalizer, out, info, progress)
+    trainer = Trainer(cfg, data, normalizer, out, info, progress, init_weights=not resume)
+    if resume:
+        trainer.resume()
+    return trainer
