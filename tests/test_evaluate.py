@@ -19,7 +19,9 @@ from safetensors.torch import save_file
 from fastwam.cli import main as cli_main
 from fastwam.config import preset
 from fastwam.data.normalize import Normalizer
-from fastwam.evaluate import EvalPlan, episode_seed, episode_variations, make_plan, wilson_interval
+from fastwam.envs import metaworld as mw
+from fastwam.evaluate import (VALIDATION_SEED_OFFSET, EvalPlan, episode_seed, episode_variations, make_plan,
+                              variations_disjoint, wilson_interval)
 from fastwam.train import write_run_files
 
 TRAINING_VARIATIONS = [0, 1, 2, 3, 5, 8]  # what the (pretend) demonstrations of reach used
@@ -78,6 +80,34 @@ def test_variations_are_unseen_and_seeds_distinct(evaluated):
     assert not set(task["variations"]) & set(TRAINING_VARIATIONS)
     assert task["training_variations"] == TRAINING_VARIATIONS and evaluated[0]["variations_disjoint"]
     assert episode_seed(0, "reach-v3", 0) != episode_seed(0, "reach-v3", 1) != episode_seed(0, "push-v3", 1)
+    assert evaluated[0]["split"] == "test" and evaluated[0]["benchmark_seed"] == 0
+
+
+def test_validation_split_runs_on_fresh_layouts(run_dir, tmp_path, monkeypatch):
+    plan = make_plan(run_dir, episodes=3, split="validation")
+    assert plan.split == "validation" and plan.benchmark_seed == VALIDATION_SEED_OFFSET
+    assert plan.training_benchmark_seed == 0 and plan.variations == {"reach-v3": (0, 1, 2)}
+    # the layouts differ from the demonstrations' although the variation indices overlap
+    train, fresh = mw.layouts("reach-v3", 0)[TRAINING_VARIATIONS], mw.layouts("reach-v3", VALIDATION_SEED_OFFSET)[:3]
+    assert train.shape[1] == fresh.shape[1] and not any(np.allclose(a, b) for a in fresh for b in train)
+    assert variations_disjoint(plan, "reach-v3")
+    # under the training seed the same indices are layouts the demonstrations used
+    assert not variations_disjoint(dataclasses.replace(plan, benchmark_seed=0), "reach-v3")
+
+    out = tmp_path / "val.json"
+    assert cli_main(["eval", "metaworld", "--checkpoint", str(run_dir), "--episodes", "1", "--max-steps", "4",
+                     "--split", "validation", "--json", str(out), "--threads", "1", "--quiet"]) == 0
+    result = json.loads(out.read_text())
+    assert result["split"] == "validation" and result["benchmark_seed"] == VALIDATION_SEED_OFFSET
+    assert result["training_benchmark_seed"] == 0 and result["variations_disjoint"]
+    assert result["tasks"]["reach-v3"]["variations"] == [0]
+
+    # a layout repeated across seeds is refused, naming the task
+    monkeypatch.setattr(mw, "layouts", lambda task, seed: np.zeros((mw.NUM_VARIATIONS, 6)))
+    with pytest.raises(ValueError, match=r"repeats a layout the demonstrations of \['reach-v3'\] used"):
+        make_plan(run_dir, episodes=3, split="validation")
+    with pytest.raises(ValueError, match="--split: expected one of test, validation, got 'val'"):
+        make_plan(run_dir, episodes=3, split="val")
 
 
 def _video_frames(path):

@@ -1,10 +1,18 @@
 """``fastwam eval metaworld``: closed-loop success rates of a checkpoint on MetaWorld tasks.
 
 Each episode resets a task to one *variation* (object and goal layout) that the checkpoint's
-demonstrations did not use, under the benchmark seed recorded at collection time (read from the
-checkpoint's ``data.json``, so the dataset need not be on disk). Episode e of a task runs on
-``unused[e % len(unused)]`` (cycling when more episodes than unused variations are asked for) with
-its own policy seed. A receding-horizon controller executes ``--execute`` actions of each chunk
+demonstrations did not use. Two disjoint sets of such layouts (``--split``):
+
+- ``test`` (default): the variations the demonstrations left unused under the benchmark seed
+  recorded at collection time (read from the checkpoint's ``data.json``, so the dataset need not
+  be on disk); episode e of a task runs on ``unused[e % len(unused)]`` (cycling when more
+  episodes than unused variations are asked for).
+- ``validation``: the 50 variations of benchmark seed + ``VALIDATION_SEED_OFFSET``, fresh layouts
+  from the same distribution (checked against the demonstrations' layouts), for choosing a
+  configuration or an eval setting without looking at the test layouts; episode e runs on
+  variation ``e % 50``.
+
+Every episode has its own policy seed. A receding-horizon controller executes ``--execute`` actions of each chunk
 (default half) and then replans; the env renders only when the controller replans. An episode
 succeeds when the env's success flag is raised at any step (it stops there) within
 ``--max-steps``.
@@ -14,8 +22,8 @@ Episodes run in this process or on ``--workers`` spawned processes, one env and 
 JSON keys: checkpoint, episodes_per_task, tasks.<task>.{success_rate, ci95 (Wilson 95 % interval),
 episodes, successes, mean_chunk_ms, mean_steps, mean_episode_seconds, variations (per episode),
 training_variations, episode_success, episode_steps, episode_seconds}, mean_success_rate,
-mean_ci95, variant, video_weight, max_steps, execute, chunk, denoise_steps, seed, benchmark_seed,
-variations_disjoint, workers, wall_seconds, seconds_per_episode, videos, date, machine.
+mean_ci95, variant, video_weight, max_steps, execute, chunk, denoise_steps, seed, split, benchmark_seed
+(of the layouts evaluated), training_benchmark_seed, variations_disjoint, workers, wall_seconds, seconds_per_episode, videos, date, machine.
 
 ``--video OUT.mp4`` writes the first episode of each task (up to ``--video-episodes``) from the
 frames the policy observed; for variants trained with video it also writes
@@ -46,6 +54,8 @@ from fastwam.envs import metaworld as mw
 
 CONTROL_FPS = 80  # MetaWorld actions per second (fastwam.envs.collect.FPS)
 Z95 = 1.959963984540054
+SPLITS = ("test", "validation")
+VALIDATION_SEED_OFFSET = 1000  # validation layouts: MetaWorld's variations under benchmark seed + 1000
 
 
 # -- what to run -------------------------------------------------------------------------------
@@ -59,7 +69,9 @@ class EvalPlan:
     episodes: int
     variations: dict[str, tuple[int, ...]]  # task -> the variation of each episode
     training_variations: dict[str, tuple[int, ...]]  # task -> variations the demonstrations used
-    benchmark_seed: int
+    benchmark_seed: int  # the layouts evaluated
+    training_benchmark_seed: int  # the layouts training_variations index
+    split: str  # "test" or "validation" (SPLITS)
     image_size: int
     cameras: tuple[str, ...]
     frame_stride: int
@@ -128,6 +140,16 @@ def episode_variations(used: Sequence[int], episodes: int, total: int = mw.NUM_V
     return tuple(unused[e % len(unused)] for e in range(episodes))
 
 
+def variations_disjoint(plan: EvalPlan, task: str) -> bool:
+    """Whether no episode of ``task`` runs on a layout its demonstrations used."""
+    used, evaluated = plan.training_variations[task], sorted(set(plan.variations[task]))
+    if plan.benchmark_seed == plan.training_benchmark_seed:
+        return not set(used) & set(evaluated)
+    train = mw.layouts(task, plan.training_benchmark_seed)[list(used)]
+    return not any(np.allclose(layout, seen) for layout in mw.layouts(task, plan.benchmark_seed)[evaluated]
+                   for seen in train)
+
+
 def episode_seed(seed: int, task: str, index: int) -> int:
     """A distinct, reproducible policy seed per (run seed, task, episode)."""
     return zlib.crc32(f"{seed}/{task}/{index}".encode())
@@ -160,7 +182,7 @@ def default_tasks(info: dict) -> list[str]:
 def make_plan(checkpoint: str | Path, episodes: int, tasks: str | Sequence[str] | None = None, *,
               allow_any_variation: bool = False, max_steps: int = 200, execute: int | None = None, seed: int = 0,
               steps: int | None = None, device: str = "cpu", threads: int = 0, video_episodes: int = 0,
-              every_step: bool = False) -> EvalPlan:
+              every_step: bool = False, split: str = "test") -> EvalPlan:
     """Resolve the checkpoint, the tasks and each episode's variation; validate the numbers."""
     from fastwam.config import Config
     from fastwam.train import latest_checkpoint
@@ -168,6 +190,8 @@ def make_plan(checkpoint: str | Path, episodes: int, tasks: str | Sequence[str] 
     if not Path(checkpoint).exists():
         raise FileNotFoundError(f"--checkpoint {checkpoint}: no such file or directory")
     path = latest_checkpoint(checkpoint)
+    if split not in SPLITS:
+        raise ValueError(f"--split: expected one of {', '.join(SPLITS)}, got {split!r}")
     if episodes < 1 or max_steps < 1 or video_episodes < 0:
         raise ValueError(f"need --episodes >= 1, --max-steps >= 1, --video-episodes >= 0; "
                          f"got {episodes}, {max_steps}, {video_episodes}")
@@ -185,16 +209,24 @@ def make_plan(checkpoint: str | Path, episodes: int, tasks: str | Sequence[str] 
         raise ValueError(f"{path}: data.json has no record of the MetaWorld variations its demonstrations used "
                          "(collection.variations), so unseen variations cannot be chosen; pass --allow-any-variation "
                          "to evaluate on variations 0, 1, ... anyway")
-    return EvalPlan(
+    training_seed = int(collection.get("benchmark_seed", 0))
+    test = split == "test"
+    plan = EvalPlan(
         checkpoint=str(path), tasks=tuple(task_list), episodes=episodes,
-        variations={t: episode_variations(used.get(t, ()), episodes) for t in task_list},
+        variations={t: episode_variations(used.get(t, ()) if test else (), episodes) for t in task_list},
         training_variations={t: used.get(t, ()) for t in task_list},
-        benchmark_seed=int(collection.get("benchmark_seed", 0)), image_size=cfg.data.image_size,
-        cameras=tuple(cfg.data.cameras), frame_stride=cfg.data.frame_stride,
-        shadows=bool(collection.get("spec", {}).get("shadows", False)), max_steps=max_steps, execute=execute,
-        seed=seed, steps=steps, device=device, threads=threads, recorded=video_episodes, every_step=every_step,
-        imagine=video_episodes > 0 and cfg.model.variant.has_future,
+        benchmark_seed=training_seed + (0 if test else VALIDATION_SEED_OFFSET), training_benchmark_seed=training_seed,
+        split=split, image_size=cfg.data.image_size, cameras=tuple(cfg.data.cameras),
+        frame_stride=cfg.data.frame_stride, shadows=bool(collection.get("spec", {}).get("shadows", False)),
+        max_steps=max_steps, execute=execute, seed=seed, steps=steps, device=device, threads=threads,
+        recorded=video_episodes, every_step=every_step, imagine=video_episodes > 0 and cfg.model.variant.has_future,
     )
+    if not test:
+        seen = [t for t in task_list if not variations_disjoint(plan, t)]
+        if seen:
+            raise ValueError(f"--split validation: benchmark seed {plan.benchmark_seed} repeats a layout the "
+                             f"demonstrations of {seen} used (seed {training_seed}); expected fresh layouts")
+    return plan
 
 
 # -- one episode -------------------------------------------------------------------------------
@@ -392,8 +424,8 @@ def summarize(plan: EvalPlan, results: list[EpisodeResult], wall_seconds: float,
         "variant": cfg.model.variant.mask, "video_weight": cfg.model.variant.video_weight,
         "max_steps": plan.max_steps, "execute": plan.execute or cfg.model.chunk // 2, "chunk": cfg.model.chunk,
         "denoise_steps": plan.steps or cfg.model.action_flow.steps, "seed": plan.seed,
-        "benchmark_seed": plan.benchmark_seed,
-        "variations_disjoint": all(not set(t["variations"]) & set(t["training_variations"]) for t in tasks.values()),
+        "split": plan.split, "benchmark_seed": plan.benchmark_seed, "training_benchmark_seed": plan.training_benchmark_seed,
+        "variations_disjoint": all(variations_disjoint(plan, task) for task in plan.tasks),
         "workers": workers, "wall_seconds": round(wall_seconds, 2),
         "seconds_per_episode": round(float(np.mean([r.seconds for r in results])), 3), "videos": [],
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -403,7 +435,8 @@ def summarize(plan: EvalPlan, results: list[EpisodeResult], wall_seconds: float,
 
 
 def format_table(summary: dict) -> str:
-    lines = [f"closed-loop MetaWorld: {summary['checkpoint']}, {summary['episodes_per_task']} episodes per task, "
+    lines = [f"closed-loop MetaWorld ({summary['split']} layouts): {summary['checkpoint']}, "
+             f"{summary['episodes_per_task']} episodes per task, "
              f"<= {summary['max_steps']} steps, {summary['execute']} of {summary['chunk']} actions per chunk",
              f"{'task':<28} {'episodes':>8} {'success':>8} {'95% interval':>15} {'chunk ms':>9}"]
     for task, t in summary["tasks"].items():
@@ -551,6 +584,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads per process (0: torch's default with 1 worker, cpus / workers otherwise)")
     parser.add_argument("--device", default="", help="cpu, cuda, ... (default: cuda when available)")
+    parser.add_argument("--split", choices=SPLITS, default="test",
+                        help="test: the variations the demonstrations left unused; validation: 50 fresh layouts "
+                             f"(benchmark seed + {VALIDATION_SEED_OFFSET}) for choosing settings without the test ones")
     parser.add_argument("--allow-any-variation", action="store_true",
                         help="evaluate even when the checkpoint does not record which variations it trained on")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -566,7 +602,8 @@ def run(args: argparse.Namespace) -> int:
         plan = make_plan(args.checkpoint, args.episodes, args.tasks or None,
                          allow_any_variation=args.allow_any_variation, max_steps=args.max_steps, execute=args.execute,
                          seed=args.seed, steps=args.steps, device=device, threads=threads,
-                         video_episodes=args.video_episodes if args.video else 0, every_step=args.video_every_step)
+                         video_episodes=args.video_episodes if args.video else 0, every_step=args.video_every_step,
+                         split=args.split)
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"fastwam eval: {e}") from e
     start = time.perf_counter()

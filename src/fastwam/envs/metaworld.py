@@ -2,9 +2,9 @@
 
 Task names are MetaWorld's (``push-v3``; ``push`` is accepted too). A task has
 ``num_variations(task)`` (= 50) *variations*: object and goal layouts, fixed by the benchmark
-seed (``metaworld.MT1(task, seed)``). Datasets record the variations their demonstrations used
-(``fastwam.envs.collect.used_variations``) so that evaluation can pick disjoint ones under the
-same seed.
+seed (``metaworld.MT1(task, seed)``; ``layouts(task, seed)`` returns them). Datasets record the
+variations their demonstrations used (``fastwam.envs.collect.used_variations``) so that evaluation
+can pick disjoint ones under the same seed, or another seed's layouts altogether.
 
 API used by evaluation::
 
@@ -157,6 +157,13 @@ def _benchmark(task: str, seed: int):
     import metaworld
 
     return metaworld.MT1(task, seed=seed)
+
+
+def layouts(task: str, seed: int) -> np.ndarray:
+    """(num_variations, D) float: each variation's object and goal layout (its ``rand_vec``) under ``seed``."""
+    import pickle  # how metaworld itself stores a Task's data
+
+    return np.stack([pickle.loads(t.data)["rand_vec"] for t in _benchmark(canonical_task(task), seed).train_tasks])
 
 
 def _scripted_policy(task: str):
