@@ -87,7 +87,8 @@ def main() -> None:
         ours.append(p), ours_best.append(best), dp.append(reported / 100), dp_rate.append(inverse)
         print(f"| {task} | {100 * p:.0f} % | {100 * best:.1f} % | {reported} | {100 * inverse:.1f} % |")
     mean = lambda xs: 100 * sum(xs) / len(xs)  # noqa: E731
-    print(f"| **mean** | **{mean(ours):.1f} %** | **{mean(ours_best):.1f} %** | **{mean(dp):.1f}** | **{mean(dp_rate):.1f} %** |")
+    print(f"| **mean** | **{mean(ours):.1f} %** | **{mean(ours_best):.1f} %** | **{mean(dp):.1f}** "
+          f"| **{mean(dp_rate):.1f} %** |")
 
 
 if __name__ == "__main__":

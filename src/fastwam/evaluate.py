@@ -12,18 +12,19 @@ demonstrations did not use. Two disjoint sets of such layouts (``--split``):
   configuration or an eval setting without looking at the test layouts; episode e runs on
   variation ``e % 50``.
 
-Every episode has its own policy seed. A receding-horizon controller executes ``--execute`` actions of each chunk
-(default half) and then replans; the env renders only when the controller replans. An episode
-succeeds when the env's success flag is raised at any step (it stops there) within
-``--max-steps``.
+Every episode has its own policy seed. A receding-horizon controller executes ``--execute``
+actions of each chunk (default half) and then replans; the env renders only when the controller
+replans. An episode succeeds when the env's success flag is raised at any step (it stops there)
+within ``--max-steps``.
 
 Episodes run in this process or on ``--workers`` spawned processes, one env and one policy each.
 
 JSON keys: checkpoint, episodes_per_task, tasks.<task>.{success_rate, ci95 (Wilson 95 % interval),
 episodes, successes, mean_chunk_ms, mean_steps, mean_episode_seconds, variations (per episode),
 training_variations, episode_success, episode_steps, episode_seconds}, mean_success_rate,
-mean_ci95, variant, video_weight, max_steps, execute, chunk, denoise_steps, seed, split, benchmark_seed
-(of the layouts evaluated), training_benchmark_seed, variations_disjoint, workers, wall_seconds, seconds_per_episode, videos, date, machine.
+mean_ci95, variant, video_weight, max_steps, execute, chunk, denoise_steps, seed, split,
+benchmark_seed (of the layouts evaluated), training_benchmark_seed, variations_disjoint, workers,
+wall_seconds, seconds_per_episode, videos, date, machine.
 
 ``--video OUT.mp4`` writes the first episode of each task (up to ``--video-episodes``) from the
 frames the policy observed; for variants trained with video it also writes
@@ -424,7 +425,8 @@ def summarize(plan: EvalPlan, results: list[EpisodeResult], wall_seconds: float,
         "variant": cfg.model.variant.mask, "video_weight": cfg.model.variant.video_weight,
         "max_steps": plan.max_steps, "execute": plan.execute or cfg.model.chunk // 2, "chunk": cfg.model.chunk,
         "denoise_steps": plan.steps or cfg.model.action_flow.steps, "seed": plan.seed,
-        "split": plan.split, "benchmark_seed": plan.benchmark_seed, "training_benchmark_seed": plan.training_benchmark_seed,
+        "split": plan.split, "benchmark_seed": plan.benchmark_seed,
+        "training_benchmark_seed": plan.training_benchmark_seed,
         "variations_disjoint": all(variations_disjoint(plan, task) for task in plan.tasks),
         "workers": workers, "wall_seconds": round(wall_seconds, 2),
         "seconds_per_episode": round(float(np.mean([r.seconds for r in results])), 3), "videos": [],
