@@ -3,6 +3,7 @@
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -10,7 +11,7 @@ from safetensors.torch import save_file
 from fastwam.config import preset
 from fastwam.model import WAM
 from fastwam.model.masks import FUTURE
-from fastwam.model.wan_weights import load_wan_video_weights
+from fastwam.model.wan_weights import ACTION_OWN, init_action_from_video, load_wan_video_weights, resize
 from fastwam.nn.attention import attend
 
 
@@ -143,15 +144,19 @@ def test_fastwam_train_init_video_starts_from_the_checkpoint(tmp_path, tiny_cfg,
 
     data = write_dot_dataset(tmp_path / "ds", 16)
     args = ["train", "--data", str(data), "--preset", "tiny", "--steps", "1", "--batch-size", "2",
-            "--init-video", str(diffusers_dir), "--out", str(tmp_path / "run")]
+            "--init-video", str(diffusers_dir), "--init-action", "video", "--out", str(tmp_path / "run")]
     assert main(args) == 0
     cfg = Config.load(tmp_path / "run" / "config.yaml")
-    assert cfg.train.init_video == str(diffusers_dir)
+    assert cfg.train.init_video == str(diffusers_dir) and cfg.train.init_action == "video"
     reference = WAM(tiny_cfg)
     load_wan_video_weights(reference, diffusers_dir)
+    init_action_from_video(reference)
     trainer = build_trainer(cfg, data, tmp_path / "again", progress=False)  # before any step: the loaded weights
-    ours = trainer.model.video.state_dict()
-    assert all(torch.equal(ours[k], v) for k, v in reference.video.state_dict().items() if not k.startswith("condition.state_embedding."))
+    for expert in ("video", "action"):
+        ours = getattr(trainer.model, expert).state_dict()
+        theirs = getattr(reference, expert).state_dict()
+        own = ACTION_OWN if expert == "action" else ("condition.state_embedding.",)
+        assert all(torch.equal(ours[k], v) for k, v in theirs.items() if not k.startswith(own)), expert
 
     # Resuming does not read the Wan checkpoint (the run's own checkpoint replaces every weight): gone, it is not missed.
     moved = diffusers_dir.with_name(diffusers_dir.name + ".moved")
@@ -161,3 +166,44 @@ def test_fastwam_train_init_video_starts_from_the_checkpoint(tmp_path, tiny_cfg,
     finally:
         moved.rename(diffusers_dir)
     assert resumed.step == 1
+
+
+def test_resize_interpolates_each_differing_dim_and_rescales_a_narrower_input():
+    src = torch.arange(15.0).reshape(3, 5) ** 2  # not linear along either axis, so interpolation shows
+    grid = np.linspace(0, 4, 3)  # end points kept: input columns 0, 2, 4
+    inputs = resize(src, (3, 3))
+    expected = np.stack([np.interp(grid, np.arange(5), row) for row in src.numpy()]) * np.sqrt(5 / 3)
+    np.testing.assert_allclose(inputs.numpy(), expected, rtol=1e-6)
+    outputs = resize(src.T.contiguous(), (3, 3))  # only the output dim shrinks: no rescaling
+    np.testing.assert_allclose(outputs.numpy(), expected.T / np.sqrt(5 / 3), rtol=1e-6)
+    np.testing.assert_allclose(resize(src[0], (9,)).numpy(), np.interp(np.linspace(0, 4, 9), np.arange(5), src[0].numpy()),
+                               rtol=1e-6)  # a vector (norm scale, bias) is interpolated, never rescaled
+    assert torch.equal(resize(src, (3, 5)), src)
+    with pytest.raises(ValueError, match=r"shape \(3, 5\) cannot become rank-1 \(5,\)"):
+        resize(src, (5,))
+
+
+def test_action_expert_starts_from_the_loaded_video_expert(tiny_cfg, diffusers_dir):
+    model = WAM(tiny_cfg)
+    load_wan_video_weights(model, diffusers_dir)
+    before = {k: v.clone() for k, v in model.action.state_dict().items()}
+    names = init_action_from_video(model)
+    video, action = model.video.state_dict(), model.action.state_dict()
+    own = ("action_in.", "head.", "condition.state_embedding.")  # no video counterpart: action input, head, proprio
+    assert set(names) == {k for k in action if not k.startswith(own)} and len(names) > 20
+    for k in names:
+        assert torch.equal(action[k], resize(video[k], tuple(action[k].shape))), k
+    # widths: video 32 / FFN 64, action 24 / FFN 48; the attention (2 heads x 16) is shared
+    q = "blocks.0.self_attn.q.weight"  # (32 attention, 24 inputs) from (32, 32)
+    expected = np.stack([np.interp(np.linspace(0, 31, 24), np.arange(32), row) for row in video[q].numpy()])
+    np.testing.assert_allclose(action[q].numpy(), expected * np.sqrt(32 / 24), rtol=1e-5, atol=2e-6)
+    assert torch.equal(action["blocks.1.self_attn.norm_k.weight"], video["blocks.1.self_attn.norm_k.weight"])
+    for k, v in before.items():  # ... and those keep their initialization
+        if k.startswith(own):
+            assert torch.equal(action[k], v), k
+
+
+def test_init_action_needs_the_video_weights():
+    cfg = preset("tiny")
+    with pytest.raises(ValueError, match="train.init_action: video starts the action expert from the Wan weights"):
+        cfg.replace(train=dataclasses.replace(cfg.train, init_action="video"))

@@ -228,6 +228,7 @@ class TrainConfig:
     ema: float = 0.0  # 0 = no EMA; else the decay, e.g. 0.999
     augment_shift: int = 0  # random-shift augmentation: pixels each camera image moves at most (0 = off)
     init_video: str = ""  # Wan2.2 DiT checkpoint (file or directory) the video expert starts from ("" = random)
+    init_action: Literal["random", "video"] = "random"  # video: the action expert starts from the loaded video expert
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 500
@@ -242,6 +243,11 @@ class Config:
 
     def __post_init__(self):
         m, d = self.model, self.data
+        _check(self.train.init_action in ("random", "video"),
+               f"train.init_action must be random|video, got {self.train.init_action!r}")
+        _check(self.train.init_action == "random" or self.train.init_video,
+               "train.init_action: video starts the action expert from the Wan weights of train.init_video, "
+               "which is empty (a random video expert has nothing to pass on)")
         _check(0 <= self.train.augment_shift < d.image_size // 2,
                f"train.augment_shift must be in [0, {d.image_size // 2}) for {d.image_size}px images, got {self.train.augment_shift}")
         _check(self.train.augment_shift == 0 or d.codec.name == "patch",

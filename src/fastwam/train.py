@@ -34,7 +34,7 @@ from fastwam.data.lerobot import DatasetError, LeRobotDataset
 from fastwam.data.normalize import Normalizer
 from fastwam.data.windows import ACTION_KEY, STATE_KEY, ChunkDataset
 from fastwam.model import WAM, Batch
-from fastwam.model.wan_weights import load_wan_video_weights
+from fastwam.model.wan_weights import init_action_from_video, load_wan_video_weights
 from fastwam.text import build_text_encoder
 
 CHECKPOINTS = "checkpoints"
@@ -264,6 +264,8 @@ class Trainer:
         self.model = WAM(cfg.model)
         if t.init_video and init_weights:  # not when resuming: the checkpoint replaces every weight
             load_wan_video_weights(self.model, t.init_video)
+            if t.init_action == "video":
+                init_action_from_video(self.model)
         self.ema = EMA(self.model, t.ema) if t.ema > 0 else None
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
@@ -487,6 +489,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="random-shift augmentation: pixels each camera image moves at most (0: off)")
     parser.add_argument("--init-video", default=None, metavar="PATH",
                         help="start the video expert from a Wan2.2 DiT checkpoint (Wan's or diffusers' safetensors)")
+    parser.add_argument("--init-action", default=None, choices=["random", "video"],
+                        help="video: start the action expert from the loaded video expert, resized by interpolation")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--checkpoint-every", type=int, default=None)
     parser.add_argument("--out", required=True, help="run directory")
@@ -497,7 +501,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> Config:
     cfg = preset(args.preset).with_variant(args.variant, args.video_weight)
     overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "ema": args.ema,
-                                   "augment_shift": args.augment_shift, "init_video": args.init_video, "seed": args.seed,
+                                   "augment_shift": args.augment_shift, "init_video": args.init_video,
+                                   "init_action": args.init_action, "seed": args.seed,
                                    "checkpoint_every": args.checkpoint_every}.items() if v is not None}
     return cfg.replace(train=dataclasses.replace(cfg.train, **overrides))
 

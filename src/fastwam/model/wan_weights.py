@@ -10,20 +10,26 @@ are read, each as one ``.safetensors`` file or a directory of shards (with or wi
 - diffusers' ``WanTransformer3DModel`` (``Wan-AI/Wan2.2-TI2V-5B-Diffusers/transformer``).
 
 What Wan has no counterpart for keeps its initialization: the proprio token's embedding
-(``video.condition.state_embedding``) and the whole action expert.
+(``video.condition.state_embedding``) and the action expert. The action expert can then start
+from the loaded video expert (``init_action_from_video``), as Fast-WAM's released recipe does: its
+blocks, time and text embeddings are the video expert's, resized to the action expert's widths by
+linear interpolation; its action input, output head and proprio embedding stay random.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors import safe_open
 
 from fastwam.model.wam import WAM
 
 FRESH = ("condition.state_embedding.",)  # video-expert parameters Wan has no weights for
+ACTION_OWN = ("action_in.", "head.", *FRESH)  # action-expert parameters with no video counterpart to start from
 
 # Wan's own names -> ours, by prefix.
 _WAN = [("text_embedding.", "condition.text_embedding."), ("time_embedding.", "time.time_embedding."),
@@ -119,3 +125,37 @@ def load_wan_video_weights(model: WAM, path: str | Path) -> list[str]:
                 for name in names:
                     params[name].copy_(f.get_tensor(sources[name][1]).to(params[name].dtype))
     return sorted(wanted)
+
+
+def resize(src: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """``src`` resized to ``shape`` (same rank): linear interpolation with the end points kept
+    (``align_corners``) along each dimension whose size differs, one dimension after the other.
+    When the last dimension (a linear layer's inputs) changes on a tensor of rank >= 2, the result
+    is scaled by sqrt(old / new), so that a layer summing over fewer inputs keeps its output scale
+    (the rule of Fast-WAM's released ActionDiT initialization)."""
+    if src.ndim != len(shape):
+        raise ValueError(f"resize: tensor of shape {tuple(src.shape)} cannot become rank-{len(shape)} {tuple(shape)}")
+    out = src.float()
+    for dim, size in enumerate(shape):
+        if out.shape[dim] != size:
+            moved = out.movedim(dim, -1)  # (..., n)
+            flat = F.interpolate(moved.reshape(-1, 1, moved.shape[-1]), size=size, mode="linear", align_corners=True)
+            out = flat.reshape(*moved.shape[:-1], size).movedim(-1, dim)
+    if src.ndim >= 2 and src.shape[-1] != shape[-1]:
+        out = out * math.sqrt(src.shape[-1] / shape[-1])
+    return out.to(src.dtype)
+
+
+def init_action_from_video(model: WAM) -> list[str]:
+    """Start ``model.action`` from ``model.video`` (load Wan weights into it first); returns the
+    action-expert names it set: every parameter except those in ``ACTION_OWN``, each the
+    video expert's parameter of the same name, ``resize``d to the action expert's shape."""
+    video, action = model.video.state_dict(), model.action.state_dict()
+    names = sorted(name for name in action if not name.startswith(ACTION_OWN))
+    missing = [name for name in names if name not in video]
+    if missing:
+        raise ValueError(f"init_action_from_video: the video expert has no {missing[:8]} to start the action expert from")
+    with torch.no_grad():
+        for name in names:
+            action[name].copy_(resize(video[name], tuple(action[name].shape)))
+    return names
