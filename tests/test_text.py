@@ -48,6 +48,18 @@ def test_cache_hit_does_not_rerun_model(minilm, tmp_path):
     assert other_calls == []
 
 
+def test_template_wraps_the_instruction(minilm):
+    templated = build_text_encoder(TextConfig(name="minilm", template="a robot video: {instruction}"), tokens=1)
+    templated.model = minilm.model
+    calls = count_calls(templated)
+    emb = templated.encode(["open the drawer"])
+    assert calls == [["a robot video: open the drawer"]]
+    assert torch.allclose(emb, minilm.encode(["a robot video: open the drawer"]))
+    assert not torch.allclose(emb, minilm.encode(["open the drawer"]), atol=1e-3)
+    with pytest.raises(ValueError, match="text.template must contain {instruction} once, got 'a robot video'"):
+        TextConfig(template="a robot video")
+
+
 def test_minilm_config_errors(minilm):
     with pytest.raises(ValueError, match="minilm gives one token per prompt.* tokens = 512"):
         build_text_encoder(TextConfig(name="minilm"), tokens=512)

@@ -199,6 +199,11 @@ class TextConfig:
 
     name: Literal["minilm", "umt5"] = "minilm"
     path: str = ""
+    template: str = "{instruction}"  # what is encoded; Fast-WAM frames the instruction as a video caption for umT5
+
+    def __post_init__(self):
+        _check(self.template.count("{instruction}") == 1,
+               f"text.template must contain {{instruction}} once, got {self.template!r}")
 
 
 @dataclass(frozen=True)

