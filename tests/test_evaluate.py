@@ -71,6 +71,7 @@ def test_json_schema_and_ranges(evaluated, run_dir):
     assert 0 <= result["mean_success_rate"] <= 1
     assert result["mean_success_rate"] == pytest.approx(task["success_rate"])
     assert result["max_steps"] == 10 and result["execute"] == 2  # tiny chunk 4 -> half executed
+    assert result["noise_scale"] == 1.0
     json.dumps(result)  # plain JSON types throughout
 
 
@@ -179,6 +180,8 @@ def test_errors_name_the_problem(run_dir, tmp_path):
         cli_main(["eval", "metaworld", "--checkpoint", str(run_dir), "--episodes", "1", "--tasks", "reach,fly-v3"])
     with pytest.raises(SystemExit, match="--execute"):
         cli_main(["eval", "metaworld", "--checkpoint", str(run_dir), "--episodes", "1", "--execute", "9"])
+    with pytest.raises(SystemExit, match="--noise-scale: expected >= 0, got -0.5"):
+        cli_main(["eval", "metaworld", "--checkpoint", str(run_dir), "--episodes", "1", "--noise-scale", "-0.5"])
     bare = write_checkpoint(tmp_path / "bare", preset("tiny"), collection={})
     with pytest.raises(SystemExit, match="--allow-any-variation"):
         cli_main(["eval", "metaworld", "--checkpoint", str(bare), "--episodes", "1"])

@@ -162,6 +162,30 @@ def test_policy_returns_raw_units_and_controller_replans(dataset, tmp_path):
         policy.act({"image": obs["image"], "state": obs["state"]})
 
 
+def test_noise_scale_sets_the_sampling_temperature(dataset, tmp_path):
+    build_trainer(tiny_config(steps=3), dataset, tmp_path / "run", progress=False).run()
+    obs = {"image": np.full((S, S, 3), 90, np.uint8), "state": np.array([7.5, 0, 0, 1], np.float32),
+           "instruction": "reach the goal"}
+    act = lambda seed, **kw: Policy.from_checkpoint(tmp_path / "run", seed=seed, **kw).act(obs)
+    # scale 1 is the model's own sampling: the same noise stream as predict_actions with that seed
+    policy = Policy.from_checkpoint(tmp_path / "run", seed=3)
+    context, state, text, _ = policy._inputs(obs)
+    expected = policy.model.predict_actions(context, state, text, generator=torch.Generator().manual_seed(3))
+    expected = policy.normalizer.unnormalize("action", expected).numpy()[0]
+    np.testing.assert_allclose(act(3), expected, atol=1e-6)
+    assert not np.allclose(act(3), act(4))
+    # scale 0 integrates from zero noise: the seed no longer matters, and it is the noise=0 sample
+    zero = policy.model.predict_actions(context, state, text, noise=torch.zeros(1, policy.chunk, 4))
+    np.testing.assert_allclose(act(3, noise_scale=0.0), act(4, noise_scale=0.0), atol=1e-6)
+    np.testing.assert_allclose(act(3, noise_scale=0.0), policy.normalizer.unnormalize("action", zero).numpy()[0],
+                               atol=1e-6)
+    # in between, a sample lies nearer the zero-noise one than the full-temperature sample does
+    half, full, centre = act(3, noise_scale=0.25), act(3), act(3, noise_scale=0.0)
+    assert np.abs(half - centre).mean() < np.abs(full - centre).mean()
+    with pytest.raises(ValueError, match="noise_scale: expected >= 0, got -1"):
+        act(3, noise_scale=-1.0)
+
+
 def test_history_policy_trains_and_the_controller_feeds_it_the_past_frames(dataset, tmp_path):
     cfg = tiny_config(steps=2)
     cfg = cfg.replace(model=dataclasses.replace(cfg.model, context_frames=2))

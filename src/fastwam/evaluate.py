@@ -22,7 +22,7 @@ Episodes run in this process or on ``--workers`` spawned processes, one env and 
 JSON keys: checkpoint, episodes_per_task, tasks.<task>.{success_rate, ci95 (Wilson 95 % interval),
 episodes, successes, mean_chunk_ms, mean_steps, mean_episode_seconds, variations (per episode),
 training_variations, episode_success, episode_steps, episode_seconds}, mean_success_rate,
-mean_ci95, variant, video_weight, max_steps, execute, chunk, denoise_steps, seed, split,
+mean_ci95, variant, video_weight, max_steps, execute, chunk, denoise_steps, noise_scale, seed, split,
 benchmark_seed (of the layouts evaluated), training_benchmark_seed, variations_disjoint, workers,
 wall_seconds, seconds_per_episode, videos, date, machine.
 
@@ -81,6 +81,7 @@ class EvalPlan:
     execute: int | None = None  # actions executed per chunk (None: chunk // 2)
     seed: int = 0
     steps: int | None = None  # denoising steps (None: the checkpoint's)
+    noise_scale: float = 1.0  # scale of the initial action noise (Policy.noise_scale)
     device: str = "cpu"
     threads: int = 0  # torch threads per process (0: torch's default)
     recorded: int = 0  # episodes kept for the video
@@ -182,8 +183,8 @@ def default_tasks(info: dict) -> list[str]:
 
 def make_plan(checkpoint: str | Path, episodes: int, tasks: str | Sequence[str] | None = None, *,
               allow_any_variation: bool = False, max_steps: int = 200, execute: int | None = None, seed: int = 0,
-              steps: int | None = None, device: str = "cpu", threads: int = 0, video_episodes: int = 0,
-              every_step: bool = False, split: str = "test") -> EvalPlan:
+              steps: int | None = None, noise_scale: float = 1.0, device: str = "cpu", threads: int = 0,
+              video_episodes: int = 0, every_step: bool = False, split: str = "test") -> EvalPlan:
     """Resolve the checkpoint, the tasks and each episode's variation; validate the numbers."""
     from fastwam.config import Config
     from fastwam.train import latest_checkpoint
@@ -196,6 +197,8 @@ def make_plan(checkpoint: str | Path, episodes: int, tasks: str | Sequence[str] 
     if episodes < 1 or max_steps < 1 or video_episodes < 0:
         raise ValueError(f"need --episodes >= 1, --max-steps >= 1, --video-episodes >= 0; "
                          f"got {episodes}, {max_steps}, {video_episodes}")
+    if noise_scale < 0:
+        raise ValueError(f"--noise-scale: expected >= 0, got {noise_scale}")
     cfg = Config.load(path / "config.yaml")
     if execute is not None and not 1 <= execute <= cfg.model.chunk:
         raise ValueError(f"--execute: expected 1..{cfg.model.chunk} (the checkpoint's chunk), got {execute}")
@@ -219,8 +222,8 @@ def make_plan(checkpoint: str | Path, episodes: int, tasks: str | Sequence[str] 
         benchmark_seed=training_seed + (0 if test else VALIDATION_SEED_OFFSET), training_benchmark_seed=training_seed,
         split=split, image_size=cfg.data.image_size, cameras=tuple(cfg.data.cameras),
         frame_stride=cfg.data.frame_stride, shadows=bool(collection.get("spec", {}).get("shadows", False)),
-        max_steps=max_steps, execute=execute, seed=seed, steps=steps, device=device, threads=threads,
-        recorded=video_episodes, every_step=every_step, imagine=video_episodes > 0 and cfg.model.variant.has_future,
+        max_steps=max_steps, execute=execute, seed=seed, steps=steps, noise_scale=noise_scale, device=device,
+        threads=threads, recorded=video_episodes, every_step=every_step, imagine=video_episodes > 0 and cfg.model.variant.has_future,
     )
     if not test:
         seen = [t for t in task_list if not variations_disjoint(plan, t)]
@@ -325,7 +328,7 @@ def _process_policy(plan: EvalPlan):
         from fastwam.policy import Policy
 
         _PROCESS["policy"] = Policy.from_checkpoint(plan.checkpoint, device=plan.device, steps=plan.steps,
-                                                    seed=plan.seed)
+                                                    seed=plan.seed, noise_scale=plan.noise_scale)
     return _PROCESS["policy"]
 
 
@@ -424,7 +427,7 @@ def summarize(plan: EvalPlan, results: list[EpisodeResult], wall_seconds: float,
         "mean_ci95": list(wilson_interval(wins, n)),
         "variant": cfg.model.variant.mask, "video_weight": cfg.model.variant.video_weight,
         "max_steps": plan.max_steps, "execute": plan.execute or cfg.model.chunk // 2, "chunk": cfg.model.chunk,
-        "denoise_steps": plan.steps or cfg.model.action_flow.steps, "seed": plan.seed,
+        "denoise_steps": plan.steps or cfg.model.action_flow.steps, "noise_scale": plan.noise_scale, "seed": plan.seed,
         "split": plan.split, "benchmark_seed": plan.benchmark_seed,
         "training_benchmark_seed": plan.training_benchmark_seed,
         "variations_disjoint": all(variations_disjoint(plan, task) for task in plan.tasks),
@@ -581,6 +584,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--execute", type=int, default=None, help="actions executed per chunk before replanning "
                                                                   "(default: half the chunk)")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the checkpoint's)")
+    parser.add_argument("--noise-scale", type=float, default=1.0,
+                        help="scale of the initial action noise: 1 samples the learned distribution, 0 is deterministic")
     parser.add_argument("--seed", type=int, default=0, help="policy seed (each episode gets its own from it)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes, one env and one policy each")
     parser.add_argument("--threads", type=int, default=0,
@@ -603,7 +608,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         plan = make_plan(args.checkpoint, args.episodes, args.tasks or None,
                          allow_any_variation=args.allow_any_variation, max_steps=args.max_steps, execute=args.execute,
-                         seed=args.seed, steps=args.steps, device=device, threads=threads,
+                         seed=args.seed, steps=args.steps, noise_scale=args.noise_scale, device=device, threads=threads,
                          video_episodes=args.video_episodes if args.video else 0, every_step=args.video_every_step,
                          split=args.split)
     except (FileNotFoundError, ValueError) as e:

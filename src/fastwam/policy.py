@@ -34,12 +34,17 @@ from fastwam.text import build_text_encoder
 
 class Policy:
     def __init__(self, model: WAM, cfg: Config, normalizer: Normalizer, device: str | torch.device = "cpu",
-                 steps: int | None = None, seed: int = 0):
+                 steps: int | None = None, seed: int = 0, noise_scale: float = 1.0):
+        if noise_scale < 0:
+            raise ValueError(f"noise_scale: expected >= 0, got {noise_scale}")
         self.model, self.cfg, self.normalizer = model.eval(), cfg, normalizer
         self.device = torch.device(device)
         self.codec = build_codec(cfg.data.codec, device=self.device)
         self.text_encoder = build_text_encoder(cfg.data.text, cfg.model.text_tokens, device=self.device)
         self.steps = steps
+        # Scales the initial action noise of each chunk's flow sampling: 1 samples the learned
+        # distribution, 0 integrates from its centre (deterministic), between = lower temperature.
+        self.noise_scale = noise_scale
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self._instruction_cache: dict[str, torch.Tensor] = {}
 
@@ -76,7 +81,10 @@ class Policy:
         """{"image": uint8 ([B,] H, W, 3), "state": ([B,] P), "instruction": str | list[str]
         [, "history": uint8 ([B,] K - 1, H, W, 3)]} -> ([B,] S, A) raw units."""
         context, state, text, batched = self._inputs(observation)
-        actions = self.model.predict_actions(context, state, text, steps=self.steps, generator=self.generator)
+        m = self.cfg.model
+        noise = torch.randn((context.shape[0], m.chunk, m.action_dim), device=self.device, generator=self.generator,
+                            dtype=context.dtype) * self.noise_scale
+        actions = self.model.predict_actions(context, state, text, steps=self.steps, noise=noise, generator=self.generator)
         actions = self.normalizer.unnormalize(ACTION_KEY, actions.float().cpu()).numpy()
         return actions if batched else actions[0]
 
