@@ -1,0 +1,58 @@
+"""benchmarks/paired_comparison.py: the paired difference of two runs' success rates on the same episodes."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+_spec = importlib.util.spec_from_file_location(
+    "paired_comparison", Path(__file__).parents[1] / "benchmarks" / "paired_comparison.py")
+paired = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(paired)
+
+
+def run(successes, variations=(10, 11, 12, 13), seed=0, split="test"):
+    return {"split": split, "benchmark_seed": 0, "seed": seed, "episodes_per_task": len(successes), "max_steps": 200,
+            "tasks": {"reach-v3": {"variations": list(variations), "episode_success": list(successes)}}}
+
+
+def test_pairing_narrows_the_interval_when_outcomes_agree():
+    rng = np.random.default_rng(0)
+    layout_easy = rng.random(400) < 0.5  # the layout decides most outcomes
+    a = (layout_easy ^ (rng.random(400) < 0.05)).astype(float)
+    b = (layout_easy ^ (rng.random(400) < 0.05)).astype(float)
+    r = paired.paired_difference(a, b)
+    assert r["difference"] == pytest.approx(b.mean() - a.mean())
+    d = b - a
+    assert r["paired_half"] == pytest.approx(1.959964 * d.std(ddof=1) / 20)
+    assert r["paired_half"] < 0.5 * r["unpaired_half"] and r["correlation"] > 0.7
+    independent = paired.paired_difference(a, (rng.random(400) < 0.5).astype(float))
+    assert independent["paired_half"] == pytest.approx(independent["unpaired_half"], rel=0.15)
+    with pytest.raises(ValueError, match=r"expected two \(N,\) arrays with N >= 2, got \(3,\) and \(4,\)"):
+        paired.paired_difference(np.zeros(3), np.zeros(4))
+
+
+def test_runs_on_other_episodes_are_refused(tmp_path):
+    ref, ref_path, path = run([1, 0, 1, 0]), tmp_path / "a.json", tmp_path / "b.json"
+    with pytest.raises(SystemExit, match="b.json: tasks.reach-v3.variations differ"):
+        paired.check_same_episodes(ref, run([1, 0, 1, 0], variations=(10, 11, 12, 14)), ref_path, path)
+    with pytest.raises(SystemExit, match="b.json: seed 3, expected 0"):
+        paired.check_same_episodes(ref, run([1, 0, 1, 0], seed=3), ref_path, path)
+    with pytest.raises(SystemExit, match="b.json: split 'validation', expected 'test'"):
+        paired.check_same_episodes(ref, run([1, 0, 1, 0], split="validation"), ref_path, path)
+    legacy = run([1, 1, 1, 0])
+    del legacy["split"]  # written before --split existed: a test run
+    paired.check_same_episodes(ref, legacy, ref_path, path)
+
+
+def test_command_prints_each_run_against_the_reference(tmp_path, capsys):
+    files = []
+    for name, outcomes in [("ref", [1, 0, 1, 0]), ("better", [1, 1, 1, 0])]:
+        files.append(tmp_path / f"{name}.json")
+        files[-1].write_text(json.dumps(run(outcomes)))
+    paired.main([str(f) for f in files])
+    out = capsys.readouterr().out
+    assert "mean 50.0 % over 4 episodes" in out
+    assert "75.0%" in out and "+25.0" in out
