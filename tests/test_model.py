@@ -13,6 +13,7 @@ from fastwam.model import WAM
 from fastwam.model.experts import Tokens
 from fastwam.model.masks import ACTION, CONTEXT, FUTURE, FUTURE_CLEAN, attention_mask, attention_table
 from fastwam.model.mot import KVCache
+from fastwam.nn.layers import grid_sincos_embedding
 
 VARIANTS = ["fastwam", "joint", "idm"]
 
@@ -281,6 +282,39 @@ def test_imagine_shapes_and_refusal_without_video():
         model0.imagine(batch.context, batch.state, batch.text)
     with pytest.raises(ValueError, match="trained without video"):
         model0.predict_actions(batch.context, batch.state, batch.text, mode="joint")
+
+
+# -- video token positions ---------------------------------------------------------------------
+
+def test_grid_sincos_embedding_codes_row_and_column_in_separate_halves():
+    rows, cols, dim = 3, 4, 16
+    emb = grid_sincos_embedding(rows, cols, dim).view(rows, cols, dim)
+    row_half, col_half = emb[..., : dim // 2], emb[..., dim // 2:]
+    assert torch.equal(row_half, row_half[:, :1].expand_as(row_half))  # the row half ignores the column
+    assert torch.equal(col_half, col_half[:1].expand_as(col_half))
+    flat = emb.flatten(0, 1)
+    assert torch.cdist(flat, flat).add(torch.eye(rows * cols)).min() > 0.1  # every cell is distinct
+    zero_position = torch.cat([torch.zeros(dim // 4), torch.ones(dim // 4)])  # sin 0, cos 0 at every frequency
+    torch.testing.assert_close(emb[0, 0], zero_position.repeat(2))
+    torch.testing.assert_close(emb[0, 1, dim // 2: dim // 2 + 1], torch.tensor([1.0]).sin())  # column 1, frequency 1
+    with pytest.raises(ValueError, match="divisible by 4, got 10"):
+        grid_sincos_embedding(2, 2, 10)
+
+
+def test_grid_position_adds_the_same_cell_features_to_every_frame():
+    cfg = tiny(future_frames=2, latent_width=8)  # a 2 x 4 token grid: rows and columns cannot be confused
+    grid = dataclasses.replace(cfg, video=dataclasses.replace(cfg.video, grid_position=True))
+    plain_model, grid_model = randomized(cfg), randomized(cfg)
+    grid_model.video.grid_position = True
+    assert grid.build().state_dict().keys() == plain_model.state_dict().keys()  # no weights of its own
+    latents = torch.randn(2, 2, *cfg.latent_shape)
+    plain = plain_model.video.tokens(latents, torch.zeros(2), FUTURE, 1, None)
+    shifted = grid_model.video.tokens(latents, torch.zeros(2), FUTURE, 1, None)
+    _, h, w = cfg.video.patch
+    rows, cols = cfg.latent_height // h, cfg.latent_width // w
+    expected = grid_sincos_embedding(rows, cols, cfg.video.width).repeat(2, 1)  # frame-major, then row-major
+    torch.testing.assert_close(shifted.x - plain.x, expected.expand(2, -1, -1))
+    assert torch.equal(shifted.rope, plain.rope)
 
 
 # -- boundary checks ---------------------------------------------------------------------------

@@ -80,6 +80,10 @@ class VideoExpertConfig:
     # What the head outputs: the velocity (Wan) or the clean latents, turned into a velocity
     # (needed when a token holds more values than the width, e.g. 8x8 pixel patches at width 256).
     prediction: Literal["velocity", "data"] = "velocity"
+    # Add fixed 2-D sin-cos features of each token's (row, column) to the patch embedding, on top of
+    # RoPE. RoPE alone rotates queries and keys, so attention outputs (sums of values) do not say
+    # where they came from; Wan2.2 has no such embedding (False), it adds no weights.
+    grid_position: bool = False
 
     def __post_init__(self):
         _check(len(self.patch) == 3 and all(p >= 1 for p in self.patch), f"video.patch must be 3 positive ints, got {self.patch}")

@@ -20,7 +20,8 @@ from torch import nn
 from fastwam.config import ModelConfig
 from fastwam.model.masks import ACTION, Layout
 from fastwam.nn.attention import AttentionProjections, CrossAttention, merge_heads, split_heads
-from fastwam.nn.layers import ConditionEmbedding, FeedForward, OutputHead, TimeEmbedding, modulate
+from fastwam.nn.layers import (ConditionEmbedding, FeedForward, OutputHead, TimeEmbedding, grid_sincos_embedding,
+                               modulate)
 from fastwam.nn.rope import apply_rope, rope_angles, rope_rotations, video_positions, wan_axis_split
 
 ContextKV = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: cross-attention keys, values (B, H, L, K)
@@ -128,13 +129,17 @@ class VideoExpert(Expert):
         self.patch = v.patch
         self.axis_split = wan_axis_split(cfg.head_dim)
         self.patch_embedding = nn.Conv3d(cfg.latent_channels, v.width, kernel_size=v.patch, stride=v.patch)
+        self.grid_position = v.grid_position
 
     def tokens(self, latents: torch.Tensor, sigma: torch.Tensor, kind: int, frame_offset: int, context: ContextKV) -> Tokens:
         """latents (B, T, C, h, w) at flow time sigma (B,) -> tokens of one kind."""
         x = self.patch_embedding(rearrange(latents, "b t c h w -> b c t h w"))  # (B, D, T', h', w')
-        _, _, t, h, w = x.shape
+        _, d, t, h, w = x.shape
         rope = self._rope((t, h, w, frame_offset // self.patch[0]), self.axis_split, x.device)
-        return self._tokens(rearrange(x, "b d t h w -> b (t h w) d"), sigma, rope, kind, context)
+        x = rearrange(x, "b d t h w -> b t (h w) d")
+        if self.grid_position:
+            x = x + grid_sincos_embedding(h, w, d).to(x)  # the same (row, column) features in every frame
+        return self._tokens(x.flatten(1, 2), sigma, rope, kind, context)
 
     def output(self, x: torch.Tensor, temb: torch.Tensor, frames: int, height: int, width: int) -> torch.Tensor:
         """Hidden states (B, N, D) of ``frames`` latent frames -> velocity (B, T, C, h, w)."""

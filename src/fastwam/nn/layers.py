@@ -48,6 +48,23 @@ def sinusoidal_embedding(sigma: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1).float()
 
 
+def grid_sincos_embedding(rows: int, cols: int, dim: int) -> torch.Tensor:
+    """Fixed 2-D sin-cos position features of a rows x cols token grid (DiT / MAE) -> (rows * cols, dim).
+
+    Half the channels encode the row, half the column, each as sin and cos at dim / 4 frequencies
+    from 1 to 1/10000 per token; tokens are in row-major order.
+    """
+    if dim % 4:
+        raise ValueError(f"grid_sincos_embedding: dim must be divisible by 4, got {dim}")
+    freqs = 10000.0 ** (-torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    row, col = torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij")
+    parts = []
+    for pos in (row.flatten(), col.flatten()):
+        angles = pos[:, None].double() * freqs
+        parts += [angles.sin(), angles.cos()]
+    return torch.cat(parts, dim=-1).float()
+
+
 class TimeEmbedding(nn.Module):
     """Flow time -> (embedding for the head, six modulation vectors per block).
 
