@@ -37,6 +37,8 @@ class Policy:
                  steps: int | None = None, seed: int = 0, noise_scale: float = 1.0):
         if noise_scale < 0:
             raise ValueError(f"noise_scale: expected >= 0, got {noise_scale}")
+        if steps is not None and steps < 1:
+            raise ValueError(f"steps: expected >= 1 denoising steps, got {steps}")
         self.model, self.cfg, self.normalizer = model.eval(), cfg, normalizer
         self.device = torch.device(device)
         self.codec = build_codec(cfg.data.codec, device=self.device)

@@ -2,7 +2,8 @@
 
     POST /act   {"image": [[[r, g, b], ...], ...] (H x W x 3 uint8), "state": [...], "instruction": "..."}
              -> {"actions": [[...], ...] (chunk x action_dim, raw units), "ms": policy time}
-    GET  /info  -> {"chunk", "action_dim", "state_dim", "image_shape", "cameras", "variant"}
+    GET  /info  -> {"chunk", "action_dim", "state_dim", "image_shape", "cameras", "variant", "denoise_steps",
+                    "noise_scale"}
 
 Errors come back as HTTP 400 with {"error": message naming the field}. Standard library only.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -24,7 +26,9 @@ def make_server(policy: Policy, host: str = "127.0.0.1", port: int = 8000) -> Th
     d, m = policy.cfg.data, policy.cfg.model
     info = {"chunk": m.chunk, "action_dim": m.action_dim, "state_dim": m.state_dim,
             "image_shape": [d.image_size, d.image_size * len(d.cameras), 3], "cameras": list(d.cameras),
-            "variant": m.variant.mask}
+            "variant": m.variant.mask, "denoise_steps": policy.steps or m.action_flow.steps,
+            "noise_scale": policy.noise_scale}
+    lock = threading.Lock()  # one policy (noise generator, instruction cache) shared by the request threads
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):
@@ -44,9 +48,11 @@ def make_server(policy: Policy, host: str = "127.0.0.1", port: int = 8000) -> Th
                 missing = [k for k, v in observation.items() if v is None]
                 if missing:
                     raise KeyError(f"request body: missing {missing}")
-                start = time.perf_counter()
-                actions = policy.act(observation)
-                self._reply(200, {"actions": actions.tolist(), "ms": (time.perf_counter() - start) * 1e3})
+                with lock:
+                    start = time.perf_counter()
+                    actions = policy.act(observation)
+                    ms = (time.perf_counter() - start) * 1e3
+                self._reply(200, {"actions": actions.tolist(), "ms": ms})
             except (ValueError, KeyError, TypeError) as e:
                 self._reply(400, {"error": str(e)})
 
@@ -69,10 +75,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps per chunk (default: the checkpoint's)")
+    parser.add_argument("--noise-scale", type=float, default=1.0, help="initial action-noise scale (0: deterministic)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
+
+
+def policy_from_args(args: argparse.Namespace) -> Policy:
+    return Policy.from_checkpoint(args.checkpoint, device=args.device, steps=args.steps, seed=args.seed,
+                                  noise_scale=args.noise_scale)
 
 
 def run(args: argparse.Namespace) -> int:
-    server = make_server(Policy.from_checkpoint(args.checkpoint, device=args.device), args.host, args.port)
+    server = make_server(policy_from_args(args), args.host, args.port)
     print(f"serving {args.checkpoint} on http://{args.host}:{server.server_address[1]} (POST /act, GET /info)")
     try:
         server.serve_forever()
