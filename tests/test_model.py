@@ -317,6 +317,24 @@ def test_grid_position_adds_the_same_cell_features_to_every_frame():
     assert torch.equal(shifted.rope, plain.rope)
 
 
+def test_conv_stem_shares_weights_across_positions_and_keeps_wan_names():
+    cfg = tiny()
+    stem = dataclasses.replace(cfg, video=dataclasses.replace(cfg.video, conv_stem=6))
+    plain_keys, model = set(cfg.build().state_dict()), randomized(stem)
+    assert {k for k in model.state_dict() if not k.startswith("video.stem.")} == plain_keys
+    assert model.video.patch_embedding.in_channels == 6
+    # Away from the borders, moving a latent frame by one cell moves the stem's features by one cell.
+    latents = torch.randn(1, cfg.latent_channels, 1, 12, 12)
+    features = model.video.stem(latents)
+    moved = model.video.stem(latents.roll(1, dims=-1))
+    torch.testing.assert_close(moved[..., 2:-2, 3:-2], features[..., 2:-2, 2:-3])
+    batch = stem.fake_batch(2)
+    model.loss(batch).total.backward()
+    assert model.video.stem[0].weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="video.conv_stem must be >= 0 channels, got -1"):
+        dataclasses.replace(cfg.video, conv_stem=-1)
+
+
 # -- boundary checks ---------------------------------------------------------------------------
 
 def test_loss_rejects_bad_shapes_with_named_tensor():

@@ -84,9 +84,13 @@ class VideoExpertConfig:
     # RoPE. RoPE alone rotates queries and keys, so attention outputs (sums of values) do not say
     # where they came from; Wan2.2 has no such embedding (False), it adds no weights.
     grid_position: bool = False
+    # Channels of two 3x3 convolutions over each latent frame before the patch embedding (0: none, the
+    # patch embedding reads latents directly, as Wan2.2). Shares weights across positions below a token.
+    conv_stem: int = 0
 
     def __post_init__(self):
         _check(len(self.patch) == 3 and all(p >= 1 for p in self.patch), f"video.patch must be 3 positive ints, got {self.patch}")
+        _check(self.conv_stem >= 0, f"video.conv_stem must be >= 0 channels, got {self.conv_stem}")
         _check(self.prediction in ("velocity", "data"), f"video.prediction must be velocity|data, got {self.prediction!r}")
 
 

@@ -120,6 +120,13 @@ class Expert(nn.Module):
         return self._rope_cache[key]
 
 
+def conv_stem(in_channels: int, channels: int) -> nn.Sequential:
+    """Two 3x3 convolutions with GELU over each latent frame, (B, C, T, h, w) -> (B, channels, T, h, w)."""
+    def conv(c_in: int) -> nn.Conv3d:
+        return nn.Conv3d(c_in, channels, kernel_size=(1, 3, 3), padding=(0, 1, 1))
+    return nn.Sequential(conv(in_channels), nn.GELU(approximate="tanh"), conv(channels), nn.GELU(approximate="tanh"))
+
+
 class VideoExpert(Expert):
     """Video DiT: latent frames <-> patch tokens with 3-D RoPE (frame, row, column)."""
 
@@ -128,12 +135,16 @@ class VideoExpert(Expert):
         super().__init__(cfg, v.width, v.ffn, v.freq_dim, out_dim=math.prod(v.patch) * cfg.latent_channels)
         self.patch = v.patch
         self.axis_split = wan_axis_split(cfg.head_dim)
-        self.patch_embedding = nn.Conv3d(cfg.latent_channels, v.width, kernel_size=v.patch, stride=v.patch)
+        self.stem = conv_stem(cfg.latent_channels, v.conv_stem) if v.conv_stem else None
+        self.patch_embedding = nn.Conv3d(v.conv_stem or cfg.latent_channels, v.width, kernel_size=v.patch, stride=v.patch)
         self.grid_position = v.grid_position
 
     def tokens(self, latents: torch.Tensor, sigma: torch.Tensor, kind: int, frame_offset: int, context: ContextKV) -> Tokens:
         """latents (B, T, C, h, w) at flow time sigma (B,) -> tokens of one kind."""
-        x = self.patch_embedding(rearrange(latents, "b t c h w -> b c t h w"))  # (B, D, T', h', w')
+        x = rearrange(latents, "b t c h w -> b c t h w")
+        if self.stem is not None:
+            x = self.stem(x)  # (B, conv_stem, T, h, w)
+        x = self.patch_embedding(x)  # (B, D, T', h', w')
         _, d, t, h, w = x.shape
         rope = self._rope((t, h, w, frame_offset // self.patch[0]), self.axis_split, x.device)
         x = rearrange(x, "b d t h w -> b t (h w) d")
