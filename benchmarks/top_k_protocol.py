@@ -14,7 +14,7 @@ with S ~ Binomial(n, p) the successes of one n-episode evaluation. This script p
 our final-checkpoint rates would read under that protocol, and which constant rate p a reported
 best-k number corresponds to. Checkpoints that really differ only widen the gap.
 
-    .venv/bin/python benchmarks/top_k_protocol.py --json docs/results/mt10_fastwam.json
+    .venv/bin/python benchmarks/top_k_protocol.py --json docs/results/mt10_fastwam_96px_linear.json
 """
 
 from __future__ import annotations
