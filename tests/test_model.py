@@ -304,9 +304,8 @@ def test_grid_sincos_embedding_codes_row_and_column_in_separate_halves():
 def test_grid_position_adds_the_same_cell_features_to_every_frame():
     cfg = tiny(future_frames=2, latent_width=8)  # a 2 x 4 token grid: rows and columns cannot be confused
     grid = dataclasses.replace(cfg, video=dataclasses.replace(cfg.video, grid_position=True))
-    plain_model, grid_model = randomized(cfg), randomized(cfg)
-    grid_model.video.grid_position = True
-    assert grid.build().state_dict().keys() == plain_model.state_dict().keys()  # no weights of its own
+    plain_model, grid_model = randomized(cfg), randomized(grid)
+    assert grid_model.state_dict().keys() == plain_model.state_dict().keys()  # no weights of its own
     latents = torch.randn(2, 2, *cfg.latent_shape)
     plain = plain_model.video.tokens(latents, torch.zeros(2), FUTURE, 1, None)
     shifted = grid_model.video.tokens(latents, torch.zeros(2), FUTURE, 1, None)

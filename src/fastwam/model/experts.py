@@ -137,8 +137,12 @@ class VideoExpert(Expert):
         self.axis_split = wan_axis_split(cfg.head_dim)
         self.stem = conv_stem(cfg.latent_channels, v.conv_stem) if v.conv_stem else None
         self.patch_embedding = nn.Conv3d(v.conv_stem or cfg.latent_channels, v.width, kernel_size=v.patch, stride=v.patch)
-        self.grid_position = v.grid_position
-        self._grid_cache: dict[tuple, torch.Tensor] = {}
+        if v.grid_position:  # (h' * w', D) fixed features, moved and cast with the module, not saved
+            _, ph, pw = v.patch
+            self.register_buffer("grid", grid_sincos_embedding(cfg.latent_height // ph, cfg.latent_width // pw, v.width),
+                                 persistent=False)
+        else:
+            self.grid = None
 
     def tokens(self, latents: torch.Tensor, sigma: torch.Tensor, kind: int, frame_offset: int, context: ContextKV) -> Tokens:
         """latents (B, T, C, h, w) at flow time sigma (B,) -> tokens of one kind."""
@@ -146,19 +150,12 @@ class VideoExpert(Expert):
         if self.stem is not None:
             x = self.stem(x)  # (B, conv_stem, T, h, w)
         x = self.patch_embedding(x)  # (B, D, T', h', w')
-        _, d, t, h, w = x.shape
+        _, _, t, h, w = x.shape
         rope = self._rope((t, h, w, frame_offset // self.patch[0]), self.axis_split, x.device)
         x = rearrange(x, "b d t h w -> b t (h w) d")
-        if self.grid_position:
-            x = x + self._grid_embedding(h, w, d, x)  # the same (row, column) features in every frame
+        if self.grid is not None:
+            x = x + self.grid  # the same (row, column) features in every frame
         return self._tokens(x.flatten(1, 2), sigma, rope, kind, context)
-
-    def _grid_embedding(self, rows: int, cols: int, dim: int, like: torch.Tensor) -> torch.Tensor:
-        """``grid_sincos_embedding`` computed once per (grid, device, dtype) and reused."""
-        key = (rows, cols, dim, like.device, like.dtype)
-        if key not in self._grid_cache:
-            self._grid_cache[key] = grid_sincos_embedding(rows, cols, dim).to(like)
-        return self._grid_cache[key]
 
     def output(self, x: torch.Tensor, temb: torch.Tensor, frames: int, height: int, width: int) -> torch.Tensor:
         """Hidden states (B, N, D) of ``frames`` latent frames -> velocity (B, T, C, h, w)."""
