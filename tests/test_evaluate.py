@@ -20,22 +20,24 @@ from fastwam.cli import main as cli_main
 from fastwam.config import preset
 from fastwam.data.normalize import Normalizer
 from fastwam.envs import metaworld as mw
-from fastwam.evaluate import (VALIDATION_SEED_OFFSET, EvalPlan, episode_seed, episode_variations, make_plan,
-                              variations_disjoint, wilson_interval)
+from fastwam.envs.metaworld import VALIDATION_SEED_OFFSET, episode_variations, variations_disjoint
+from fastwam.evaluate import EvalPlan, episode_seed, make_plan, wilson_interval
 from fastwam.train import write_run_files
 
 TRAINING_VARIATIONS = [0, 1, 2, 3, 5, 8]  # what the (pretend) demonstrations of reach used
 
 
-def write_checkpoint(directory, cfg, collection):
+MW_STATS = {"observation.state": {"min": [-0.5, 0.3, 0.0, 0.0], "max": [0.5, 0.9, 0.3, 1.0]},
+            "action": {"min": [-1.0] * 4, "max": [1.0] * 4}}
+
+
+def write_checkpoint(directory, cfg, collection, stats=MW_STATS, tasks=("reach the goal position",)):
     """A run directory with one checkpoint of an untrained model, as fastwam.train lays it out."""
     ckpt = directory / "checkpoints" / "step-0000001"
     ckpt.mkdir(parents=True)
     model = cfg.model.build()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, ckpt / "model.safetensors")
-    stats = {"observation.state": {"min": [-0.5, 0.3, 0.0, 0.0], "max": [0.5, 0.9, 0.3, 1.0]},
-             "action": {"min": [-1.0] * 4, "max": [1.0] * 4}}
-    info = {"dataset": "/nonexistent/dataset", "tasks": ["reach the goal position"], "collection": collection}
+    info = {"dataset": "/nonexistent/dataset", "tasks": list(tasks), "collection": collection}
     for d in (directory, ckpt):
         write_run_files(d, cfg, Normalizer(stats), info)
     return directory

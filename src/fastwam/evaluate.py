@@ -1,16 +1,17 @@
-"""``fastwam eval metaworld``: closed-loop success rates of a checkpoint on MetaWorld tasks.
+"""``fastwam eval metaworld|libero``: closed-loop success rates of a checkpoint on a simulated benchmark.
 
-Each episode resets a task to one *variation* (object and goal layout) that the checkpoint's
-demonstrations did not use. Two disjoint sets of such layouts (``--split``):
+The episode loop, the controller, statistics, recording and videos here serve every benchmark;
+what differs (tasks, layouts, the env) is a small adapter behind ``fastwam.envs.benchmark(name)``.
+Each episode starts a task from one *layout* (object placement) that the checkpoint's
+demonstrations did not use; ``--split`` picks one of two disjoint sets:
 
-- ``test`` (default): the variations the demonstrations left unused under the benchmark seed
-  recorded at collection time (read from the checkpoint's ``data.json``, so the dataset need not
-  be on disk); episode e of a task runs on ``unused[e % len(unused)]`` (cycling when more
-  episodes than unused variations are asked for).
-- ``validation``: the 50 variations of benchmark seed + ``VALIDATION_SEED_OFFSET``, fresh layouts
-  from the same distribution (checked against the demonstrations' layouts), for choosing a
-  configuration or an eval setting without looking at the test layouts; episode e runs on
-  variation ``e % 50``.
+- ``test`` (default): the reported layouts. MetaWorld: the variations the demonstrations left
+  unused under the benchmark seed recorded at collection (read from the checkpoint's
+  ``data.json``, so the dataset need not be on disk). LIBERO: the suite's 50 official init states.
+- ``validation``: fresh layouts from the same distribution, for choosing a configuration or an
+  eval setting without looking at the test layouts. MetaWorld: the variations of benchmark seed
+  + 1000; LIBERO: placements sampled from the task's BDDL regions under seeds the demonstrations
+  did not use. Checked against the demonstrations' layouts.
 
 Every episode has its own policy seed. A receding-horizon controller executes ``--execute``
 actions of each chunk (default half) and then replans; the env renders only when the controller
@@ -19,12 +20,14 @@ within ``--max-steps``.
 
 Episodes run in this process or on ``--workers`` spawned processes, one env and one policy each.
 
-JSON keys: checkpoint, episodes_per_task, tasks.<task>.{success_rate, ci95 (Wilson 95 % interval),
-episodes, successes, mean_chunk_ms, mean_steps, mean_episode_seconds, variations (per episode),
-training_variations, episode_success, episode_steps, episode_seconds}, mean_success_rate,
-mean_ci95, variant, video_weight, max_steps, execute, chunk, denoise_steps, noise_scale, seed, split,
-benchmark_seed (of the layouts evaluated), training_benchmark_seed, variations_disjoint, workers,
-wall_seconds, seconds_per_episode, videos, date, machine.
+JSON keys: benchmark, suite, checkpoint, episodes_per_task, tasks.<task>.{success_rate, ci95
+(Wilson 95 % interval), episodes, successes, mean_chunk_ms, mean_steps, mean_episode_seconds,
+variations (each episode's layout: a MetaWorld variation index, a LIBERO ``init:i`` or
+``fresh:seed``), training_variations, episode_success, episode_steps, episode_seconds},
+mean_success_rate, mean_ci95, variant, video_weight, max_steps, execute, chunk, denoise_steps,
+noise_scale, seed, split, benchmark_seed (MetaWorld: of the layouts evaluated; else null),
+training_benchmark_seed, variations_disjoint, workers, wall_seconds, seconds_per_episode, videos,
+date, machine.
 
 ``--video OUT.mp4`` writes the first episode of each task (up to ``--video-episodes``) from the
 frames the policy observed; for variants trained with video it also writes
@@ -51,12 +54,10 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from fastwam.envs import metaworld as mw
+from fastwam.envs import BENCHMARKS, benchmark
 
-CONTROL_FPS = 80  # MetaWorld actions per second (fastwam.envs.collect.FPS)
 Z95 = 1.959963984540054
 SPLITS = ("test", "validation")
-VALIDATION_SEED_OFFSET = 1000  # validation layouts: MetaWorld's variations under benchmark seed + 1000
 
 
 # -- what to run -------------------------------------------------------------------------------
@@ -68,15 +69,17 @@ class EvalPlan:
     checkpoint: str  # a checkpoint directory (model.safetensors, config.yaml, stats.json)
     tasks: tuple[str, ...]
     episodes: int
-    variations: dict[str, tuple[int, ...]]  # task -> the variation of each episode
-    training_variations: dict[str, tuple[int, ...]]  # task -> variations the demonstrations used
-    benchmark_seed: int  # the layouts evaluated
-    training_benchmark_seed: int  # the layouts training_variations index
+    variations: dict[str, tuple]  # task -> the layout of each episode (the benchmark's kind of layout)
+    training_variations: dict[str, tuple]  # task -> layouts the demonstrations used
+    benchmark_seed: int | None  # MetaWorld: the seed fixing the layouts evaluated
+    training_benchmark_seed: int | None  # MetaWorld: the seed training_variations index
     split: str  # "test" or "validation" (SPLITS)
     image_size: int
     cameras: tuple[str, ...]
     frame_stride: int
-    shadows: bool = False
+    benchmark: str = "metaworld"  # fastwam.envs.BENCHMARKS
+    suite: str = ""  # LIBERO: libero_object, ...
+    env_options: dict = field(default_factory=dict)  # benchmark-specific env settings (adapter.make_env)
     max_steps: int = 200
     execute: int | None = None  # actions executed per chunk (None: chunk // 2)
     seed: int = 0
@@ -134,24 +137,6 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     return lo, hi
 
 
-def episode_variations(used: Sequence[int], episodes: int, total: int = mw.NUM_VARIATIONS) -> tuple[int, ...]:
-    """Variation of each episode: the ones not in ``used``, in order, cycled when there are fewer."""
-    unused = [v for v in range(total) if v not in set(used)]
-    if not unused:
-        raise ValueError(f"all {total} variations were used for training; none is left to evaluate on")
-    return tuple(unused[e % len(unused)] for e in range(episodes))
-
-
-def variations_disjoint(plan: EvalPlan, task: str) -> bool:
-    """Whether no episode of ``task`` runs on a layout its demonstrations used."""
-    used, evaluated = plan.training_variations[task], sorted(set(plan.variations[task]))
-    if plan.benchmark_seed == plan.training_benchmark_seed:
-        return not set(used) & set(evaluated)
-    train = mw.layouts(task, plan.training_benchmark_seed)[list(used)]
-    return not any(np.allclose(layout, seen) for layout in mw.layouts(task, plan.benchmark_seed)[evaluated]
-                   for seen in train)
-
-
 def episode_seed(seed: int, task: str, index: int) -> int:
     """A distinct, reproducible policy seed per (run seed, task, episode)."""
     return zlib.crc32(f"{seed}/{task}/{index}".encode())
@@ -167,25 +152,12 @@ def run_info(checkpoint: Path) -> dict:
     return {}
 
 
-def default_tasks(info: dict) -> list[str]:
-    """The MetaWorld tasks the checkpoint was trained on, from its data record."""
-    collection = info.get("collection") or {}
-    if collection.get("spec", {}).get("tasks"):
-        return list(collection["spec"]["tasks"])
-    if collection.get("variations"):
-        return list(collection["variations"])
-    by_instruction = {text: task for task, text in mw.INSTRUCTIONS.items()}
-    tasks = [by_instruction[t] for t in info.get("tasks", []) if t in by_instruction]
-    if not tasks:
-        raise ValueError("the checkpoint does not record which MetaWorld tasks it was trained on; pass --tasks")
-    return tasks
-
-
 def make_plan(checkpoint: str | Path, episodes: int, tasks: str | Sequence[str] | None = None, *,
-              allow_any_variation: bool = False, max_steps: int = 200, execute: int | None = None, seed: int = 0,
-              steps: int | None = None, noise_scale: float = 1.0, device: str = "cpu", threads: int = 0,
-              video_episodes: int = 0, every_step: bool = False, split: str = "test") -> EvalPlan:
-    """Resolve the checkpoint, the tasks and each episode's variation; validate the numbers."""
+              benchmark_name: str = "metaworld", suite: str = "", allow_any_variation: bool = False,
+              max_steps: int | None = None, execute: int | None = None, seed: int = 0, steps: int | None = None,
+              noise_scale: float = 1.0, device: str = "cpu", threads: int = 0, video_episodes: int = 0,
+              every_step: bool = False, split: str = "test") -> EvalPlan:
+    """Resolve the checkpoint, the tasks and each episode's layout; validate the numbers."""
     from fastwam.config import Config
     from fastwam.train import latest_checkpoint
 
@@ -194,7 +166,8 @@ def make_plan(checkpoint: str | Path, episodes: int, tasks: str | Sequence[str] 
     path = latest_checkpoint(checkpoint)
     if split not in SPLITS:
         raise ValueError(f"--split: expected one of {', '.join(SPLITS)}, got {split!r}")
-    if episodes < 1 or max_steps < 1 or video_episodes < 0:
+    adapter = benchmark(benchmark_name)
+    if episodes < 1 or (max_steps is not None and max_steps < 1) or video_episodes < 0:
         raise ValueError(f"need --episodes >= 1, --max-steps >= 1, --video-episodes >= 0; "
                          f"got {episodes}, {max_steps}, {video_episodes}")
     if noise_scale < 0:
@@ -202,34 +175,27 @@ def make_plan(checkpoint: str | Path, episodes: int, tasks: str | Sequence[str] 
     cfg = Config.load(path / "config.yaml")
     if execute is not None and not 1 <= execute <= cfg.model.chunk:
         raise ValueError(f"--execute: expected 1..{cfg.model.chunk} (the checkpoint's chunk), got {execute}")
-    info = run_info(path)
-    collection = info.get("collection") or {}
-    task_list = mw.expand_tasks(tasks) if tasks else [mw.canonical_task(t) for t in default_tasks(info)]
-    if "variations" in collection:
-        used = {mw.canonical_task(t): tuple(v) for t, v in collection["variations"].items()}
-    elif allow_any_variation:
-        used = {}
-    else:
-        raise ValueError(f"{path}: data.json has no record of the MetaWorld variations its demonstrations used "
-                         "(collection.variations), so unseen variations cannot be chosen; pass --allow-any-variation "
-                         "to evaluate on variations 0, 1, ... anyway")
-    training_seed = int(collection.get("benchmark_seed", 0))
-    test = split == "test"
+    try:
+        adapter.check(cfg)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+    layouts = adapter.plan(run_info(path), tasks, episodes, split, suite, allow_any_variation)
+    suite = layouts.env_options.get("suite", "")
     plan = EvalPlan(
-        checkpoint=str(path), tasks=tuple(task_list), episodes=episodes,
-        variations={t: episode_variations(used.get(t, ()) if test else (), episodes) for t in task_list},
-        training_variations={t: used.get(t, ()) for t in task_list},
-        benchmark_seed=training_seed + (0 if test else VALIDATION_SEED_OFFSET), training_benchmark_seed=training_seed,
-        split=split, image_size=cfg.data.image_size, cameras=tuple(cfg.data.cameras),
-        frame_stride=cfg.data.frame_stride, shadows=bool(collection.get("spec", {}).get("shadows", False)),
-        max_steps=max_steps, execute=execute, seed=seed, steps=steps, noise_scale=noise_scale, device=device,
-        threads=threads, recorded=video_episodes, every_step=every_step, imagine=video_episodes > 0 and cfg.model.variant.has_future,
+        checkpoint=str(path), tasks=layouts.tasks, episodes=episodes, variations=layouts.episodes,
+        training_variations=layouts.training, benchmark_seed=layouts.benchmark_seed,
+        training_benchmark_seed=layouts.training_benchmark_seed, split=split, image_size=cfg.data.image_size,
+        cameras=tuple(cfg.data.cameras), frame_stride=cfg.data.frame_stride, benchmark=benchmark_name,
+        suite=suite, env_options=layouts.env_options,
+        max_steps=adapter.default_max_steps(suite) if max_steps is None else max_steps,
+        execute=execute, seed=seed, steps=steps, noise_scale=noise_scale, device=device, threads=threads,
+        recorded=video_episodes, every_step=every_step, imagine=video_episodes > 0 and cfg.model.variant.has_future,
     )
-    if not test:
-        seen = [t for t in task_list if not variations_disjoint(plan, t)]
-        if seen:
-            raise ValueError(f"--split validation: benchmark seed {plan.benchmark_seed} repeats a layout the "
-                             f"demonstrations of {seen} used (seed {training_seed}); expected fresh layouts")
+    seen = [t for t in plan.tasks if not adapter.disjoint(plan, t)]
+    if seen:
+        where = f" (benchmark seed {plan.benchmark_seed})" if plan.benchmark_seed is not None else ""
+        raise ValueError(f"--split {split}{where} repeats a layout the demonstrations of {seen} used; "
+                         "expected layouts the demonstrations did not use")
     return plan
 
 
@@ -270,15 +236,14 @@ class Recorder:
             self.policy.generator = actions_generator
 
 
-def run_episode(plan: EvalPlan, policy, env: mw.MetaWorldEnv, episode: Episode) -> EpisodeResult:
+def run_episode(plan: EvalPlan, policy, env, episode: Episode) -> EpisodeResult:
     """One closed-loop episode until the first success or ``plan.max_steps`` steps."""
     from fastwam.policy import RecedingHorizonController
 
     start = time.perf_counter()
     controller = RecedingHorizonController(policy, plan.execute)
     controller.reset(episode.seed)
-    env.set_variation(episode.variation)
-    env.reset()
+    env.reset(episode.variation)
     recorder = None
     if episode.record:
         recorder = Recorder(policy, plan.every_step, plan.imagine, plan.frame_stride, episode.seed)
@@ -332,14 +297,13 @@ def _process_policy(plan: EvalPlan):
     return _PROCESS["policy"]
 
 
-def _process_env(plan: EvalPlan, task: str) -> mw.MetaWorldEnv:
+def _process_env(plan: EvalPlan, task: str):
     """This process's env, rebuilt when the task changes (one rendering env per process)."""
     env = _PROCESS.get("env")
     if env is None or env.task != task:
         if env is not None:
             env.close()
-        env = mw.MetaWorldEnv(task, 0, plan.image_size, plan.cameras, plan.benchmark_seed,
-                              max_steps=plan.max_steps, shadows=plan.shadows)
+        env = benchmark(plan.benchmark).make_env(plan, task)
         _PROCESS["env"] = env
     return env
 
@@ -422,7 +386,8 @@ def summarize(plan: EvalPlan, results: list[EpisodeResult], wall_seconds: float,
         }
     wins, n = sum(t["successes"] for t in tasks.values()), sum(t["episodes"] for t in tasks.values())
     return {
-        "checkpoint": plan.checkpoint, "episodes_per_task": plan.episodes, "tasks": tasks,
+        "benchmark": plan.benchmark, "suite": plan.suite, "checkpoint": plan.checkpoint,
+        "episodes_per_task": plan.episodes, "tasks": tasks,
         "mean_success_rate": float(np.mean([t["success_rate"] for t in tasks.values()])),
         "mean_ci95": list(wilson_interval(wins, n)),
         "variant": cfg.model.variant.mask, "video_weight": cfg.model.variant.video_weight,
@@ -430,7 +395,7 @@ def summarize(plan: EvalPlan, results: list[EpisodeResult], wall_seconds: float,
         "denoise_steps": plan.steps or cfg.model.action_flow.steps, "noise_scale": plan.noise_scale, "seed": plan.seed,
         "split": plan.split, "benchmark_seed": plan.benchmark_seed,
         "training_benchmark_seed": plan.training_benchmark_seed,
-        "variations_disjoint": all(variations_disjoint(plan, task) for task in plan.tasks),
+        "variations_disjoint": all(benchmark(plan.benchmark).disjoint(plan, task) for task in plan.tasks),
         "workers": workers, "wall_seconds": round(wall_seconds, 2),
         "seconds_per_episode": round(float(np.mean([r.seconds for r in results])), 3), "videos": [],
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -440,18 +405,21 @@ def summarize(plan: EvalPlan, results: list[EpisodeResult], wall_seconds: float,
 
 
 def format_table(summary: dict) -> str:
-    lines = [f"closed-loop MetaWorld ({summary['split']} layouts): {summary['checkpoint']}, "
+    width = max([28, *map(len, summary["tasks"])])
+    name = {"metaworld": "MetaWorld", "libero": "LIBERO"}[summary["benchmark"]]
+    title = f"closed-loop {name} {summary['suite']}".rstrip()
+    lines = [f"{title} ({summary['split']} layouts): {summary['checkpoint']}, "
              f"{summary['episodes_per_task']} episodes per task, "
              f"<= {summary['max_steps']} steps, {summary['execute']} of {summary['chunk']} actions per chunk",
-             f"{'task':<28} {'episodes':>8} {'success':>8} {'95% interval':>15} {'chunk ms':>9}"]
+             f"{'task':<{width}} {'episodes':>8} {'success':>8} {'95% interval':>15} {'chunk ms':>9}"]
     for task, t in summary["tasks"].items():
         lo, hi = t["ci95"]
-        lines.append(f"{task:<28} {t['episodes']:>8} {t['success_rate']:>8.1%} {f'{lo:.0%}-{hi:.0%}':>15} "
+        lines.append(f"{task:<{width}} {t['episodes']:>8} {t['success_rate']:>8.1%} {f'{lo:.0%}-{hi:.0%}':>15} "
                      f"{t['mean_chunk_ms']:>9.1f}")
     lo, hi = summary["mean_ci95"]
     n = sum(t["episodes"] for t in summary["tasks"].values())
     ms = np.mean([t["mean_chunk_ms"] for t in summary["tasks"].values()])
-    lines.append(f"{'mean':<28} {n:>8} {summary['mean_success_rate']:>8.1%} {f'{lo:.0%}-{hi:.0%}':>15} {ms:>9.1f}")
+    lines.append(f"{'mean':<{width}} {n:>8} {summary['mean_success_rate']:>8.1%} {f'{lo:.0%}-{hi:.0%}':>15} {ms:>9.1f}")
     lines.append(f"{summary['wall_seconds']:.1f} s wall, {summary['seconds_per_episode']:.2f} s per episode, "
                  f"{summary['workers']} worker(s)")
     return "\n".join(lines)
@@ -483,7 +451,7 @@ def rollout_frames(result: EpisodeResult, height: int = 256) -> list[np.ndarray]
     outcome = "success" if result.success else "failure"
     color = GREEN if result.success else RED
     return [_caption(_scale(result.frames[step], height),
-                     f"{result.task}  variation {result.variation}  step {step}  ({outcome} at {result.steps})", color)
+                     f"{result.task}  layout {result.variation}  step {step}  ({outcome} at {result.steps})", color)
             for step in sorted(result.frames)]
 
 
@@ -543,7 +511,7 @@ def write_videos(plan: EvalPlan, results: list[EpisodeResult], path: str | Path)
     if not recorded:
         return []
     execute = plan.execute or _chunk(plan) // 2
-    fps = Fraction(CONTROL_FPS, 1 if plan.every_step else execute)
+    fps = Fraction(benchmark(plan.benchmark).control_fps, 1 if plan.every_step else execute)
     hold = max(1, round(float(fps)))  # one second on each episode's last frame
     frames = []
     for result in recorded:
@@ -568,7 +536,10 @@ def _chunk(plan: EvalPlan) -> int:
 # -- command line ------------------------------------------------------------------------------
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("suite", choices=["metaworld"], help="simulator suite")
+    parser.add_argument("benchmark", choices=BENCHMARKS, help="simulated benchmark")
+    parser.add_argument("--suite", default="", help="LIBERO suite: libero_spatial, libero_object, libero_goal, "
+                                                    "libero_10 (default: the one the checkpoint's demonstrations "
+                                                    "were collected in)")
     parser.add_argument("--checkpoint", required=True,
                         help="run directory (its newest checkpoint) or checkpoint directory")
     parser.add_argument("--episodes", type=int, default=50, help="episodes per task")
@@ -580,7 +551,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--video-episodes", type=int, default=4, help="episodes in the video: the first of each task")
     parser.add_argument("--video-every-step", action="store_true",
                         help="render every step of the recorded episodes (default: only the frames the policy saw)")
-    parser.add_argument("--max-steps", type=int, default=200, help="episode bound in env steps")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="episode bound in env steps (default: MetaWorld 200; LIBERO the suite's, as openpi)")
     parser.add_argument("--execute", type=int, default=None, help="actions executed per chunk before replanning "
                                                                   "(default: half the chunk)")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the checkpoint's)")
@@ -592,8 +564,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torch threads per process (0: torch's default with 1 worker, cpus / workers otherwise)")
     parser.add_argument("--device", default="", help="cpu, cuda, ... (default: cuda when available)")
     parser.add_argument("--split", choices=SPLITS, default="test",
-                        help="test: the variations the demonstrations left unused; validation: 50 fresh layouts "
-                             f"(benchmark seed + {VALIDATION_SEED_OFFSET}) for choosing settings without the test ones")
+                        help="test: the reported layouts (MetaWorld: the variations the demonstrations left unused; "
+                             "LIBERO: the official init states); validation: fresh layouts the demonstrations did not "
+                             "use, for choosing settings without the test ones")
     parser.add_argument("--allow-any-variation", action="store_true",
                         help="evaluate even when the checkpoint does not record which variations it trained on")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -606,7 +579,8 @@ def run(args: argparse.Namespace) -> int:
     threads = args.threads or (0 if workers == 1 else max(1, (os.cpu_count() or 1) // workers))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        plan = make_plan(args.checkpoint, args.episodes, args.tasks or None,
+        plan = make_plan(args.checkpoint, args.episodes, args.tasks or None, benchmark_name=args.benchmark,
+                         suite=args.suite,
                          allow_any_variation=args.allow_any_variation, max_steps=args.max_steps, execute=args.execute,
                          seed=args.seed, steps=args.steps, noise_scale=args.noise_scale, device=device, threads=threads,
                          video_episodes=args.video_episodes if args.video else 0, every_step=args.video_every_step,

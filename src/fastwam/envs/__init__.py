@@ -1,2 +1,46 @@
-"""Simulated environments: MetaWorld (``fastwam.envs.metaworld``) and demonstration collection
-(``fastwam.envs.collect``). Import the submodules directly; importing this package loads no simulator."""
+"""Simulated benchmarks behind one interface, and demonstration collection (``fastwam.envs.collect``).
+
+A benchmark is a small adapter (``metaworld.MetaWorldBenchmark``, ``libero.LiberoBenchmark``) that
+the benchmark-agnostic episode loop, statistics and videos of ``fastwam.evaluate`` call:
+
+- ``plan(checkpoint_info, tasks, episodes, split, suite, allow_any_layout) -> EpisodeLayouts``:
+  the tasks and the layout each episode starts from, kept disjoint from the demonstrations';
+- ``check(cfg)``: refuses a checkpoint whose cameras, state or action don't fit the benchmark;
+- ``make_env(plan, task)``: an env with ``task``, ``instruction``, ``steps``, ``reset(layout)``,
+  ``step(action) -> (obs, success, done)``, ``render()`` (uint8 (S, S * cameras, 3), the
+  dataset's conventions), ``proprio()`` and ``close()``;
+- ``control_fps`` (videos) and ``default_max_steps(suite)``.
+
+``benchmark(name)`` returns one; importing this package loads no simulator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+BENCHMARKS = ("metaworld", "libero")
+
+
+@dataclass(frozen=True)
+class EpisodeLayouts:
+    """Where each episode of an evaluation starts, and what the demonstrations used."""
+
+    tasks: tuple[str, ...]
+    episodes: dict[str, tuple]  # task -> the layout of each episode (JSON-able: int or str)
+    training: dict[str, tuple]  # task -> the layouts its demonstrations used
+    benchmark_seed: int | None = None  # MetaWorld: the seed fixing the evaluated variations' layouts
+    training_benchmark_seed: int | None = None
+    env_options: dict = field(default_factory=dict)  # passed on to make_env (e.g. shadows, suite)
+
+
+def benchmark(name: str):
+    """The adapter of a benchmark (``BENCHMARKS``)."""
+    if name == "metaworld":
+        from fastwam.envs.metaworld import MetaWorldBenchmark
+
+        return MetaWorldBenchmark()
+    if name == "libero":
+        from fastwam.envs.libero import LiberoBenchmark
+
+        return LiberoBenchmark()
+    raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")

@@ -1,4 +1,7 @@
-"""``fastwam collect metaworld``: scripted-expert demonstrations as a LeRobot v3.0 dataset.
+"""``fastwam collect metaworld|libero``: scripted-expert demonstrations as a LeRobot v3.0 dataset.
+
+This module records MetaWorld and owns the command line; LIBERO's recording is
+``fastwam.envs.libero_collect`` (it shares the worker pool and the dataset writer).
 
 For each task, the expert is first run on variations 0, 1, 2, ... without rendering (about
 0.1 s each) until ``--episodes`` of them succeed within ``--max-steps``; failures are noted and
@@ -263,28 +266,63 @@ def unused_variations(dataset_dir: str | Path, task: str) -> list[int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("suite", choices=["metaworld"], help="simulator suite")
-    parser.add_argument("--tasks", default="mt10",
-                        help="comma list of tasks and/or sets: mt10, easy, medium, hard, very-hard (default mt10)")
-    parser.add_argument("--episodes", type=int, default=10, help="successful demonstrations per task")
+    parser.add_argument("benchmark", choices=["metaworld", "libero"], help="simulated benchmark")
+    parser.add_argument("--suite", default="libero_object",
+                        help="LIBERO suite: libero_object, libero_spatial, libero_goal (default libero_object)")
+    parser.add_argument("--tasks", default="",
+                        help="comma list: MetaWorld tasks and/or sets mt10, easy, medium, hard, very-hard "
+                             "(default mt10); LIBERO task names or indices in the suite (default: every task "
+                             "the expert handles)")
+    parser.add_argument("--episodes", type=int, default=None,
+                        help="successful demonstrations per task (default: MetaWorld 10, LIBERO 50)")
     parser.add_argument("--out", required=True, help="output dataset directory (must not exist)")
-    parser.add_argument("--image-size", type=int, default=64, help="square image size per camera")
-    parser.add_argument("--cameras", default="corner3", help="comma list of MetaWorld cameras")
-    parser.add_argument("--seed", type=int, default=0, help="benchmark seed: fixes the variations' layouts")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="square image size per camera (default: MetaWorld 64, LIBERO 128)")
+    parser.add_argument("--cameras", default="",
+                        help="comma list of cameras (default: MetaWorld corner3; LIBERO image,wrist_image)")
+    parser.add_argument("--seed", type=int, default=0, help="MetaWorld benchmark seed: fixes the variations' layouts")
     parser.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 8), help="worker processes")
-    parser.add_argument("--max-steps", type=int, default=300, help="steps allowed to reach success")
+    parser.add_argument("--max-steps", type=int, default=300,
+                        help="MetaWorld: steps allowed to reach success (LIBERO: the suite's limit)")
     parser.add_argument("--steps-after-success", type=int, default=10, help="steps recorded after the first success")
+    parser.add_argument("--max-failures", type=int, default=10,
+                        help="LIBERO: failed layouts after which a task keeps the demonstrations it has")
     parser.add_argument("--shadows", action="store_true", help="render shadows and reflections (about 3x slower)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
-    spec = CollectSpec(tasks=tuple(mw.expand_tasks(args.tasks)), episodes=args.episodes, image_size=args.image_size,
-                       cameras=tuple(c.strip() for c in args.cameras.split(",") if c.strip()), seed=args.seed,
-                       max_steps=args.max_steps, steps_after_success=args.steps_after_success, shadows=args.shadows)
+    cameras = tuple(c.strip() for c in args.cameras.split(",") if c.strip())
+    libero = args.benchmark == "libero"
+    try:
+        spec = _libero_spec(args, cameras) if libero else CollectSpec(
+            tasks=tuple(mw.expand_tasks(args.tasks or "mt10")), episodes=args.episodes or 10,
+            image_size=args.image_size or 64, cameras=cameras or ("corner3",), seed=args.seed,
+            max_steps=args.max_steps, steps_after_success=args.steps_after_success, shadows=args.shadows)
+    except ValueError as e:
+        raise SystemExit(f"fastwam collect: {e}") from e
+    if libero:
+        from fastwam.envs import libero_collect
+
+        summary = libero_collect.collect(spec, args.out, workers=args.workers, progress=not args.quiet)
+        libero_collect.print_table(summary, args.out)
+        return 0
     summary = collect(spec, args.out, workers=args.workers, progress=not args.quiet)
     _print_table(summary, args.out)
     return 0
+
+
+def _libero_spec(args: argparse.Namespace, cameras: tuple[str, ...]):
+    from fastwam.envs import libero as lb
+    from fastwam.envs.libero_collect import LiberoSpec
+    from fastwam.envs.libero_expert import supports
+
+    tasks = lb.expand_tasks(args.suite, args.tasks or None)
+    if not args.tasks:
+        tasks = [t for t in tasks if supports(args.suite, t)]
+    return LiberoSpec(suite=args.suite, tasks=tuple(tasks), episodes=args.episodes or 50,
+                      image_size=args.image_size or 128, cameras=cameras or ("image", "wrist_image"),
+                      steps_after_success=args.steps_after_success, max_failures=args.max_failures)
 
 
 def _print_table(summary: dict, out: str) -> None:

@@ -213,8 +213,10 @@ class MetaWorldEnv:
         self._env.set_task(self._benchmark.train_tasks[variation])
         self.variation, self._obs = variation, None
 
-    def reset(self) -> dict[str, np.ndarray]:
-        """Reset to the variation's initial layout; returns {"state": float32 (4,)}."""
+    def reset(self, variation: int | None = None) -> dict[str, np.ndarray]:
+        """Reset to a variation's initial layout (default: the current one); returns {"state": float32 (4,)}."""
+        if variation is not None:
+            self.set_variation(variation)
         self._obs, _ = self._env.reset()
         self.steps = 0
         return {"state": self.proprio()}
@@ -293,3 +295,99 @@ class MetaWorldEnv:
         renderer.scene.flags[mujoco.mjtRndFlag.mjRND_SHADOW] = self._shadows
         renderer.scene.flags[mujoco.mjtRndFlag.mjRND_REFLECTION] = self._shadows
         return renderer
+
+
+# -- the evaluation adapter (fastwam.envs: one interface for every benchmark) ---------------------
+
+VALIDATION_SEED_OFFSET = 1000  # validation layouts: the variations under benchmark seed + 1000
+CONTROL_FPS = 80  # actions per second: 5 physics steps of 2.5 ms each
+
+
+def episode_variations(used: Sequence[int], episodes: int, total: int = NUM_VARIATIONS) -> tuple[int, ...]:
+    """Variation of each episode: the ones not in ``used``, in order, cycled when there are fewer."""
+    unused = [v for v in range(total) if v not in set(used)]
+    if not unused:
+        raise ValueError(f"all {total} variations were used for training; none is left to evaluate on")
+    return tuple(unused[e % len(unused)] for e in range(episodes))
+
+
+def variations_disjoint(plan, task: str) -> bool:
+    """Whether no episode of ``task`` in ``plan`` (an EvalPlan) runs on a layout its demonstrations used."""
+    used, evaluated = plan.training_variations[task], sorted(set(plan.variations[task]))
+    if plan.benchmark_seed == plan.training_benchmark_seed:
+        return not set(used) & set(evaluated)
+    train = layouts(task, plan.training_benchmark_seed)[list(used)]
+    return not any(np.allclose(layout, seen) for layout in layouts(task, plan.benchmark_seed)[evaluated]
+                   for seen in train)
+
+
+def recorded_tasks(info: dict) -> list[str]:
+    """The MetaWorld tasks a checkpoint was trained on, from its data record (data.json)."""
+    collection = info.get("collection") or {}
+    if collection.get("spec", {}).get("tasks"):
+        return list(collection["spec"]["tasks"])
+    if collection.get("variations"):
+        return list(collection["variations"])
+    by_instruction = {text: task for task, text in INSTRUCTIONS.items()}
+    tasks = [by_instruction[t] for t in info.get("tasks", []) if t in by_instruction]
+    if not tasks:
+        raise ValueError("the checkpoint does not record which MetaWorld tasks it was trained on; pass --tasks")
+    return tasks
+
+
+class MetaWorldBenchmark:
+    """MetaWorld behind ``fastwam.envs``' adapter interface. A layout is a variation index.
+
+    ``test``: the variations the demonstrations left unused under the benchmark seed recorded at
+    collection (episode e on ``unused[e % len(unused)]``); ``validation``: the 50 variations of
+    benchmark seed + ``VALIDATION_SEED_OFFSET`` (episode e on variation e % 50), checked against
+    the demonstrations' layouts.
+    """
+
+    name = "metaworld"
+    control_fps = CONTROL_FPS
+
+    @staticmethod
+    def default_max_steps(suite: str = "") -> int:
+        return 200
+
+    @staticmethod
+    def check(cfg) -> None:
+        m = cfg.model
+        if (m.state_dim, m.action_dim) != (4, 4):
+            raise ValueError(f"MetaWorld has a 4-D proprio and 4-D actions; the checkpoint has model.state_dim "
+                             f"{m.state_dim}, model.action_dim {m.action_dim}")
+
+    @staticmethod
+    def plan(info: dict, tasks: str | Sequence[str] | None, episodes: int, split: str, suite: str = "",
+             allow_any_layout: bool = False):
+        from fastwam.envs import EpisodeLayouts
+
+        if suite not in ("", "metaworld"):
+            raise ValueError(f"--suite {suite!r}: MetaWorld has no suites (use --tasks mt10, easy, ...)")
+        collection = info.get("collection") or {}
+        task_list = expand_tasks(tasks) if tasks else [canonical_task(t) for t in recorded_tasks(info)]
+        if "variations" in collection:
+            used = {canonical_task(t): tuple(v) for t, v in collection["variations"].items()}
+        elif allow_any_layout:
+            used = {}
+        else:
+            raise ValueError("data.json has no record of the MetaWorld variations its demonstrations used "
+                             "(collection.variations), so unseen variations cannot be chosen; pass "
+                             "--allow-any-variation to evaluate on variations 0, 1, ... anyway")
+        training_seed = int(collection.get("benchmark_seed", 0))
+        test = split == "test"
+        return EpisodeLayouts(
+            tasks=tuple(task_list),
+            episodes={t: episode_variations(used.get(t, ()) if test else (), episodes) for t in task_list},
+            training={t: used.get(t, ()) for t in task_list},
+            benchmark_seed=training_seed + (0 if test else VALIDATION_SEED_OFFSET),
+            training_benchmark_seed=training_seed,
+            env_options={"shadows": bool(collection.get("spec", {}).get("shadows", False))})
+
+    disjoint = staticmethod(variations_disjoint)
+
+    @staticmethod
+    def make_env(plan, task: str) -> MetaWorldEnv:
+        return MetaWorldEnv(task, 0, plan.image_size, plan.cameras, plan.benchmark_seed, max_steps=plan.max_steps,
+                            shadows=plan.env_options.get("shadows", False))

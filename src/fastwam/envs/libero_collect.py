@@ -1,0 +1,208 @@
+"""``fastwam collect libero``: scripted-expert LIBERO demonstrations as a LeRobot v3.0 dataset.
+
+Each demonstration starts from a *fresh* layout: a placement sampled from the task's BDDL regions
+under numpy seed s (``Layout("fresh", s)``, seeds 0, 1, 2, ... per task), never one of the 50
+official evaluation init states (checked for every episode: a layout within ``SAME_STATE_TOL``
+of an init state is refused). The privileged expert (``fastwam.envs.libero_expert``) reads the
+simulator state and is recorded with rendering in one pass: it succeeds on nearly every layout,
+so a separate unrendered planning pass (as for MetaWorld) would cost more than the few rendered
+failures it saves. Failed seeds are noted and replaced by the next seeds until ``--episodes``
+successes per task, or until ``--max-failures`` failures, when the task keeps the demonstrations
+it has (the table and ``expert_success`` say so); only successful episodes are written, each ``--steps-after-success`` steps
+past the first success (the release, for object tasks that succeed while the object is held).
+
+Recorded per step t, in the public LeRobot LIBERO conventions: ``observation.images.image`` and
+``observation.images.wrist_image`` (rotated 180°), ``observation.state`` (8), ``action`` (7, the
+raw command), before action t. Episodes are written in the order they finish within each round
+of seeds (task order, then seed order, in the first round). ``meta/fastwam.json`` records the
+layouts used and failed (``collection_info``), which evaluation keeps disjoint.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from fastwam.data.lerobot import LeRobotWriter, build_features, camera_key
+from fastwam.envs import libero as lb
+from fastwam.envs.collect import META_FILE, Demo, _pool, _run_jobs
+
+SAME_STATE_TOL = 1e-6  # max abs difference under which two flattened MuJoCo states are the same layout
+
+
+@dataclass(frozen=True)
+class LiberoSpec:
+    """What to record (everything but the output place and the worker count)."""
+
+    suite: str
+    tasks: tuple[str, ...]
+    episodes: int = 50
+    image_size: int = 128
+    cameras: tuple[str, ...] = ("image", "wrist_image")
+    steps_after_success: int = 10
+    max_failures: int = 10  # failed layouts after which a task keeps the demonstrations it has
+
+    def __post_init__(self):
+        if self.episodes < 1 or self.image_size < 8 or self.steps_after_success < 0 or self.max_failures < 1:
+            raise ValueError(f"need episodes >= 1, image_size >= 8, steps_after_success >= 0, "
+                             f"max_failures >= 1: {self}")
+        for task in self.tasks:
+            lb.canonical_task(self.suite, task)
+        unknown = [c for c in self.cameras if c not in lb.CAMERAS]
+        if unknown or not self.cameras:
+            raise ValueError(f"--cameras: expected some of {list(lb.CAMERAS)}, got {list(self.cameras)}")
+        from fastwam.envs.libero_expert import supports
+
+        unsupported = [t for t in self.tasks if not supports(self.suite, t)]
+        if unsupported:
+            raise ValueError(f"the scripted expert does not handle {self.suite} task(s) {unsupported} "
+                             "(pick-and-place goals only)")
+
+
+# -- worker side (one env per process, reused across jobs of the same task) ------------------------
+
+_ENV: dict[tuple, lb.LiberoEnv] = {}
+
+
+def _env_for(spec: LiberoSpec, task: str) -> lb.LiberoEnv:
+    key = (spec.suite, task, spec.image_size, spec.cameras)
+    if key not in _ENV:
+        close_envs()
+        _ENV[key] = lb.LiberoEnv(spec.suite, task, spec.image_size, spec.cameras,
+                                 max_steps=lb.MAX_STEPS[spec.suite] + spec.steps_after_success)
+    return _ENV[key]
+
+
+def close_envs() -> None:
+    for env in _ENV.values():
+        env.close()
+    _ENV.clear()
+
+
+def check_fresh(env: lb.LiberoEnv, layout: lb.Layout) -> None:
+    """Refuse a demonstration layout that is one of the task's official evaluation init states."""
+    state = env.layout_state(layout)
+    official = lb.init_states(env.suite, env.task)
+    nearest = float(np.abs(official[:, : len(state)] - state).max(axis=1).min())
+    if official.shape[1] == len(state) and nearest <= SAME_STATE_TOL:
+        raise RuntimeError(f"{env.task} {layout}: the fresh layout equals an official evaluation init state")
+
+
+def record_demo(spec: LiberoSpec, task: str, seed: int) -> Demo | None:
+    """Run the expert from fresh layout ``seed`` with rendering; the demo, or None when it failed."""
+    from fastwam.envs.libero_expert import LiberoExpert
+
+    env = _env_for(spec, task)
+    layout = lb.Layout(lb.FRESH, seed)
+    check_fresh(env, layout)
+    env.reset(layout)
+    expert = LiberoExpert(env)
+    expert.reset()
+    frames, states, actions = [], [], []
+    success_step = None
+    limit = lb.MAX_STEPS[spec.suite]
+    while success_step is None or env.steps < success_step + spec.steps_after_success:
+        if success_step is None and env.steps >= limit:
+            return None
+        frames.append(env.render_views())
+        states.append(env.proprio())
+        actions.append(expert.act())
+        _, success, _ = env.step(actions[-1])
+        if success and success_step is None:
+            success_step = env.steps
+    views = {camera_key(c): np.stack([f[i] for f in frames]) for i, c in enumerate(spec.cameras)}
+    return Demo(task, seed, success_step, views, np.stack(states), np.stack(actions))
+
+
+def _record_job(args: tuple[LiberoSpec, str, int]) -> tuple[str, int, Demo | None]:
+    spec, task, seed = args
+    return task, seed, record_demo(spec, task, seed)
+
+
+# -- main side ----------------------------------------------------------------------------------
+
+def collect(spec: LiberoSpec, out, workers: int = 1, progress: bool = True) -> dict:
+    """Record ``spec.episodes`` successful demonstrations per task into a new dataset at ``out``."""
+    from pathlib import Path
+
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out}: output directory already exists; choose another --out or remove it")
+    from tqdm import tqdm
+
+    start = time.perf_counter()
+    features = build_features(lb.CONTROL_FPS, {camera_key(c): (spec.image_size, spec.image_size) for c in spec.cameras},
+                              {"observation.state": lb.STATE_NAMES, "action": lb.ACTION_NAMES})
+    writer = LeRobotWriter(out, fps=lb.CONTROL_FPS, features=features, robot_type="panda")
+    used = {t: [] for t in spec.tasks}
+    failed = {t: [] for t in spec.tasks}
+    episodes = []
+    next_seed = {t: 0 for t in spec.tasks}
+    total = len(spec.tasks) * spec.episodes
+    try:
+        with _pool(min(workers, total)) as pool:
+            bar = tqdm(total=total, desc="record", unit="ep", disable=not progress)
+            while jobs := _next_round(spec, used, failed, next_seed):
+                for task, seed, demo in _run_jobs(pool, _record_job, jobs):
+                    if demo is None:
+                        failed[task].append(seed)
+                        continue
+                    index = writer.add_episode(lb.instruction(spec.suite, task),
+                                               {"observation.state": demo.state, "action": demo.action}, demo.frames)
+                    used[task].append(seed)
+                    episodes.append({"episode_index": index, "task": task, "layout": str(lb.Layout(lb.FRESH, seed)),
+                                     "success_step": demo.success_step, "length": len(demo.action)})
+                    bar.update(1)
+            bar.close()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        close_envs()  # in-process envs (workers <= 1); pool workers are gone already
+    summary = _summary(spec, used, failed, episodes, time.perf_counter() - start, workers)
+    writer.finish({META_FILE: summary})
+    return summary
+
+
+def _next_round(spec: LiberoSpec, used: dict, failed: dict, next_seed: dict) -> list[tuple[LiberoSpec, str, int]]:
+    """Jobs for the seeds still needed: as many new seeds per task as successes are missing, for the
+    tasks that have not failed ``spec.max_failures`` times."""
+    jobs = []
+    for task in spec.tasks:
+        if len(failed[task]) >= spec.max_failures:
+            continue
+        missing = spec.episodes - len(used[task])
+        jobs += [(spec, task, s) for s in range(next_seed[task], next_seed[task] + missing)]
+        next_seed[task] += missing
+    return jobs
+
+
+def _summary(spec: LiberoSpec, used: dict, failed: dict, episodes: list[dict], seconds: float, workers: int) -> dict:
+    return {
+        "suite": spec.suite, "benchmark": "libero",
+        "spec": {**asdict(spec), "tasks": list(spec.tasks), "cameras": list(spec.cameras)},
+        "layouts": {t: [str(lb.Layout(lb.FRESH, s)) for s in used[t]] for t in spec.tasks},
+        "failed_layouts": {t: [str(lb.Layout(lb.FRESH, s)) for s in failed[t]] for t in spec.tasks},
+        "expert_success": {t: {"succeeded": len(used[t]), "tried": len(used[t]) + len(failed[t])} for t in spec.tasks},
+        "instructions": {t: lb.instruction(spec.suite, t) for t in spec.tasks},
+        "episodes": episodes,
+        "total_frames": int(sum(e["length"] for e in episodes)),
+        "collect_seconds": round(seconds, 2), "workers": workers,
+    }
+
+
+def print_table(summary: dict, out: str) -> None:
+    width = max([28, *map(len, summary["layouts"])])
+    print(f"\n{'task':<{width}} {'episodes':>8} {'frames':>7} {'expert success':>15}")
+    for task, layouts in summary["layouts"].items():
+        frames = sum(e["length"] for e in summary["episodes"] if e["task"] == task)
+        tried = summary["expert_success"][task]["tried"]
+        print(f"{task:<{width}} {len(layouts):>8} {frames:>7} {f'{len(layouts)}/{tried}':>15}")
+    print(f"{len(summary['episodes'])} episodes, {summary['total_frames']} frames in "
+          f"{summary['collect_seconds']:.1f} s ({summary['workers']} workers) -> {out}")
+    short = [t for t, layouts in summary["layouts"].items() if len(layouts) < summary["spec"]["episodes"]]
+    if short:
+        print(f"fewer than {summary['spec']['episodes']} demonstrations (the expert failed "
+              f"{summary['spec']['max_failures']} times): {', '.join(short)}")

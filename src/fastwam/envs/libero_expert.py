@@ -1,0 +1,403 @@
+"""A privileged scripted expert for LIBERO pick-and-place tasks (``fastwam collect libero``).
+
+The expert reads the simulator state (object and fixture poses, collision geometry), which is
+never recorded as an observation, and outputs LIBERO's raw OSC_POSE action: position and
+rotation deltas in [-1, 1] (scaled by the controller to ±``POS_SCALE`` m and ±``ROT_SCALE`` rad,
+world frame) and the gripper command (-1 open, +1 close).
+
+It handles goals made of one predicate ``(in|on) object target``, where the target is a region
+site (the basket's contain region, the stove's cook region, the cabinet's top side, ...) or
+another object (the plate, the bowl): ``supports(suite, task)`` says which tasks these are.
+
+Phases (``Phase``), each a proportional move of the gripper site towards a target point, clipped
+to [-1, 1], with the gripper kept pointing down and turned about the vertical so that the fingers
+close across the object's narrowest horizontal side:
+
+1. ``APPROACH``: above the grasp point, gripper open, until aligned (position and yaw); it
+   goes no lower than its current height until horizontally within ``DESCENT_RADIUS``.
+2. ``DESCEND``: straight down to the grasp point (or until blocked).
+3. ``GRASP``: close for ``GRASP_STEPS`` steps, not moving.
+4. ``LIFT``: straight up to the carry height, where the held object's bottom clears every
+   object of the scene and the target by ``CLEARANCE``.
+5. ``CARRY``: horizontally, until the held object's body is above the place point.
+6. ``LOWER``: down until the held object's bottom is ``RELEASE_GAP`` above the target's
+   surface (or until blocked).
+7. ``RELEASE``: open for ``RELEASE_STEPS`` steps, not moving.
+8. ``RETREAT``: straight up, gripper open, until the episode ends.
+
+Objects wider than the open gripper (the wide black bowl) are grasped by the rim: the fingers
+close across the rim wall on the side nearest the gripper. If the object is found not held during
+``LIFT``, ``CARRY`` or ``LOWER`` (dropped or missed), the expert starts again from ``APPROACH``.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+
+import numpy as np
+
+from fastwam.envs.libero import LiberoEnv, bddl_file, canonical_task, instruction
+
+# The OSC_POSE controller's scaling of a unit action (robosuite's osc_pose.json output limits).
+POS_SCALE = 0.05  # m per step
+ROT_SCALE = 0.5  # rad per step
+OPEN, CLOSE = -1.0, 1.0
+
+POS_GAIN = 2.0  # action per POS_SCALE of position error
+ROT_GAIN = 1.0  # action per ROT_SCALE of orientation error
+HOVER = 0.06  # m: gripper above the object's top while approaching
+DESCENT_RADIUS = 0.03  # m: the approach goes down to the hover height only this close (horizontally)
+GRASP_DEPTH = 0.04  # m: gripper site below the object's top when grasping...
+GRASP_MIN_HEIGHT = 0.01  # ...but at least this high above its bottom (finger tips clear the table)
+MAX_GRASP_WIDTH = 0.07  # m: wider objects are grasped by the rim (the open gripper spans about 0.08)
+RIM_INSET = 0.012  # m: gripper site inside the rim's outer edge
+RIM_DEPTH = 0.02  # m: gripper site below the rim's top
+CLEARANCE = 0.04  # m: held object's bottom above every other object's top while carrying
+RELEASE_GAP = 0.01  # m: held object's bottom above the target surface when opening
+HOLD_MARGIN = 0.02  # m: the gripper site within the object's box grown by this counts as holding it
+GRASP_STEPS = 12
+RELEASE_STEPS = 6
+POS_TOLERANCE = 0.01  # m: a phase's target counts as reached
+XY_TOLERANCE = 0.008  # m: place alignment
+YAW_TOLERANCE = 0.1  # rad
+STALL_STEPS = 4  # steps with less than STALL_MOTION of motion while moving down: blocked
+STALL_MOTION = 0.001  # m
+YAW_SAMPLES = 36  # closing directions tried over 180 degrees (rim grasps: rim points over 360 degrees)
+OFFSET_STEP = 0.01  # m: grasp points tried along the object's long side, this far apart...
+END_MARGIN = 0.015  # m: ...at least this far inside its ends
+# The open gripper in its own frame (u: closing axis, v: horizontal across it, z: up from the gripper
+# site), from the collision geoms' boxes with a margin: a grasp is clear when no other object rises
+# into these boxes over the grasp point.
+HAND_HALF_SPAN, HAND_HALF_WIDTH, HAND_BOTTOM = 0.11, 0.04, 0.024
+FINGER_SPAN, FINGER_HALF_WIDTH, FINGER_BOTTOM = (0.03, 0.072), 0.018, -0.013
+RETREAT_HEIGHT = 0.1  # m above the release point
+
+PREDICATES = ("in", "on")
+SUPPORTED_SUITES = ("libero_object", "libero_spatial", "libero_goal")
+INSTRUCTION_VERBS = ("pick up ", "put ")
+DOWN = np.array([0.0, 0.0, -1.0])
+
+
+class Phase(enum.IntEnum):
+    APPROACH = 0
+    DESCEND = 1
+    GRASP = 2
+    LIFT = 3
+    CARRY = 4
+    LOWER = 5
+    RELEASE = 6
+    RETREAT = 7
+
+
+def _goal(problem) -> tuple[str, str, str]:
+    """The single (predicate, object, target) of a parsed BDDL goal; ValueError when it is not one."""
+    goal = problem["goal_state"]
+    if len(goal) != 1 or len(goal[0]) != 3 or goal[0][0].lower() not in PREDICATES:
+        raise ValueError(f"not a single in/on goal: {goal}")
+    predicate, obj, target = goal[0]
+    return predicate.lower(), obj, target
+
+
+@functools.lru_cache(maxsize=None)
+def supports(suite: str, task: str) -> bool:
+    """Whether the task is one pick-and-place the expert handles: a "pick up ..."/"put ..." instruction
+    whose goal is a single ``in``/``on`` predicate (not pushing, opening, turning on, or "open the
+    drawer and put ... inside", which needs the drawer opened first)."""
+    if suite not in SUPPORTED_SUITES:
+        return False
+    from libero.libero.envs.bddl_utils import robosuite_parse_problem
+
+    task = canonical_task(suite, task)
+    if not instruction(suite, task).lower().startswith(INSTRUCTION_VERBS):
+        return False
+    try:
+        _goal(robosuite_parse_problem(bddl_file(suite, task)))
+    except ValueError:
+        return False
+    return True
+
+
+def _wrap_half_pi(angle: float) -> float:
+    """An angle between two undirected lines, in [-pi/2, pi/2)."""
+    return (angle + np.pi / 2) % np.pi - np.pi / 2
+
+
+def _heading(v: np.ndarray) -> float:
+    return float(np.arctan2(v[1], v[0]))
+
+
+class _Body:
+    """The collision geometry of one object or fixture (all bodies under its root body)."""
+
+    def __init__(self, sim, root_body: int):
+        model = sim.model._model
+        self._data = sim.data._data
+        self.root = root_body
+        in_tree = model.body_rootid[model.geom_bodyid] == root_body
+        collides = (model.geom_contype != 0) | (model.geom_conaffinity != 0)
+        self.geoms = np.flatnonzero(in_tree & collides)
+        if not len(self.geoms):
+            raise ValueError(f"body {root_body} has no collision geoms")
+        aabb = model.geom_aabb[self.geoms]  # (G, 6): center, half sizes in the geom frame
+        signs = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], np.float64)
+        self._local_corners = aabb[:, None, :3] + signs[None] * aabb[:, None, 3:]  # (G, 8, 3)
+
+    def corners(self) -> np.ndarray:
+        """World-frame corners of every geom's bounding box: (G * 8, 3)."""
+        pos = self._data.geom_xpos[self.geoms]
+        mat = self._data.geom_xmat[self.geoms].reshape(-1, 3, 3)
+        return (pos[:, None] + np.einsum("gij,gkj->gki", mat, self._local_corners)).reshape(-1, 3)
+
+    def box(self) -> tuple[np.ndarray, np.ndarray]:
+        """World-frame axis-aligned bounding box (low, high)."""
+        c = self.corners()
+        return c.min(0), c.max(0)
+
+    def surface_z(self, xy: np.ndarray) -> float:
+        """Top of the highest geom whose box covers ``xy`` (the whole body's top if none does)."""
+        c = self.corners().reshape(-1, 8, 3)
+        lo, hi = c.min(1), c.max(1)
+        covers = np.all((lo[:, :2] <= xy) & (xy <= hi[:, :2]), axis=1)
+        return float((hi[covers] if covers.any() else hi)[:, 2].max())
+
+    def position(self) -> np.ndarray:
+        """The root body's origin (what LIBERO's predicates compare)."""
+        return self._data.xpos[self.root].copy()
+
+    def pose(self) -> tuple[np.ndarray, np.ndarray]:
+        """The root body's origin (3,) and rotation matrix (3, 3)."""
+        return self.position(), self._data.xmat[self.root].reshape(3, 3).copy()
+
+
+def _directions(n: int, turn: float) -> np.ndarray:
+    """n horizontal unit vectors evenly spread over ``turn`` radians: (n, 2)."""
+    angles = np.linspace(0.0, turn, n, endpoint=False)
+    return np.stack([np.cos(angles), np.sin(angles)], 1)
+
+
+def _clear(point: np.ndarray, closing: np.ndarray, obstacles: np.ndarray) -> bool:
+    """Whether the open gripper at ``point`` closing along ``closing`` (2,) misses every obstacle box.
+
+    obstacles: (G, 8, 3) world corners of the other objects' geom boxes.
+    """
+    across = np.array([-closing[1], closing[0]])
+    rel = obstacles[..., :2] - point[:2]
+    u, v = rel @ closing, rel @ across  # (G, 8)
+    u_lo, u_hi, v_lo, v_hi = u.min(1), u.max(1), v.min(1), v.max(1)
+    top = obstacles[..., 2].max(1) - point[2]
+    hand = (top > HAND_BOTTOM) & (u_hi > -HAND_HALF_SPAN) & (u_lo < HAND_HALF_SPAN) & \
+        (v_hi > -HAND_HALF_WIDTH) & (v_lo < HAND_HALF_WIDTH)
+    lo, hi = FINGER_SPAN
+    fingers = (top > FINGER_BOTTOM) & (v_hi > -FINGER_HALF_WIDTH) & (v_lo < FINGER_HALF_WIDTH) & \
+        (((u_hi > lo) & (u_lo < hi)) | ((u_hi > -hi) & (u_lo < -lo)))
+    return not bool(np.any(hand | fingers))
+
+
+class LiberoExpert:
+    """Phase-based expert reading simulator state (never recorded as an observation)."""
+
+    def __init__(self, env: LiberoEnv):
+        if not supports(env.suite, env.task):
+            raise ValueError(f"{env.suite}/{env.task}: not a pick-and-place task the expert handles")
+        self.env = env
+        self.predicate, self.object_name, self.target_name = _goal(env.problem.parsed_problem)
+        self.phase = Phase.APPROACH
+        self._phase_steps = 0
+        self._low_motion_steps = 0
+        self._last_eef = np.zeros(3)
+        self._anchor = np.zeros(3)  # the gripper site where the current phase started
+        self._carry = 0.0  # gripper height for CARRY, set when LIFT starts
+
+    def reset(self) -> None:
+        """Rebuild the scene lookups for the current episode; call after ``env.reset(...)``."""
+        sim, problem = self.env.sim, self.env.problem
+        model = sim.model._model
+        self._sim = sim
+        self._grip_site = sim.model.site_name2id("gripper0_grip_site")
+        self._fingers = (sim.model.body_name2id("gripper0_leftfinger"), sim.model.body_name2id("gripper0_rightfinger"))
+        self.object = _Body(sim, problem.obj_body_id[self.object_name])
+        if self.target_name in problem.obj_body_id:  # another object: place on its body's origin
+            self.target = _Body(sim, problem.obj_body_id[self.target_name])
+            self._place_site = None
+        else:  # a region site: place on the site, on its parent object
+            self._place_site = sim.model.site_name2id(self.target_name)
+            self.target = _Body(sim, model.body_rootid[model.site_bodyid[self._place_site]])
+        self.others = [_Body(sim, b) for n, b in problem.obj_body_id.items()
+                       if n in problem.objects_dict and n not in (self.object_name, self.target_name)]
+        self._grasp_local = (np.zeros(3), np.zeros(3))  # grasp point and closing axis in the object's frame
+        self._last_eef = self._eef()
+        self._set_phase(Phase.APPROACH)
+
+    # --- state -------------------------------------------------------------------------------
+
+    def _eef(self) -> np.ndarray:
+        return self._sim.data.site_xpos[self._grip_site].copy()
+
+    def _closing_axis(self) -> np.ndarray:
+        """Horizontal direction from the left to the right finger."""
+        left, right = (self._sim.data.body_xpos[f] for f in self._fingers)
+        return (right - left)[:2]
+
+    def _approach_axis(self) -> np.ndarray:
+        return self._sim.data.site_xmat[self._grip_site].reshape(3, 3)[:, 2]
+
+    def _holding(self) -> bool:
+        lo, hi = self.object.box()
+        eef = self._eef()
+        return bool(np.all(lo - HOLD_MARGIN <= eef) and np.all(eef <= hi + HOLD_MARGIN))
+
+    def _grasp_candidates(self):
+        """Grasp (point (3,), closing direction (2,)) candidates in the order they are preferred.
+
+        An object narrower than MAX_GRASP_WIDTH along some direction is grasped across it, at its
+        middle or shifted along its long side; a wider one by the rim, nearest the gripper first.
+        """
+        corners = self.object.corners()
+        lo, hi = corners.min(0), corners.max(0)
+        center = (lo + hi) / 2
+        xy = corners[:, :2] - center[:2]
+        dirs = _directions(YAW_SAMPLES, np.pi)
+        proj = xy @ dirs.T
+        widths = proj.max(0) - proj.min(0)
+        if widths.min() <= MAX_GRASP_WIDTH:
+            z = max(hi[2] - GRASP_DEPTH, lo[2] + GRASP_MIN_HEIGHT)
+            candidates = []
+            for d, width in zip(dirs, widths):
+                if width > MAX_GRASP_WIDTH:
+                    continue
+                along = np.array([-d[1], d[0]])
+                reach = (np.ptp(xy @ along) / 2 - END_MARGIN) // OFFSET_STEP * OFFSET_STEP
+                for offset in np.arange(-reach, reach + OFFSET_STEP / 2, OFFSET_STEP):
+                    p = center[:2] + along * offset
+                    key = abs(offset) + width - widths.min()
+                    candidates.append((key, np.array([p[0], p[1], z]), d))
+        else:
+            eef = self._eef()[:2]
+            candidates = []
+            for r in _directions(2 * YAW_SAMPLES, 2 * np.pi):
+                p = center[:2] + r * ((xy @ r).max() - RIM_INSET)
+                candidates.append((np.linalg.norm(p - eef), np.array([p[0], p[1], hi[2] - RIM_DEPTH]), r))
+        candidates.sort(key=lambda c: c[0])
+        return [(p, d) for _, p, d in candidates]
+
+    def _plan_grasp(self) -> None:
+        """Choose the first candidate grasp clear of other objects (else the first one); kept in the
+        object's frame so that it follows the object if it moves."""
+        obstacles = np.concatenate([b.corners().reshape(-1, 8, 3) for b in self.others + [self.target]])
+        candidates = self._grasp_candidates()
+        point, closing = next(((p, d) for p, d in candidates if _clear(p, d, obstacles)), candidates[0])
+        pos, rot = self.object.pose()
+        self._grasp_local = (rot.T @ (point - pos), rot.T @ np.array([closing[0], closing[1], 0.0]))
+
+    def _grasp(self) -> tuple[np.ndarray, np.ndarray]:
+        """The planned grasp point (3,) and closing direction (2,) in the world, for the object's current pose."""
+        pos, rot = self.object.pose()
+        point, closing = self._grasp_local
+        return pos + rot @ point, (rot @ closing)[:2]
+
+    def _place_xy(self) -> np.ndarray:
+        if self._place_site is None:
+            return self.target.position()[:2]
+        return self._sim.data.site_xpos[self._place_site][:2].copy()
+
+    def _carry_z(self) -> float:
+        """Gripper height at which the held object's bottom clears the scene by CLEARANCE."""
+        tops = [b.box()[1][2] for b in self.others] + [self.target.box()[1][2]]
+        hold_offset = self._eef()[2] - self.object.box()[0][2]
+        return max(tops) + CLEARANCE + hold_offset
+
+    def _lower_z(self) -> float:
+        """Gripper height at which the held object's bottom is RELEASE_GAP above the target surface."""
+        surface = self.target.surface_z(self._place_xy())
+        hold_offset = self._eef()[2] - self.object.box()[0][2]
+        return surface + RELEASE_GAP + hold_offset
+
+    # --- control -----------------------------------------------------------------------------
+
+    def _move(self, target: np.ndarray, closing: np.ndarray | None, gripper: float) -> np.ndarray:
+        """Proportional action towards ``target``, gripper down, fingers along ``closing`` if given."""
+        eef = self._eef()
+        pos = POS_GAIN * (target - eef) / POS_SCALE
+        rot = np.cross(self._approach_axis(), DOWN)  # tilt back to pointing down
+        if closing is not None:
+            rot[2] += _wrap_half_pi(_heading(closing) - _heading(self._closing_axis()))
+        rot = ROT_GAIN * rot / ROT_SCALE
+        return np.clip(np.concatenate([pos, rot, [gripper]]), -1.0, 1.0).astype(np.float32)
+
+    def _yaw_error(self, closing: np.ndarray) -> float:
+        return abs(_wrap_half_pi(_heading(closing) - _heading(self._closing_axis())))
+
+    def _set_phase(self, phase: Phase) -> None:
+        self.phase, self._phase_steps, self._low_motion_steps = phase, 0, 0
+        self._anchor = self._eef()
+        if phase == Phase.APPROACH:
+            self._plan_grasp()
+        if phase == Phase.LIFT:
+            self._carry = self._carry_z()
+
+    def _blocked(self) -> bool:
+        """Whether the gripper has barely moved for STALL_STEPS steps (resting on something)."""
+        return self._low_motion_steps >= STALL_STEPS
+
+    def act(self) -> np.ndarray:
+        """The action for the current simulator state: float32 (7,) in [-1, 1]."""
+        eef = self._eef()
+        moved = np.linalg.norm(eef - self._last_eef)
+        self._low_motion_steps = self._low_motion_steps + 1 if moved < STALL_MOTION else 0
+        self._last_eef = eef
+        self._phase_steps += 1
+        return self._step_phase(eef)
+
+    def _step_phase(self, eef: np.ndarray) -> np.ndarray:
+        """The current phase's action; when the phase is done, switch and act in the next one."""
+        phase = self.phase
+        if phase in (Phase.LIFT, Phase.CARRY, Phase.LOWER) and not self._holding():
+            self._set_phase(Phase.APPROACH)
+            return self._step_phase(eef)
+        if phase == Phase.APPROACH:
+            grasp, closing = self._grasp()
+            hover = np.array([grasp[0], grasp[1], self.object.box()[1][2] + HOVER])
+            if np.linalg.norm(hover[:2] - eef[:2]) > DESCENT_RADIUS:  # not lower than now until above it
+                hover[2] = max(hover[2], eef[2])
+            if np.linalg.norm(hover - eef) < POS_TOLERANCE and self._yaw_error(closing) < YAW_TOLERANCE:
+                self._set_phase(Phase.DESCEND)
+                return self._step_phase(eef)
+            return self._move(hover, closing, OPEN)
+        if phase == Phase.DESCEND:
+            grasp, closing = self._grasp()
+            if np.linalg.norm(grasp - eef) < POS_TOLERANCE or self._blocked():
+                self._set_phase(Phase.GRASP)
+                return self._step_phase(eef)
+            return self._move(grasp, closing, OPEN)
+        if phase == Phase.GRASP:
+            if self._phase_steps > GRASP_STEPS:
+                self._set_phase(Phase.LIFT if self._holding() else Phase.APPROACH)
+                return self._step_phase(eef)
+            return self._move(self._anchor, None, CLOSE)
+        if phase == Phase.LIFT:
+            if abs(self._carry - eef[2]) < POS_TOLERANCE:
+                self._set_phase(Phase.CARRY)
+                return self._step_phase(eef)
+            return self._move(np.array([self._anchor[0], self._anchor[1], self._carry]), None, CLOSE)
+        if phase == Phase.CARRY:
+            offset = eef[:2] - self.object.position()[:2]
+            xy = self._place_xy() + offset
+            if np.linalg.norm(xy - eef[:2]) < XY_TOLERANCE:
+                self._set_phase(Phase.LOWER)
+                return self._step_phase(eef)
+            return self._move(np.array([xy[0], xy[1], self._carry]), None, CLOSE)
+        if phase == Phase.LOWER:
+            offset = eef[:2] - self.object.position()[:2]
+            xy = self._place_xy() + offset
+            z = self._lower_z()
+            if eef[2] - z < POS_TOLERANCE or self._blocked():
+                self._set_phase(Phase.RELEASE)
+                return self._step_phase(eef)
+            return self._move(np.array([xy[0], xy[1], z]), None, CLOSE)
+        if phase == Phase.RELEASE:
+            if self._phase_steps > RELEASE_STEPS:
+                self._set_phase(Phase.RETREAT)
+                return self._step_phase(eef)
+            return self._move(self._anchor, None, OPEN)
+        return self._move(self._anchor + [0.0, 0.0, RETREAT_HEIGHT], None, OPEN)

@@ -1,0 +1,232 @@
+"""LIBERO: the adapter's conventions, the scripted expert, collection, and evaluation plumbing.
+
+Needs the ``libero`` extra (``make test`` installs it). Simulator runs are kept short: one
+unrendered expert episode, one rendered demonstration at 32 px, evaluations of a few steps.
+"""
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")  # before mujoco is imported
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from fastwam.cli import main as cli_main
+from fastwam.config import preset
+from fastwam.data.lerobot import LeRobotDataset
+from fastwam.envs import libero as lb
+from fastwam.envs.collect import collection_info
+from fastwam.evaluate import make_plan
+from test_evaluate import write_checkpoint
+
+SUITE = "libero_object"
+TASK = "pick_up_the_alphabet_soup_and_place_it_in_the_basket"  # task 0 of libero_object
+
+
+def test_quaternion_to_axis_angle_matches_robosuite_and_scipy():
+    from robosuite.utils.transform_utils import quat2axisangle  # what the public LIBERO data used
+    from scipy.spatial.transform import Rotation
+
+    rng = np.random.default_rng(0)
+    quats = rng.normal(size=(200, 4))
+    quats /= np.linalg.norm(quats, axis=1, keepdims=True)
+    quats[quats[:, 3] < 0] *= -1  # w >= 0: the rotation angle lies in [0, pi], where scipy's rotvec lies too
+    ours = lb.quat_to_axis_angle(quats)
+    assert np.allclose(ours, np.stack([quat2axisangle(q) for q in quats]), atol=1e-6)
+    assert np.allclose(ours, Rotation.from_quat(quats).as_rotvec(), atol=1e-6)  # scipy: (x, y, z, w) too
+    assert np.array_equal(lb.quat_to_axis_angle([0, 0, 0, 1]), np.zeros(3))  # identity
+    half_turn = lb.quat_to_axis_angle([1, 0, 0, 0])  # pi about x
+    assert np.allclose(half_turn, [np.pi, 0, 0])
+    with pytest.raises(ValueError, match=r"expected shape \(..., 4\)"):
+        lb.quat_to_axis_angle([1, 0, 0])
+
+
+def test_layout_text_round_trips_and_bad_ones_are_refused():
+    assert lb.Layout.parse("fresh:12") == lb.Layout("fresh", 12) and str(lb.Layout("init", 3)) == "init:3"
+    for bad in ("init", "init:-1", "other:3", "fresh:x"):
+        with pytest.raises(ValueError, match="layout"):
+            lb.Layout.parse(bad)
+
+
+def test_suites_tasks_and_bad_names():
+    assert lb.SUITES == ("libero_spatial", "libero_object", "libero_goal", "libero_10")
+    assert lb.canonical_task(SUITE, "0") == TASK == lb.canonical_task(SUITE, TASK)
+    assert len(lb.task_names(SUITE)) == 10 and lb.init_states(SUITE, TASK).shape == (50, 110)
+    assert lb.MAX_STEPS[SUITE] == 280 and lb.instruction(SUITE, TASK) == TASK.replace("_", " ")
+    with pytest.raises(ValueError, match="unknown LIBERO suite 'libero_nope'"):
+        lb.task_names("libero_nope")
+    with pytest.raises(ValueError, match="unknown libero_object task 'open_the_door'"):
+        lb.canonical_task(SUITE, "open_the_door")
+    with pytest.raises(ValueError, match="LIBERO cameras"):
+        lb.LiberoEnv(SUITE, 0, cameras=("agentview",))
+
+
+@pytest.fixture(scope="module")
+def env():
+    with lb.LiberoEnv(SUITE, TASK, image_size=32) as e:
+        yield e
+
+
+def test_images_are_robosuites_camera_observations_rotated_180_degrees(env):
+    from libero.libero.envs import OffScreenRenderEnv
+
+    env.reset("init:0")
+    views = env.render_views()
+    reference = OffScreenRenderEnv(bddl_file_name=lb.bddl_file(SUITE, TASK), camera_heights=32, camera_widths=32)
+    try:
+        reference.reset()
+        obs = reference.set_init_state(lb.init_states(SUITE, TASK)[0])
+        for _ in range(lb.WAIT_STEPS):
+            obs, _, _, _ = reference.step(lb.NOOP)
+        for view, key in zip(views, ("agentview_image", "robot0_eye_in_hand_image")):
+            raw = obs[key].astype(int)
+            assert view.shape == (32, 32, 3) and view.dtype == np.uint8
+            assert np.abs(view - raw[::-1, ::-1]).mean() < 1.0  # the same picture, rotated
+            assert np.abs(view - raw).mean() > 10  # and not the unrotated one
+        state = np.concatenate([obs["robot0_eef_pos"], lb.quat_to_axis_angle(obs["robot0_eef_quat"]),
+                                obs["robot0_gripper_qpos"]])
+        assert np.allclose(env.proprio(), state, atol=1e-5)
+    finally:
+        reference.close()
+    assert env.render().shape == (32, 64, 3)  # cameras side by side
+
+
+def test_reset_waits_then_steps_count_to_the_suites_limit(env):
+    obs = env.reset(lb.Layout("init", 1))
+    assert obs["state"].shape == (8,) and obs["state"].dtype == np.float32 and env.steps == 0
+    _, success, done = env.step(np.zeros(7))
+    assert env.steps == 1 and not success and not done
+    with pytest.raises(ValueError, match="7 finite numbers"):
+        env.step(np.array([0, 0, 0, 0, 0, np.nan, 0]))
+    with pytest.raises(ValueError, match="init state 50 does not exist"):
+        env.reset("init:50")
+
+
+def test_fresh_layouts_are_reproducible_and_never_an_evaluation_init_state(env):
+    from fastwam.envs.libero_collect import check_fresh
+
+    official = lb.init_states(SUITE, TASK)
+    states = [env.layout_state(lb.Layout("fresh", s)) for s in (0, 1, 0)]
+    assert np.array_equal(states[0], states[2]) and not np.array_equal(states[0], states[1])
+    for state in states[:2]:
+        assert np.abs(official - state).max(axis=1).min() > 1e-3  # another sample, not an init state
+        check_fresh(env, lb.Layout("fresh", 0))
+    # a "fresh" layout that were an init state is refused
+    real = env.layout_state
+    env.layout_state = lambda layout: official[7]
+    try:
+        with pytest.raises(RuntimeError, match="equals an official evaluation init state"):
+            check_fresh(env, lb.Layout("fresh", 0))
+    finally:
+        env.layout_state = real
+
+
+def test_scripted_expert_succeeds_through_the_wrapper(env):
+    from fastwam.envs.libero_expert import LiberoExpert, supports
+
+    assert supports(SUITE, TASK)
+    env.reset(lb.Layout("fresh", 3))
+    expert = LiberoExpert(env)
+    expert.reset()
+    success = False
+    while not success and env.steps < lb.MAX_STEPS[SUITE]:
+        action = expert.act()
+        assert action.shape == (7,) and np.all(np.abs(action) <= 1)
+        _, success, _ = env.step(action)
+    assert success, f"no success in {env.steps} steps"
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory):
+    out = tmp_path_factory.mktemp("libero") / "lo"
+    code = cli_main(["collect", "libero", "--suite", SUITE, "--tasks", "0", "--episodes", "1", "--out", str(out),
+                     "--image-size", "32", "--workers", "1", "--steps-after-success", "3", "--quiet"])
+    assert code == 0
+    return out
+
+
+def test_collected_dataset_has_the_public_libero_features(collected):
+    ds = LeRobotDataset(collected, require=("observation.state", "action"))
+    assert ds.num_episodes == 1 and ds.tasks == [TASK.replace("_", " ")] and ds.fps == 20
+    assert ds.video_keys == ["observation.images.image", "observation.images.wrist_image"]
+    state, action = ds.column("observation.state"), ds.column("action")
+    assert state.shape == (ds.num_frames, 8) and action.shape == (ds.num_frames, 7)
+    assert np.all(np.abs(action) <= 1) and set(np.unique(action[:, 6])) <= {-1.0, 1.0}
+    info = collection_info(collected)
+    (episode,) = info["episodes"]
+    assert episode["length"] == episode["success_step"] + 3 == ds.num_frames
+    assert info["suite"] == SUITE and info["layouts"] == {TASK: ["fresh:0"]}
+    assert info["expert_success"][TASK]["succeeded"] == 1
+    frames = ds.episode_frames(0, "image")
+    assert frames.shape == (ds.num_frames, 32, 32, 3) and frames.std() > 10
+    assert np.abs(frames[-1].astype(int) - frames[0]).mean() > 1  # the scene changed
+
+
+LIBERO_STATS = {"observation.state": {"min": [-0.3, -0.3, 0.0, -3.2, -3.2, -3.2, -0.05, -0.05],
+                                      "max": [0.3, 0.3, 1.2, 3.2, 3.2, 3.2, 0.05, 0.05]},
+                "action": {"min": [-1.0] * 7, "max": [1.0] * 7}}
+
+
+def libero_config():
+    cfg = preset("tiny")
+    return cfg.replace(model=dataclasses.replace(cfg.model, state_dim=8, action_dim=7, latent_width=8),
+                       data=dataclasses.replace(cfg.data, cameras=("image", "wrist_image")))
+
+
+@pytest.fixture(scope="module")
+def run_dir(collected, tmp_path_factory):
+    return write_checkpoint(tmp_path_factory.mktemp("libero_run") / "run", libero_config(),
+                            collection_info(collected), stats=LIBERO_STATS, tasks=[TASK.replace("_", " ")])
+
+
+def test_eval_runs_on_the_official_init_states_and_writes_the_shared_schema(run_dir, tmp_path):
+    out = tmp_path / "eval.json"
+    assert cli_main(["eval", "libero", "--checkpoint", str(run_dir), "--episodes", "2", "--max-steps", "4",
+                     "--json", str(out), "--video", str(tmp_path / "eval.mp4"), "--video-episodes", "1",
+                     "--threads", "1", "--quiet"]) == 0
+    result = json.loads(out.read_text())
+    assert result["benchmark"] == "libero" and result["suite"] == SUITE and result["split"] == "test"
+    task = result["tasks"][TASK]  # the collected task, by default
+    assert task["variations"] == ["init:0", "init:1"] and task["training_variations"] == ["fresh:0"]
+    assert task["episodes"] == 2 and task["episode_steps"] == [4, 4] and result["variations_disjoint"]
+    lo, hi = task["ci95"]
+    assert 0 <= lo <= task["success_rate"] <= hi <= 1 and task["mean_chunk_ms"] > 0
+    assert result["max_steps"] == 4 and result["benchmark_seed"] is None
+    assert [os.path.basename(v) for v in result["videos"]] == ["eval.mp4", "eval_imagined.mp4"]
+
+
+def test_validation_split_uses_fresh_layouts_the_demonstrations_did_not(run_dir):
+    plan = make_plan(run_dir, episodes=3, benchmark_name="libero", split="validation")
+    offset = lb.VALIDATION_SEED_OFFSET
+    assert plan.variations == {TASK: (f"fresh:{offset}", f"fresh:{offset + 1}", f"fresh:{offset + 2}")}
+    assert plan.max_steps == lb.MAX_STEPS[SUITE] and plan.suite == SUITE
+    # a validation seed the demonstrations had used is refused, naming the task
+    clash = dataclasses.replace(plan, training_variations={TASK: (f"fresh:{offset + 1}",)})
+    assert not lb.LiberoBenchmark.disjoint(clash, TASK)
+
+
+def test_bad_suite_task_or_checkpoint_is_refused_naming_the_mismatch(run_dir, tmp_path):
+    with pytest.raises(SystemExit, match="--suite: expected one of libero_spatial"):
+        cli_main(["eval", "libero", "--checkpoint", str(run_dir), "--suite", "libero_nope", "--episodes", "1"])
+    with pytest.raises(SystemExit, match="unknown libero_object task 'fly'"):
+        cli_main(["eval", "libero", "--checkpoint", str(run_dir), "--tasks", "fly", "--episodes", "1"])
+    metaworld = write_checkpoint(tmp_path / "mw", preset("tiny"), {})
+    with pytest.raises(SystemExit, match=r"data.cameras \['corner3'\]: LIBERO renders \['image', 'wrist_image'\]"):
+        cli_main(["eval", "libero", "--checkpoint", str(metaworld), "--suite", SUITE, "--episodes", "1"])
+    cfg = libero_config()
+    wrong_dims = cfg.replace(model=dataclasses.replace(cfg.model, state_dim=4, action_dim=4))
+    wrong = write_checkpoint(tmp_path / "dims", wrong_dims, {})
+    with pytest.raises(SystemExit, match="the checkpoint has model.state_dim 4, model.action_dim 4"):
+        cli_main(["eval", "libero", "--checkpoint", str(wrong), "--suite", SUITE, "--episodes", "1"])
+    bare = write_checkpoint(tmp_path / "bare", cfg, {}, stats=LIBERO_STATS)  # e.g. trained on public data
+    with pytest.raises(SystemExit, match="does not record a LIBERO suite; pass one of"):
+        cli_main(["eval", "libero", "--checkpoint", str(bare), "--episodes", "1"])
+    assert make_plan(bare, 1, benchmark_name="libero", suite="libero_spatial").tasks == tuple(
+        lb.task_names("libero_spatial"))  # every task of the suite, by default
+    with pytest.raises(SystemExit, match=r"MetaWorld has a 4-D proprio"):
+        cli_main(["eval", "metaworld", "--checkpoint", str(run_dir), "--episodes", "1", "--tasks", "reach"])
+    with pytest.raises(SystemExit, match="unknown libero_object task 'nope'"):
+        cli_main(["collect", "libero", "--suite", SUITE, "--tasks", "nope", "--out", str(tmp_path / "x")])
