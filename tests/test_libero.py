@@ -94,13 +94,25 @@ def test_images_are_robosuites_camera_observations_rotated_180_degrees(env):
     assert env.render().shape == (32, 64, 3)  # cameras side by side
 
 
-def test_reset_waits_then_steps_count_to_the_suites_limit(env):
+def test_reset_waits_then_steps_count_to_the_limit(env):
     obs = env.reset(lb.Layout("init", 1))
     assert obs["state"].shape == (8,) and obs["state"].dtype == np.float32 and env.steps == 0
-    _, success, done = env.step(np.zeros(7))
-    assert env.steps == 1 and not success and not done
-    with pytest.raises(ValueError, match="7 finite numbers"):
-        env.step(np.array([0, 0, 0, 0, 0, np.nan, 0]))
+    assert np.array_equal(env.start_state, env.init_states[1])
+    # the wait steps ran: objects settled from their init pose, the episode clock still at 0
+    assert not np.allclose(env.sim_state(), env.start_state)
+    assert env.max_steps == lb.MAX_STEPS[SUITE]
+    env.max_steps = 2
+    try:
+        _, success, done = env.step(np.zeros(7))
+        assert env.steps == 1 and not success and not done
+        with pytest.raises(ValueError, match="7 finite numbers"):
+            env.step(np.array([0, 0, 0, 0, 0, np.nan, 0]))
+        _, _, done = env.step(np.zeros(7))
+        assert done and env.steps == 2
+        with pytest.raises(RuntimeError, match=r"episode is over \(2 steps\)"):
+            env.step(np.zeros(7))
+    finally:
+        env.max_steps = lb.MAX_STEPS[SUITE]
     with pytest.raises(ValueError, match="init state 50 does not exist"):
         env.reset("init:50")
 
@@ -109,19 +121,18 @@ def test_fresh_layouts_are_reproducible_and_never_an_evaluation_init_state(env):
     from fastwam.envs.libero_collect import check_fresh
 
     official = lb.init_states(SUITE, TASK)
+    np.random.seed(123)
+    before = np.random.get_state()[1].copy()
     states = [env.layout_state(lb.Layout("fresh", s)) for s in (0, 1, 0)]
+    assert np.array_equal(np.random.get_state()[1], before)  # the caller's numpy stream is left alone
     assert np.array_equal(states[0], states[2]) and not np.array_equal(states[0], states[1])
-    for state in states[:2]:
+    for seed, state in enumerate(states[:2]):
         assert np.abs(official - state).max(axis=1).min() > 1e-3  # another sample, not an init state
-        check_fresh(env, lb.Layout("fresh", 0))
-    # a "fresh" layout that were an init state is refused
-    real = env.layout_state
-    env.layout_state = lambda layout: official[7]
-    try:
-        with pytest.raises(RuntimeError, match="equals an official evaluation init state"):
-            check_fresh(env, lb.Layout("fresh", 0))
-    finally:
-        env.layout_state = real
+        env.reset(lb.Layout("fresh", seed))
+        check_fresh(env)
+    env.reset(lb.Layout("init", 7))  # an episode that started from an init state is refused
+    with pytest.raises(RuntimeError, match="init:7: the fresh layout equals an official evaluation init state"):
+        check_fresh(env)
 
 
 def test_scripted_expert_succeeds_through_the_wrapper(env):
@@ -203,9 +214,16 @@ def test_validation_split_uses_fresh_layouts_the_demonstrations_did_not(run_dir)
     offset = lb.VALIDATION_SEED_OFFSET
     assert plan.variations == {TASK: (f"fresh:{offset}", f"fresh:{offset + 1}", f"fresh:{offset + 2}")}
     assert plan.max_steps == lb.MAX_STEPS[SUITE] and plan.suite == SUITE
-    # a validation seed the demonstrations had used is refused, naming the task
-    clash = dataclasses.replace(plan, training_variations={TASK: (f"fresh:{offset + 1}",)})
-    assert not lb.LiberoBenchmark.disjoint(clash, TASK)
+    assert lb.LiberoBenchmark.disjoint(plan, TASK)
+
+
+def test_a_validation_layout_the_demonstrations_used_is_refused(collected, tmp_path):
+    clashing = collection_info(collected)
+    clashing["layouts"] = {TASK: [f"fresh:{lb.VALIDATION_SEED_OFFSET + 1}"]}
+    run = write_checkpoint(tmp_path / "run", libero_config(), clashing, stats=LIBERO_STATS)
+    make_plan(run, episodes=1, benchmark_name="libero", split="validation")  # episode 0: seed offset + 0, unused
+    with pytest.raises(ValueError, match=rf"repeats a layout the demonstrations of \['{TASK}'\] used"):
+        make_plan(run, episodes=2, benchmark_name="libero", split="validation")
 
 
 def test_bad_suite_task_or_checkpoint_is_refused_naming_the_mismatch(run_dir, tmp_path):
@@ -230,3 +248,33 @@ def test_bad_suite_task_or_checkpoint_is_refused_naming_the_mismatch(run_dir, tm
         cli_main(["eval", "metaworld", "--checkpoint", str(run_dir), "--episodes", "1", "--tasks", "reach"])
     with pytest.raises(SystemExit, match="unknown libero_object task 'nope'"):
         cli_main(["collect", "libero", "--suite", SUITE, "--tasks", "nope", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="no libero_10 task to record: the scripted expert handles none"):
+        cli_main(["collect", "libero", "--suite", "libero_10", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="--seed applies to `collect metaworld` only"):
+        cli_main(["collect", "libero", "--seed", "3", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="--suite applies to `collect libero` only"):
+        cli_main(["collect", "metaworld", "--suite", SUITE, "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="need episodes >= 1"):
+        cli_main(["collect", "metaworld", "--episodes", "0", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="--allow-any-variation applies to MetaWorld only"):
+        cli_main(["eval", "libero", "--checkpoint", str(run_dir), "--allow-any-variation", "--episodes", "1"])
+    assert not (tmp_path / "x").exists()
+
+
+def test_collection_rounds_replace_failed_seeds_and_stop_after_max_failures():
+    from fastwam.envs.libero_collect import LiberoSpec, _next_round
+
+    a, b = lb.task_names(SUITE)[:2]
+    spec = LiberoSpec(SUITE, (a, b), episodes=3, max_failures=2)
+    used, failed, next_seed = {a: [], b: []}, {a: [], b: []}, {a: 0, b: 0}
+    assert [(t, s) for _, t, s in _next_round(spec, used, failed, next_seed)] == [(a, 0), (a, 1), (a, 2),
+                                                                                   (b, 0), (b, 1), (b, 2)]
+    used[a], failed[a] = [0, 2], [1]  # one failure of a: one new seed
+    used[b], failed[b] = [], [0, 1, 2]  # b failed max_failures times: it keeps what it has
+    assert [(t, s) for _, t, s in _next_round(spec, used, failed, next_seed)] == [(a, 3)]
+    used[a].append(3)
+    assert _next_round(spec, used, failed, next_seed) == []
+    with pytest.raises(ValueError, match="max_failures >= 1"):
+        LiberoSpec(SUITE, (a,), max_failures=0)
+    with pytest.raises(ValueError, match="does not handle libero_goal task"):
+        LiberoSpec("libero_goal", ("open_the_middle_drawer_of_the_cabinet",))

@@ -103,7 +103,7 @@ class EvalPlan:
 class Episode:
     task: str
     index: int
-    variation: int
+    variation: int | str  # the layout: a MetaWorld variation index, a LIBERO "init:i" / "fresh:seed"
     seed: int  # seeds the policy's sampling noise
     record: bool  # keep frames for the video
 
@@ -112,7 +112,7 @@ class Episode:
 class EpisodeResult:
     task: str
     index: int
-    variation: int
+    variation: int | str  # the layout
     seed: int
     success: bool
     steps: int  # env steps taken (the step of the first success, or max_steps)
@@ -177,9 +177,9 @@ def make_plan(checkpoint: str | Path, episodes: int, tasks: str | Sequence[str] 
         raise ValueError(f"--execute: expected 1..{cfg.model.chunk} (the checkpoint's chunk), got {execute}")
     try:
         adapter.check(cfg)
+        layouts = adapter.plan(run_info(path), tasks, episodes, split, suite, allow_any_variation)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from e
-    layouts = adapter.plan(run_info(path), tasks, episodes, split, suite, allow_any_variation)
     suite = layouts.env_options.get("suite", "")
     plan = EvalPlan(
         checkpoint=str(path), tasks=layouts.tasks, episodes=episodes, variations=layouts.episodes,

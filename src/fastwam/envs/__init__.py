@@ -3,13 +3,14 @@
 A benchmark is a small adapter (``metaworld.MetaWorldBenchmark``, ``libero.LiberoBenchmark``) that
 the benchmark-agnostic episode loop, statistics and videos of ``fastwam.evaluate`` call:
 
+- ``name``, ``control_fps`` (videos) and ``default_max_steps(suite)``;
 - ``plan(checkpoint_info, tasks, episodes, split, suite, allow_any_layout) -> EpisodeLayouts``:
   the tasks and the layout each episode starts from, kept disjoint from the demonstrations';
+- ``disjoint(plan, task)``: whether no episode of ``task`` starts from a demonstration's layout;
 - ``check(cfg)``: refuses a checkpoint whose cameras, state or action don't fit the benchmark;
 - ``make_env(plan, task)``: an env with ``task``, ``instruction``, ``steps``, ``reset(layout)``,
   ``step(action) -> (obs, success, done)``, ``render()`` (uint8 (S, S * cameras, 3), the
-  dataset's conventions), ``proprio()`` and ``close()``;
-- ``control_fps`` (videos) and ``default_max_steps(suite)``.
+  dataset's conventions), ``proprio()`` and ``close()``.
 
 ``benchmark(name)`` returns one; importing this package loads no simulator.
 """

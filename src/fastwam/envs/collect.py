@@ -35,7 +35,7 @@ import numpy as np
 from fastwam.data.lerobot import LeRobotWriter, build_features, camera_key
 from fastwam.envs import metaworld as mw
 
-FPS = 80  # MetaWorld control rate: 5 physics steps of 2.5 ms per action
+FPS = mw.CONTROL_FPS  # MetaWorld control rate: 5 physics steps of 2.5 ms per action
 STATE_NAMES = ["ee_x", "ee_y", "ee_z", "gripper_opening"]
 ACTION_NAMES = ["dx", "dy", "dz", "gripper"]
 META_FILE = "fastwam.json"
@@ -267,7 +267,7 @@ def unused_variations(dataset_dir: str | Path, task: str) -> list[int]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("benchmark", choices=["metaworld", "libero"], help="simulated benchmark")
-    parser.add_argument("--suite", default="libero_object",
+    parser.add_argument("--suite", default=None,
                         help="LIBERO suite: libero_object, libero_spatial, libero_goal (default libero_object)")
     parser.add_argument("--tasks", default="",
                         help="comma list: MetaWorld tasks and/or sets mt10, easy, medium, hard, very-hard "
@@ -280,25 +280,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="square image size per camera (default: MetaWorld 64, LIBERO 128)")
     parser.add_argument("--cameras", default="",
                         help="comma list of cameras (default: MetaWorld corner3; LIBERO image,wrist_image)")
-    parser.add_argument("--seed", type=int, default=0, help="MetaWorld benchmark seed: fixes the variations' layouts")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="MetaWorld benchmark seed: fixes the variations' layouts (default 0)")
     parser.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 8), help="worker processes")
-    parser.add_argument("--max-steps", type=int, default=300,
-                        help="MetaWorld: steps allowed to reach success (LIBERO: the suite's limit)")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="MetaWorld: steps allowed to reach success (default 300; LIBERO: the suite's limit)")
     parser.add_argument("--steps-after-success", type=int, default=10, help="steps recorded after the first success")
-    parser.add_argument("--max-failures", type=int, default=10,
-                        help="LIBERO: failed layouts after which a task keeps the demonstrations it has")
+    parser.add_argument("--max-failures", type=int, default=None,
+                        help="LIBERO: failed layouts after which a task keeps the demonstrations it has (default 10)")
     parser.add_argument("--shadows", action="store_true", help="render shadows and reflections (about 3x slower)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+ONLY_FOR = {"metaworld": ("seed", "max_steps", "shadows"), "libero": ("suite", "max_failures")}
+
+
+def _default(value, default):
+    return default if value is None else value
 
 
 def run(args: argparse.Namespace) -> int:
     cameras = tuple(c.strip() for c in args.cameras.split(",") if c.strip())
     libero = args.benchmark == "libero"
     try:
+        for name, options in ONLY_FOR.items():
+            given = [o for o in options if getattr(args, o) not in (None, False)]
+            if name != args.benchmark and given:
+                raise ValueError(f"--{given[0].replace('_', '-')} applies to `collect {name}` only")
         spec = _libero_spec(args, cameras) if libero else CollectSpec(
-            tasks=tuple(mw.expand_tasks(args.tasks or "mt10")), episodes=args.episodes or 10,
-            image_size=args.image_size or 64, cameras=cameras or ("corner3",), seed=args.seed,
-            max_steps=args.max_steps, steps_after_success=args.steps_after_success, shadows=args.shadows)
+            tasks=tuple(mw.expand_tasks(args.tasks or "mt10")), episodes=_default(args.episodes, 10),
+            image_size=_default(args.image_size, 64), cameras=cameras or ("corner3",), seed=_default(args.seed, 0),
+            max_steps=_default(args.max_steps, 300), steps_after_success=args.steps_after_success,
+            shadows=args.shadows)
     except ValueError as e:
         raise SystemExit(f"fastwam collect: {e}") from e
     if libero:
@@ -317,12 +330,13 @@ def _libero_spec(args: argparse.Namespace, cameras: tuple[str, ...]):
     from fastwam.envs.libero_collect import LiberoSpec
     from fastwam.envs.libero_expert import supports
 
-    tasks = lb.expand_tasks(args.suite, args.tasks or None)
+    suite = args.suite or "libero_object"
+    tasks = lb.expand_tasks(suite, args.tasks or None)
     if not args.tasks:
-        tasks = [t for t in tasks if supports(args.suite, t)]
-    return LiberoSpec(suite=args.suite, tasks=tuple(tasks), episodes=args.episodes or 50,
-                      image_size=args.image_size or 128, cameras=cameras or ("image", "wrist_image"),
-                      steps_after_success=args.steps_after_success, max_failures=args.max_failures)
+        tasks = [t for t in tasks if supports(suite, t)]
+    return LiberoSpec(suite=suite, tasks=tuple(tasks), episodes=_default(args.episodes, 50),
+                      image_size=_default(args.image_size, 128), cameras=cameras or ("image", "wrist_image"),
+                      steps_after_success=args.steps_after_success, max_failures=_default(args.max_failures, 10))
 
 
 def _print_table(summary: dict, out: str) -> None:

@@ -11,7 +11,8 @@ Observations follow the public LeRobot/openpi LIBERO datasets:
 
 A *layout* is the scene an episode starts from (``Layout``): ``init:i`` is the suite's official
 evaluation init state i (50 per task), ``fresh:s`` a new placement sampled from the task's BDDL
-regions under numpy seed s (how the demonstrations' layouts are made: never an evaluation one).
+regions under numpy seed s (demonstrations use seeds 0, 1, ...; validation episodes seeds from
+``VALIDATION_SEED_OFFSET``; neither is ever an official init state).
 Every episode starts with ``WAIT_STEPS`` no-op steps (objects settle), which count neither as
 episode steps nor as recorded ones, as in the public data and openpi's evaluation.
 
@@ -171,7 +172,7 @@ class LiberoEnv:
         if self.max_steps < 1:
             raise ValueError(f"max_steps: expected >= 1, got {self.max_steps}")
         self.instruction = instruction(suite, self.task)
-        self._init_states = init_states(suite, self.task)
+        self.init_states = init_states(suite, self.task)  # (50, D): the official evaluation layouts
         with _quiet():
             from libero.libero.envs import OffScreenRenderEnv
 
@@ -182,6 +183,7 @@ class LiberoEnv:
                                            camera_widths=image_size, hard_reset=False)
         self._obs: dict | None = None
         self.layout: Layout | None = None
+        self.start_state: np.ndarray | None = None  # the flattened state the episode started from
         self.steps = 0
 
     @property
@@ -197,12 +199,16 @@ class LiberoEnv:
     def layout_state(self, layout: Layout) -> np.ndarray:
         """The flattened MuJoCo state a layout starts from (before the wait steps)."""
         if layout.kind == INIT:
-            if layout.index >= len(self._init_states):
+            if layout.index >= len(self.init_states):
                 raise ValueError(f"{self.task}: init state {layout.index} does not exist "
-                                 f"(the suite has {len(self._init_states)})")
-            return self._init_states[layout.index]
+                                 f"(the suite has {len(self.init_states)})")
+            return self.init_states[layout.index]
+        outside = np.random.get_state()
         np.random.seed(layout.index)  # robosuite's placement samplers draw from numpy's global generator
-        self._env.reset()
+        try:
+            self._env.reset()
+        finally:
+            np.random.set_state(outside)  # the caller's random stream, untouched
         return self._env.get_sim_state().copy()
 
     def reset(self, layout: Layout | str) -> dict[str, np.ndarray]:
@@ -215,7 +221,7 @@ class LiberoEnv:
         self._obs = self._env.set_init_state(state)
         for _ in range(WAIT_STEPS):
             self._obs, _, _, _ = self._env.step(NOOP)
-        self.layout, self.steps = layout, 0
+        self.layout, self.start_state, self.steps = layout, np.array(state), 0
         return {"state": self.proprio()}
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], bool, bool]:
@@ -314,17 +320,20 @@ class LiberoBenchmark:
         if suite not in SUITES:
             raise ValueError(f"--suite: expected one of {', '.join(SUITES)}, got {suite!r}")
         same = suite == recorded
-        if tasks:
-            task_list = expand_tasks(suite, tasks)
+        if allow_any_layout:
+            raise ValueError("--allow-any-variation applies to MetaWorld only: LIBERO's test layouts are the "
+                             "official init states, never a demonstration's")
+        demonstrated = {t: v for t, v in collection.get("layouts", {}).items() if v} if same else {}
+        task_list = expand_tasks(suite, tasks or list(demonstrated) or None)
+        used = {t: tuple(demonstrated.get(t, ())) for t in task_list}
+        if split == "test":  # episode e on official init state e % 50
+            episode_layouts = {t: tuple(str(Layout(INIT, e % len(init_states(suite, t)))) for e in range(episodes))
+                               for t in task_list}
         else:
-            task_list = expand_tasks(suite, list(collection.get("layouts", {})) if same else None)
-        used = {t: tuple(collection.get("layouts", {}).get(t, ())) if same else () for t in task_list}
-        kind, first = (INIT, 0) if split == "test" else (FRESH, VALIDATION_SEED_OFFSET)
-        count = 50 if kind == INIT else episodes  # the official init states per task
-        return EpisodeLayouts(
-            tasks=tuple(task_list),
-            episodes={t: tuple(str(Layout(kind, first + e % count)) for e in range(episodes)) for t in task_list},
-            training=used, env_options={"suite": suite})
+            episode_layouts = {t: tuple(str(Layout(FRESH, VALIDATION_SEED_OFFSET + e)) for e in range(episodes))
+                               for t in task_list}
+        return EpisodeLayouts(tasks=tuple(task_list), episodes=episode_layouts, training=used,
+                              env_options={"suite": suite})
 
     @staticmethod
     def disjoint(plan, task: str) -> bool:

@@ -14,7 +14,7 @@ past the first success (the release, for object tasks that succeed while the obj
 Recorded per step t, in the public LeRobot LIBERO conventions: ``observation.images.image`` and
 ``observation.images.wrist_image`` (rotated 180°), ``observation.state`` (8), ``action`` (7, the
 raw command), before action t. Episodes are written in the order they finish within each round
-of seeds (task order, then seed order, in the first round). ``meta/fastwam.json`` records the
+of seeds (task order, then seed order). ``meta/fastwam.json`` records the
 layouts used and failed (``collection_info``), which evaluation keeps disjoint.
 """
 
@@ -48,6 +48,8 @@ class LiberoSpec:
         if self.episodes < 1 or self.image_size < 8 or self.steps_after_success < 0 or self.max_failures < 1:
             raise ValueError(f"need episodes >= 1, image_size >= 8, steps_after_success >= 0, "
                              f"max_failures >= 1: {self}")
+        if not self.tasks:
+            raise ValueError(f"no {self.suite} task to record: the scripted expert handles none of the tasks asked for")
         for task in self.tasks:
             lb.canonical_task(self.suite, task)
         unknown = [c for c in self.cameras if c not in lb.CAMERAS]
@@ -81,13 +83,14 @@ def close_envs() -> None:
     _ENV.clear()
 
 
-def check_fresh(env: lb.LiberoEnv, layout: lb.Layout) -> None:
-    """Refuse a demonstration layout that is one of the task's official evaluation init states."""
-    state = env.layout_state(layout)
-    official = lb.init_states(env.suite, env.task)
-    nearest = float(np.abs(official[:, : len(state)] - state).max(axis=1).min())
-    if official.shape[1] == len(state) and nearest <= SAME_STATE_TOL:
-        raise RuntimeError(f"{env.task} {layout}: the fresh layout equals an official evaluation init state")
+def check_fresh(env: lb.LiberoEnv) -> None:
+    """Refuse an episode that started from one of the task's official evaluation init states."""
+    state, official = env.start_state, env.init_states
+    if official.shape[1:] != state.shape:
+        raise RuntimeError(f"{env.task}: official init states have {official.shape[1:]} values, the simulator's "
+                           f"state {state.shape}: cannot tell whether {env.layout} is an evaluation layout")
+    if np.abs(official - state).max(axis=1).min() <= SAME_STATE_TOL:
+        raise RuntimeError(f"{env.task} {env.layout}: the fresh layout equals an official evaluation init state")
 
 
 def record_demo(spec: LiberoSpec, task: str, seed: int) -> Demo | None:
@@ -95,9 +98,8 @@ def record_demo(spec: LiberoSpec, task: str, seed: int) -> Demo | None:
     from fastwam.envs.libero_expert import LiberoExpert
 
     env = _env_for(spec, task)
-    layout = lb.Layout(lb.FRESH, seed)
-    check_fresh(env, layout)
-    env.reset(layout)
+    env.reset(lb.Layout(lb.FRESH, seed))
+    check_fresh(env)
     expert = LiberoExpert(env)
     expert.reset()
     frames, states, actions = [], [], []
@@ -156,13 +158,13 @@ def collect(spec: LiberoSpec, out, workers: int = 1, progress: bool = True) -> d
                                      "success_step": demo.success_step, "length": len(demo.action)})
                     bar.update(1)
             bar.close()
+        summary = _summary(spec, used, failed, episodes, time.perf_counter() - start, workers)
+        writer.finish({META_FILE: summary})  # refuses a dataset without episodes (every task failed)
     except BaseException:
         writer.abort()
         raise
     finally:
         close_envs()  # in-process envs (workers <= 1); pool workers are gone already
-    summary = _summary(spec, used, failed, episodes, time.perf_counter() - start, workers)
-    writer.finish({META_FILE: summary})
     return summary
 
 

@@ -56,8 +56,8 @@ RIM_DEPTH = 0.02  # m: gripper site below the rim's top
 CLEARANCE = 0.04  # m: held object's bottom above every other object's top while carrying
 RELEASE_GAP = 0.01  # m: held object's bottom above the target surface when opening
 HOLD_MARGIN = 0.02  # m: the gripper site within the object's box grown by this counts as holding it
-GRASP_STEPS = 12
-RELEASE_STEPS = 6
+GRASP_STEPS = 13  # steps with the gripper closing before the lift
+RELEASE_STEPS = 7  # steps with the gripper opening before the retreat
 POS_TOLERANCE = 0.01  # m: a phase's target counts as reached
 XY_TOLERANCE = 0.008  # m: place alignment
 YAW_TOLERANCE = 0.1  # rad
@@ -201,7 +201,7 @@ class LiberoExpert:
         if not supports(env.suite, env.task):
             raise ValueError(f"{env.suite}/{env.task}: not a pick-and-place task the expert handles")
         self.env = env
-        self.predicate, self.object_name, self.target_name = _goal(env.problem.parsed_problem)
+        _, self.object_name, self.target_name = _goal(env.problem.parsed_problem)  # in/on: placed alike
         self.phase = Phase.APPROACH
         self._phase_steps = 0
         self._low_motion_steps = 0
@@ -371,7 +371,7 @@ class LiberoExpert:
                 return self._step_phase(eef)
             return self._move(grasp, closing, OPEN)
         if phase == Phase.GRASP:
-            if self._phase_steps > GRASP_STEPS:
+            if self._phase_steps >= GRASP_STEPS:
                 self._set_phase(Phase.LIFT if self._holding() else Phase.APPROACH)
                 return self._step_phase(eef)
             return self._move(self._anchor, None, CLOSE)
@@ -396,7 +396,7 @@ class LiberoExpert:
                 return self._step_phase(eef)
             return self._move(np.array([xy[0], xy[1], z]), None, CLOSE)
         if phase == Phase.RELEASE:
-            if self._phase_steps > RELEASE_STEPS:
+            if self._phase_steps >= RELEASE_STEPS:
                 self._set_phase(Phase.RETREAT)
                 return self._step_phase(eef)
             return self._move(self._anchor, None, OPEN)
