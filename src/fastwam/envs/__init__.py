@@ -19,7 +19,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 BENCHMARKS = ("metaworld", "libero")
+
+
+def checked_action(action, dim: int, steps: int, max_steps: int, started: bool) -> np.ndarray:
+    """An env's ``step`` argument validated: float64 (dim,), finite, clipped to [-1, 1]; refused
+    before ``reset`` and once the episode has taken ``max_steps`` steps."""
+    if not started:
+        raise RuntimeError("call reset() before step()")
+    if steps >= max_steps:
+        raise RuntimeError(f"episode is over ({max_steps} steps); call reset()")
+    action = np.asarray(action, dtype=np.float64)
+    if action.shape != (dim,) or not np.all(np.isfinite(action)):
+        raise ValueError(f"action must be {dim} finite numbers, got {action!r}")
+    return np.clip(action, -1.0, 1.0)
 
 
 @dataclass(frozen=True)

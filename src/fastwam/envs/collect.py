@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from multiprocessing.pool import Pool
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -76,7 +76,7 @@ class Demo:
     """One recorded episode: T steps."""
 
     task: str
-    variation: int
+    variation: int  # the layout: a MetaWorld variation, a LIBERO fresh-reset seed
     success_step: int  # steps taken when success was first reported
     frames: dict[str, np.ndarray]  # camera key -> uint8 (T, S, S, 3)
     state: np.ndarray  # float32 (T, 4)
@@ -133,27 +133,38 @@ def plan_task(spec: CollectSpec, task: str) -> TaskPlan:
                        f"variations within {spec.max_steps} steps; {spec.episodes} needed")
 
 
-def record_demo(spec: CollectSpec, task: str, variation: int, expected_success_step: int | None = None) -> Demo:
-    """Replay the expert on one variation with rendering, until steps_after_success after success."""
-    env = _env_for(spec, task)
-    env.set_variation(variation)
-    env.reset()
+def record_expert(env, act, cameras: Sequence[str], max_steps: int, steps_after_success: int,
+                  task: str, layout) -> Demo | None:
+    """Run ``act()`` (the expert) from the env's reset state with rendering, recording the views,
+    proprio and action before every step, until ``steps_after_success`` steps past the first
+    success; None when there is no success within ``max_steps`` steps."""
     frames, states, actions = [], [], []
     success_step = None
-    while success_step is None or env.steps < success_step + spec.steps_after_success:
-        if success_step is None and env.steps >= spec.max_steps:
-            raise RuntimeError(f"{task} variation {variation}: no success within {spec.max_steps} steps on replay")
+    while success_step is None or env.steps < success_step + steps_after_success:
+        if success_step is None and env.steps >= max_steps:
+            return None
         frames.append(env.render_views())
         states.append(env.proprio())
-        actions.append(env.expert_action())
+        actions.append(act())
         _, success, _ = env.step(actions[-1])
         if success and success_step is None:
             success_step = env.steps
-    if expected_success_step is not None and success_step != expected_success_step:
-        raise RuntimeError(f"{task} variation {variation}: replay succeeded at step {success_step}, the planning run "
-                           f"at {expected_success_step}: the simulation is not deterministic")
-    views = {camera_key(c): np.stack([f[i] for f in frames]) for i, c in enumerate(spec.cameras)}
-    return Demo(task, variation, success_step, views, np.stack(states), np.stack(actions))
+    views = {camera_key(c): np.stack([f[i] for f in frames]) for i, c in enumerate(cameras)}
+    return Demo(task, layout, success_step, views, np.stack(states), np.stack(actions))
+
+
+def record_demo(spec: CollectSpec, task: str, variation: int, expected_success_step: int | None = None) -> Demo:
+    """Replay the expert on one variation with rendering, until steps_after_success after success."""
+    env = _env_for(spec, task)
+    env.reset(variation)
+    demo = record_expert(env, env.expert_action, spec.cameras, spec.max_steps, spec.steps_after_success,
+                         task, variation)
+    if demo is None:
+        raise RuntimeError(f"{task} variation {variation}: no success within {spec.max_steps} steps on replay")
+    if expected_success_step is not None and demo.success_step != expected_success_step:
+        raise RuntimeError(f"{task} variation {variation}: replay succeeded at step {demo.success_step}, the "
+                           f"planning run at {expected_success_step}: the simulation is not deterministic")
+    return demo
 
 
 def _plan_job(args: tuple[CollectSpec, str]) -> TaskPlan:

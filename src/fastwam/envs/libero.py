@@ -226,14 +226,10 @@ class LiberoEnv:
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], bool, bool]:
         """Apply a (7,) action; returns (obs, success, done)."""
-        if self._obs is None:
-            raise RuntimeError("call reset() before step()")
-        if self.steps >= self.max_steps:
-            raise RuntimeError(f"episode is over ({self.max_steps} steps); call reset()")
-        action = np.asarray(action, dtype=np.float64)
-        if action.shape != (7,) or not np.all(np.isfinite(action)):
-            raise ValueError(f"action must be 7 finite numbers, got {action!r}")
-        self._obs, _, _, _ = self._env.step(np.clip(action, -1.0, 1.0))
+        from fastwam.envs import checked_action
+
+        action = checked_action(action, len(ACTION_NAMES), self.steps, self.max_steps, self._obs is not None)
+        self._obs, _, _, _ = self._env.step(action)
         self.steps += 1
         return {"state": self.proprio()}, bool(self._env.check_success()), self.steps >= self.max_steps
 

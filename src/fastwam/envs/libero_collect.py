@@ -8,8 +8,8 @@ simulator state and is recorded with rendering in one pass: it succeeds on nearl
 so a separate unrendered planning pass (as for MetaWorld) would cost more than the few rendered
 failures it saves. Failed seeds are noted and replaced by the next seeds until ``--episodes``
 successes per task, or until ``--max-failures`` failures, when the task keeps the demonstrations
-it has (the table and ``expert_success`` say so); only successful episodes are written, each ``--steps-after-success`` steps
-past the first success (the release, for object tasks that succeed while the object is held).
+it has (the table and ``expert_success`` say so); only successful episodes are written, each
+``--steps-after-success`` steps past the first success (the release, for object tasks that succeed while the object is held).
 
 Recorded per step t, in the public LeRobot LIBERO conventions: ``observation.images.image`` and
 ``observation.images.wrist_image`` (rotated 180°), ``observation.state`` (8), ``action`` (7, the
@@ -27,7 +27,7 @@ import numpy as np
 
 from fastwam.data.lerobot import LeRobotWriter, build_features, camera_key
 from fastwam.envs import libero as lb
-from fastwam.envs.collect import META_FILE, Demo, _pool, _run_jobs
+from fastwam.envs.collect import META_FILE, Demo, _pool, _run_jobs, record_expert
 
 SAME_STATE_TOL = 1e-6  # max abs difference under which two flattened MuJoCo states are the same layout
 
@@ -102,20 +102,7 @@ def record_demo(spec: LiberoSpec, task: str, seed: int) -> Demo | None:
     check_fresh(env)
     expert = LiberoExpert(env)
     expert.reset()
-    frames, states, actions = [], [], []
-    success_step = None
-    limit = lb.MAX_STEPS[spec.suite]
-    while success_step is None or env.steps < success_step + spec.steps_after_success:
-        if success_step is None and env.steps >= limit:
-            return None
-        frames.append(env.render_views())
-        states.append(env.proprio())
-        actions.append(expert.act())
-        _, success, _ = env.step(actions[-1])
-        if success and success_step is None:
-            success_step = env.steps
-    views = {camera_key(c): np.stack([f[i] for f in frames]) for i, c in enumerate(spec.cameras)}
-    return Demo(task, seed, success_step, views, np.stack(states), np.stack(actions))
+    return record_expert(env, expert.act, spec.cameras, lb.MAX_STEPS[spec.suite], spec.steps_after_success, task, seed)
 
 
 def _record_job(args: tuple[LiberoSpec, str, int]) -> tuple[str, int, Demo | None]:

@@ -223,14 +223,10 @@ class MetaWorldEnv:
 
     def step(self, action: np.ndarray) -> tuple[dict[str, np.ndarray], bool, bool]:
         """Apply a (4,) action in [-1, 1]; returns (obs, success, done)."""
-        if self._obs is None:
-            raise RuntimeError("call reset() before step()")
-        if self.steps >= self.max_steps:
-            raise RuntimeError(f"episode is over ({self.max_steps} steps); call reset()")
-        action = np.asarray(action, dtype=np.float32)
-        if action.shape != (4,) or not np.all(np.isfinite(action)):
-            raise ValueError(f"action must be 4 finite numbers, got {action!r}")
-        self._obs, _, _, _, info = self._env.step(np.clip(action, -1.0, 1.0))
+        from fastwam.envs import checked_action
+
+        action = checked_action(action, 4, self.steps, self.max_steps, self._obs is not None).astype(np.float32)
+        self._obs, _, _, _, info = self._env.step(action)
         self.steps += 1
         return {"state": self.proprio()}, bool(info["success"]), self.steps >= self.max_steps
 
