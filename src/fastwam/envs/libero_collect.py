@@ -9,13 +9,14 @@ so a separate unrendered planning pass (as for MetaWorld) would cost more than t
 failures it saves. Failed seeds are noted and replaced by the next seeds until ``--episodes``
 successes per task, or until ``--max-failures`` failures, when the task keeps the demonstrations
 it has (the table and ``expert_success`` say so); only successful episodes are written, each
-``--steps-after-success`` steps past the first success (the release, for object tasks that succeed while the object is held).
+``--steps-after-success`` steps past the first success (the release, for object tasks that
+succeed while the object is held).
 
 Recorded per step t, in the public LeRobot LIBERO conventions: ``observation.images.image`` and
 ``observation.images.wrist_image`` (rotated 180°), ``observation.state`` (8), ``action`` (7, the
-raw command), before action t. Episodes are written in the order they finish within each round
-of seeds (task order, then seed order). ``meta/fastwam.json`` records the
-layouts used and failed (``collection_info``), which evaluation keeps disjoint.
+raw command), before action t. Episodes are written round by round of seeds, each round in task
+order, then seed order. ``meta/fastwam.json`` records the layouts used and failed
+(``collection_info``), which evaluation keeps disjoint.
 """
 
 from __future__ import annotations
