@@ -180,14 +180,13 @@ def make_plan(checkpoint: str | Path, episodes: int, tasks: str | Sequence[str] 
         layouts = adapter.plan(run_info(path), tasks, episodes, split, suite, allow_any_variation)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from e
-    suite = layouts.env_options.get("suite", "")
     plan = EvalPlan(
         checkpoint=str(path), tasks=layouts.tasks, episodes=episodes, variations=layouts.episodes,
         training_variations=layouts.training, benchmark_seed=layouts.benchmark_seed,
         training_benchmark_seed=layouts.training_benchmark_seed, split=split, image_size=cfg.data.image_size,
         cameras=tuple(cfg.data.cameras), frame_stride=cfg.data.frame_stride, benchmark=benchmark_name,
-        suite=suite, env_options=layouts.env_options,
-        max_steps=adapter.default_max_steps(suite) if max_steps is None else max_steps,
+        suite=layouts.suite, env_options=layouts.env_options,
+        max_steps=adapter.default_max_steps(layouts.suite) if max_steps is None else max_steps,
         execute=execute, seed=seed, steps=steps, noise_scale=noise_scale, device=device, threads=threads,
         recorded=video_episodes, every_step=every_step, imagine=video_episodes > 0 and cfg.model.variant.has_future,
     )

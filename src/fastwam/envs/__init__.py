@@ -46,7 +46,8 @@ class EpisodeLayouts:
     training: dict[str, tuple]  # task -> the layouts its demonstrations used
     benchmark_seed: int | None = None  # MetaWorld: the seed fixing the evaluated variations' layouts
     training_benchmark_seed: int | None = None
-    env_options: dict = field(default_factory=dict)  # passed on to make_env (e.g. shadows, suite)
+    suite: str = ""  # LIBERO: the suite evaluated
+    env_options: dict = field(default_factory=dict)  # passed on to make_env (e.g. MetaWorld's shadows)
 
 
 def benchmark(name: str):

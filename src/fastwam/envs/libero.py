@@ -273,8 +273,10 @@ VALIDATION_SEED_OFFSET = 1_000_000  # validation layouts: fresh resets under see
 
 
 def camera_name(camera: str) -> str:
-    """``observation.images.wrist_image`` or ``wrist_image`` -> ``wrist_image``."""
-    return camera.removeprefix("observation.images.")
+    """``observation.images.wrist_image`` or ``wrist_image`` -> ``wrist_image`` (``camera_key``'s inverse)."""
+    from fastwam.data.lerobot import IMAGE_PREFIX
+
+    return camera.removeprefix(IMAGE_PREFIX)
 
 
 class LiberoBenchmark:
@@ -323,13 +325,12 @@ class LiberoBenchmark:
         task_list = expand_tasks(suite, tasks or list(demonstrated) or None)
         used = {t: tuple(demonstrated.get(t, ())) for t in task_list}
         if split == "test":  # episode e on official init state e % 50
-            episode_layouts = {t: tuple(str(Layout(INIT, e % len(init_states(suite, t)))) for e in range(episodes))
-                               for t in task_list}
+            counts = {t: len(init_states(suite, t)) for t in task_list}
+            episode_layouts = {t: tuple(str(Layout(INIT, e % counts[t])) for e in range(episodes)) for t in task_list}
         else:
             episode_layouts = {t: tuple(str(Layout(FRESH, VALIDATION_SEED_OFFSET + e)) for e in range(episodes))
                                for t in task_list}
-        return EpisodeLayouts(tasks=tuple(task_list), episodes=episode_layouts, training=used,
-                              env_options={"suite": suite})
+        return EpisodeLayouts(tasks=tuple(task_list), episodes=episode_layouts, training=used, suite=suite)
 
     @staticmethod
     def disjoint(plan, task: str) -> bool:
