@@ -94,6 +94,23 @@ def test_images_are_robosuites_camera_observations_rotated_180_degrees(env):
     assert env.render().shape == (32, 64, 3)  # cameras side by side
 
 
+def test_antialias_off_renders_the_same_scene_without_multisampling(env):
+    env.reset("init:0")
+    smooth = env.render_views()
+    with lb.LiberoEnv(SUITE, TASK, image_size=32, antialias=False) as fast:
+        fast.reset("init:0")
+        jagged = fast.render_views()
+        assert fast.sim._render_context_offscreen.con.offSamples == 0
+        fast.reset("fresh:0")  # the setting survives a reset
+        fast.render_views()
+        assert fast.sim._render_context_offscreen.con.offSamples == 0
+    assert env.sim._render_context_offscreen.con.offSamples == lb.MULTISAMPLES
+    for a, b in zip(smooth, jagged):
+        difference = np.abs(a.astype(int) - b)
+        assert 0.1 < difference.mean() < 10  # edges differ, the picture is the same
+        assert np.median(difference) == 0
+
+
 def test_reset_waits_then_steps_count_to_the_limit(env):
     obs = env.reset(lb.Layout("init", 1))
     assert obs["state"].shape == (8,) and obs["state"].dtype == np.float32 and env.steps == 0
@@ -170,6 +187,7 @@ def test_collected_dataset_has_the_public_libero_features(collected):
     (episode,) = info["episodes"]
     assert episode["length"] == episode["success_step"] + 3 == ds.num_frames
     assert info["suite"] == SUITE and info["layouts"] == {TASK: ["fresh:0"]}
+    assert info["spec"]["antialias"] is False  # the fast default, recorded for evaluation
     assert info["expert_success"][TASK]["succeeded"] == 1
     frames = ds.episode_frames(0, "image")
     assert frames.shape == (ds.num_frames, 32, 32, 3) and frames.std() > 10
@@ -206,6 +224,7 @@ def test_eval_runs_on_the_official_init_states_and_writes_the_shared_schema(run_
     lo, hi = task["ci95"]
     assert 0 <= lo <= task["success_rate"] <= hi <= 1 and task["mean_chunk_ms"] > 0
     assert result["max_steps"] == 4 and result["benchmark_seed"] is None
+    assert result["env_options"] == {"antialias": False}  # rendered as the demonstrations were
     assert [os.path.basename(v) for v in result["videos"]] == ["eval.mp4", "eval_imagined.mp4"]
 
 
@@ -215,6 +234,21 @@ def test_validation_split_uses_fresh_layouts_the_demonstrations_did_not(run_dir)
     assert plan.variations == {TASK: (f"fresh:{offset}", f"fresh:{offset + 1}", f"fresh:{offset + 2}")}
     assert plan.max_steps == lb.MAX_STEPS[SUITE] and plan.suite == SUITE
     assert lb.LiberoBenchmark.disjoint(plan, TASK)
+
+
+def test_evaluation_renders_as_the_demonstrations_were(collected, tmp_path):
+    info = collection_info(collected)
+    for recorded, expected in ((False, False), (True, True), (None, True)):  # None: a collection before the option
+        info["spec"] = {k: v for k, v in info["spec"].items() if k != "antialias"}
+        if recorded is not None:
+            info["spec"]["antialias"] = recorded
+        run = write_checkpoint(tmp_path / f"run_{recorded}", libero_config(), info, stats=LIBERO_STATS)
+        plan = make_plan(run, episodes=1, benchmark_name="libero")
+        assert plan.env_options == {"antialias": expected}
+        with lb.LiberoBenchmark.make_env(plan, TASK) as env:
+            assert env.antialias is expected
+    public = write_checkpoint(tmp_path / "public", libero_config(), {}, stats=LIBERO_STATS)  # no collection record
+    assert make_plan(public, episodes=1, benchmark_name="libero", suite=SUITE).env_options == {"antialias": True}
 
 
 def test_a_validation_layout_the_demonstrations_used_is_refused(collected, tmp_path):

@@ -26,8 +26,9 @@ variations (each episode's layout: a MetaWorld variation index, a LIBERO ``init:
 ``fresh:seed``), training_variations, episode_success, episode_steps, episode_seconds},
 mean_success_rate, mean_ci95, variant, video_weight, max_steps, execute, chunk, denoise_steps,
 noise_scale, seed, split, benchmark_seed (MetaWorld: of the layouts evaluated; else null),
-training_benchmark_seed, variations_disjoint, workers, wall_seconds, seconds_per_episode, videos,
-date, machine.
+training_benchmark_seed, env_options (how the env rendered, as the demonstrations were: MetaWorld
+``shadows``, LIBERO ``antialias``), variations_disjoint, workers, wall_seconds, seconds_per_episode,
+videos, date, machine.
 
 ``--video OUT.mp4`` writes the first episode of each task (up to ``--video-episodes``) from the
 frames the policy observed; for variants trained with video it also writes
@@ -287,6 +288,13 @@ def _init_process(plan: EvalPlan) -> None:
     _PROCESS["plan"] = plan
 
 
+def _init_worker(plan: EvalPlan) -> None:
+    from fastwam.envs import share_cores
+
+    share_cores()
+    _init_process(plan)
+
+
 def _process_policy(plan: EvalPlan):
     if "policy" not in _PROCESS:
         from fastwam.policy import Policy
@@ -333,7 +341,7 @@ def _episode_runner(plan: EvalPlan, workers: int) -> Iterator:
             _close_process()
             torch.set_num_threads(threads)  # the caller's setting, as it was
         return
-    pool = mp.get_context("spawn").Pool(workers, initializer=_init_process, initargs=(plan,))
+    pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(plan,))
     try:
         yield lambda episodes: pool.imap_unordered(_episode_job, episodes, chunksize=1)
     except BaseException:
@@ -393,7 +401,7 @@ def summarize(plan: EvalPlan, results: list[EpisodeResult], wall_seconds: float,
         "max_steps": plan.max_steps, "execute": plan.execute or cfg.model.chunk // 2, "chunk": cfg.model.chunk,
         "denoise_steps": plan.steps or cfg.model.action_flow.steps, "noise_scale": plan.noise_scale, "seed": plan.seed,
         "split": plan.split, "benchmark_seed": plan.benchmark_seed,
-        "training_benchmark_seed": plan.training_benchmark_seed,
+        "training_benchmark_seed": plan.training_benchmark_seed, "env_options": plan.env_options,
         "variations_disjoint": all(benchmark(plan.benchmark).disjoint(plan, task) for task in plan.tasks),
         "workers": workers, "wall_seconds": round(wall_seconds, 2),
         "seconds_per_episode": round(float(np.mean([r.seconds for r in results])), 3), "videos": [],

@@ -23,7 +23,11 @@ episode steps nor as recorded ones, as in the public data and openpi's evaluatio
     env.instruction                     # "pick up the alphabet soup and place it in the basket"
 
 Rendering happens only in ``render()`` (robosuite's offscreen renderer, ``MUJOCO_GL=egl`` on a
-headless machine), so a controller that replans every k steps renders every k steps. The
+headless machine), so a controller that replans every k steps renders every k steps. ``antialias``
+(robosuite's default, 4x multisampling) is how the public data was rendered; without it a step's
+two cameras render in ~0.09 instead of ~0.16 CPU seconds on Mesa's software renderer, and pixels
+differ by ~2 of 255 on average (object edges), so a checkpoint is evaluated the way its
+demonstrations were rendered. The
 simulator state (object poses) is read only by the scripted expert
 (``fastwam.envs.libero_expert``), never recorded as an observation.
 """
@@ -52,6 +56,7 @@ STATE_NAMES = ["eef_x", "eef_y", "eef_z", "eef_axis_angle_x", "eef_axis_angle_y"
 ACTION_NAMES = ["dx", "dy", "dz", "droll", "dpitch", "dyaw", "gripper"]
 CONTROL_FPS = 20
 INIT, FRESH = "init", "fresh"
+MULTISAMPLES = 4  # robosuite's offscreen multisampling (MuJoCo's default vis.quality.offsamples)
 
 
 def quat_to_axis_angle(quat: np.ndarray) -> np.ndarray:
@@ -157,17 +162,18 @@ class LiberoEnv:
 
     suite, task: a suite of ``SUITES`` and one of its task names (or index); image_size: S
     (square, per camera); cameras: dataset names from ``CAMERAS``; max_steps: episode limit
-    (default: the suite's).
+    (default: the suite's); antialias: render with multisampling (as the public data was).
     """
 
     def __init__(self, suite: str, task: str | int, image_size: int = 128,
-                 cameras: Sequence[str] = ("image", "wrist_image"), max_steps: int | None = None):
+                 cameras: Sequence[str] = ("image", "wrist_image"), max_steps: int | None = None,
+                 antialias: bool = True):
         self.suite, self.task = suite, canonical_task(suite, task)
         unknown = [c for c in cameras if c not in CAMERAS]
         if image_size < 8 or not cameras or unknown:
             raise ValueError(f"LIBERO cameras: expected some of {list(CAMERAS)} and image_size >= 8, "
                              f"got {list(cameras)}, {image_size}")
-        self.image_size, self.cameras = image_size, tuple(cameras)
+        self.image_size, self.cameras, self.antialias = image_size, tuple(cameras), bool(antialias)
         self.max_steps = MAX_STEPS[suite] if max_steps is None else max_steps
         if self.max_steps < 1:
             raise ValueError(f"max_steps: expected >= 1, got {self.max_steps}")
@@ -247,9 +253,21 @@ class LiberoEnv:
 
     def render_views(self) -> list[np.ndarray]:
         """One uint8 (S, S, 3) image per camera, in the datasets' orientation (robosuite's buffer rotated 180°)."""
+        self._prepare_rendering()
         size = self.image_size
         return [np.ascontiguousarray(self.sim.render(size, size, camera_name=CAMERAS[c])[::-1, ::-1])
                 for c in self.cameras]
+
+    def _prepare_rendering(self) -> None:
+        """Make this env's GL context current, and rebuild robosuite's render context when its
+        multisampling is not ``antialias``'s (robosuite 1.4, pinned, reads it from the model only
+        when it builds the context)."""
+        context, samples = self.sim._render_context_offscreen, MULTISAMPLES if self.antialias else 0
+        context.gl_ctx.make_current()  # this env's GL context, whichever env (or closed one) used its own last
+        if context.con.offSamples != samples:
+            self.sim.model._model.vis.quality.offsamples = samples
+            context.con.free()
+            context._set_mujoco_context_and_buffers()
 
     def render(self) -> np.ndarray:
         """All cameras side by side: uint8 (S, S * n_cameras, 3)."""
@@ -330,7 +348,10 @@ class LiberoBenchmark:
         else:
             episode_layouts = {t: tuple(str(Layout(FRESH, VALIDATION_SEED_OFFSET + e)) for e in range(episodes))
                                for t in task_list}
-        return EpisodeLayouts(tasks=tuple(task_list), episodes=episode_layouts, training=used, suite=suite)
+        # Render as the demonstrations were: public data (no collection record) with multisampling.
+        antialias = bool(collection.get("spec", {}).get("antialias", True)) if collection else True
+        return EpisodeLayouts(tasks=tuple(task_list), episodes=episode_layouts, training=used, suite=suite,
+                              env_options={"antialias": antialias})
 
     @staticmethod
     def disjoint(plan, task: str) -> bool:
@@ -340,4 +361,4 @@ class LiberoBenchmark:
     @staticmethod
     def make_env(plan, task: str) -> "LiberoEnv":
         return LiberoEnv(plan.suite, task, plan.image_size, [camera_name(c) for c in plan.cameras],
-                         max_steps=plan.max_steps)
+                         max_steps=plan.max_steps, antialias=plan.env_options.get("antialias", True))

@@ -14,7 +14,9 @@ succeed while the object is held).
 
 Recorded per step t, in the public LeRobot LIBERO conventions: ``observation.images.image`` and
 ``observation.images.wrist_image`` (rotated 180°), ``observation.state`` (8), ``action`` (7, the
-raw command), before action t. Episodes are written round by round of seeds, each round in task
+raw command), before action t. Cameras render without multisampling unless ``antialias`` (the
+public data's look, 1.8x the render time, which is most of the collection's); the setting is
+recorded and ``fastwam eval libero`` renders the same way. Episodes are written round by round of seeds, each round in task
 order, then seed order. ``meta/fastwam.json`` records the layouts used and failed
 (``collection_info``), which evaluation keeps disjoint.
 """
@@ -44,6 +46,7 @@ class LiberoSpec:
     cameras: tuple[str, ...] = ("image", "wrist_image")
     steps_after_success: int = 10
     max_failures: int = 10  # failed layouts after which a task keeps the demonstrations it has
+    antialias: bool = False  # multisampling as the public data (1.8x the render time); evaluation renders alike
 
     def __post_init__(self):
         if self.episodes < 1 or self.image_size < 8 or self.steps_after_success < 0 or self.max_failures < 1:
@@ -70,11 +73,12 @@ _ENV: dict[tuple, lb.LiberoEnv] = {}
 
 
 def _env_for(spec: LiberoSpec, task: str) -> lb.LiberoEnv:
-    key = (spec.suite, task, spec.image_size, spec.cameras)
+    key = (spec.suite, task, spec.image_size, spec.cameras, spec.antialias)
     if key not in _ENV:
         close_envs()
         _ENV[key] = lb.LiberoEnv(spec.suite, task, spec.image_size, spec.cameras,
-                                 max_steps=lb.MAX_STEPS[spec.suite] + spec.steps_after_success)
+                                 max_steps=lb.MAX_STEPS[spec.suite] + spec.steps_after_success,
+                                 antialias=spec.antialias)
     return _ENV[key]
 
 
