@@ -214,6 +214,9 @@ def test_recording_a_video_does_not_change_the_actions(run_dir):
             every = run_episode(dataclasses.replace(plan, every_step=True), policy, env,
                                 Episode("reach-v3", 0, 4, seed=7, record=True))
             finals.append(env.proprio())
+            scored = run_episode(dataclasses.replace(plan, score_imagination=True), policy, env,
+                                 Episode("reach-v3", 0, 4, seed=7, record=False))
+            finals.append(env.proprio())
     finally:
         torch.set_num_threads(threads)
     assert all(np.array_equal(finals[0], f) for f in finals[1:])
@@ -221,6 +224,8 @@ def test_recording_a_video_does_not_change_the_actions(run_dir):
     recorded = results[1]
     assert sorted(recorded.imagined) == [0, 4]
     assert sorted(recorded.frames) == [0, 2, 4, 6]  # observed at 0 and 4; 2 and 6 rendered for the imagined times
+    # scoring imagination: every imagined frame whose real one exists (8 is past the end), no frames shipped
+    assert [p[:2] for p in scored.imagination] == [[0, 1], [0, 2], [4, 1]] and not scored.frames
 
 
 def test_imagined_panels_pair_each_imagined_frame_with_the_real_one_at_its_time():

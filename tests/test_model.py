@@ -11,11 +11,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from fastwam.config import VariantConfig, preset
 from fastwam.model import WAM
 from fastwam.model.experts import Tokens
-from fastwam.model.masks import ACTION, CONTEXT, FUTURE, FUTURE_CLEAN, attention_mask, attention_table
+from fastwam.model.masks import ACTION, CONTEXT, FUTURE, FUTURE_CLEAN, attention_mask, attention_table, dual_mask
 from fastwam.model.mot import KVCache
 from fastwam.nn.layers import grid_sincos_embedding
 
-VARIANTS = ["fastwam", "joint", "idm"]
+VARIANTS = ["fastwam", "joint", "idm", "dual"]
 
 
 def tiny(variant: str = "fastwam", video_weight: float | None = None, **model_overrides):
@@ -66,8 +66,18 @@ def test_mask_rules_differ_only_in_what_actions_see():
         assert not tables[rule][CONTEXT, [FUTURE, FUTURE_CLEAN, ACTION]].any()
     assert tables["joint"][ACTION, FUTURE] and not tables["fastwam"][ACTION, FUTURE]
     assert tables["idm"][ACTION, FUTURE_CLEAN] and not tables["idm"][ACTION, FUTURE]
+    assert torch.equal(tables["dual"], tables["idm"])  # at inference; training draws per sample
     with pytest.raises(ValueError, match="unknown mask rule 'causal'"):
         attention_table("causal")
+
+
+def test_dual_mask_gives_each_sample_its_own_rule():
+    layout = ((CONTEXT, 2), (FUTURE, 1), (FUTURE_CLEAN, 1), (ACTION, 2))
+    mask = dual_mask(layout, layout, torch.tensor([True, False, True]))
+    assert mask.shape == (3, 1, 6, 6)
+    idm, fastwam = attention_mask(layout, layout, "idm"), attention_mask(layout, layout, "fastwam")
+    assert torch.equal(mask[0, 0], idm) and torch.equal(mask[2, 0], idm) and torch.equal(mask[1, 0], fastwam)
+    assert mask[0, 0, 4, 3] and not mask[1, 0, 4, 3]  # an action reads the clean future only under IDM's rule
 
 
 def test_full_mask_is_none():
@@ -243,8 +253,9 @@ def test_joint_sampling_equals_fastwam_sampling_under_fastwam_mask():
     model, batch = randomized(cfg), cfg.fake_batch(2)
     noise = torch.randn(2, cfg.chunk, cfg.action_dim)
     fast = model.predict_actions(batch.context, batch.state, batch.text, noise=noise, mode="action_only")
-    joint = model.predict_actions(batch.context, batch.state, batch.text, noise=noise, mode="joint",
-                                  generator=torch.Generator().manual_seed(5))
+    prefix = model.prefill(batch.context, batch.state, batch.text)
+    joint, _ = model.sample_joint(prefix, noise, torch.randn(2, cfg.future_frames, *cfg.latent_shape),
+                                cfg.action_flow.steps)
     assert (fast - joint).abs().max() <= 1e-5
 
 
@@ -252,9 +263,73 @@ def test_joint_sampling_differs_under_joint_mask():
     cfg = tiny("joint")
     model, batch = randomized(cfg), cfg.fake_batch(2)
     noise = torch.randn(2, cfg.chunk, cfg.action_dim)
-    fast = model.predict_actions(batch.context, batch.state, batch.text, noise=noise, mode="action_only")
+    fast = model.sample_actions(model.prefill(batch.context, batch.state, batch.text), noise, cfg.action_flow.steps)
     joint = model.predict_actions(batch.context, batch.state, batch.text, noise=noise, mode="joint")
     assert (fast - joint).abs().max() > 1e-4
+
+
+def test_a_model_runs_only_the_modes_it_was_trained_for():
+    batch = tiny().fake_batch(1)
+    observation = (batch.context, batch.state, batch.text)
+    for variant, refused in (("fastwam", "video_then_action"), ("joint", "action_only"), ("idm", "joint"),
+                             ("dual", "joint")):
+        model = randomized(tiny(variant))
+        with pytest.raises(ValueError, match=rf"mode '{refused}': this model \(variant.mask '{variant}'\) was trained"):
+            model.predict_actions(*observation, mode=refused)
+
+
+def test_dual_model_acts_in_both_modes_with_one_set_of_weights():
+    cfg = tiny("dual")
+    model, batch = randomized(cfg), cfg.fake_batch(2)
+    observation, noise = (batch.context, batch.state, batch.text), torch.randn(2, cfg.chunk, cfg.action_dim)
+    fast = model.predict_actions(*observation, noise=noise)  # the default mode: Fast-WAM
+    assert cfg.variant.inference == "action_only" and cfg.variant.modes == ("action_only", "video_then_action")
+    assert torch.equal(fast, model.sample_actions(model.prefill(*observation), noise, cfg.action_flow.steps))
+    imagined = model.predict_actions(*observation, noise=noise, mode="video_then_action",
+                                     generator=torch.Generator().manual_seed(1))
+    assert (imagined - fast).abs().max() > 1e-3  # the generated future changes the actions
+    # ... exactly as an IDM model with the same weights acts
+    idm = WAM(tiny("idm"))
+    idm.load_state_dict(model.state_dict())
+    same = idm.eval().predict_actions(*observation, noise=noise, generator=torch.Generator().manual_seed(1))
+    assert (imagined - same).abs().max() <= 1e-6
+
+
+def test_dual_training_applies_each_samples_rule():
+    """In one dual batch, an IDM sample's actions read the clean future, a Fast-WAM sample's do not."""
+    cfg = tiny("dual")
+    model, batch = randomized(cfg), cfg.fake_batch(2, torch.Generator().manual_seed(1))
+    B, ones = 2, torch.ones(2)
+    vctx, actx = model.contexts(batch.text, batch.state)
+
+    def hidden(clean_future, idm_samples):
+        video = Tokens.cat([model.video.tokens(batch.context, 0 * ones, CONTEXT, 0, vctx),
+                            model.video.tokens(batch.future, 0.4 * ones, FUTURE, 1, vctx),
+                            model.video.tokens(clean_future, 0 * ones, FUTURE_CLEAN, 1, vctx)])
+        action = model.action.tokens(batch.actions, 0.7 * ones, actx)
+        return model(video, action, idm_samples=idm_samples)[1]
+
+    with torch.no_grad():
+        rules = torch.tensor([True, False])
+        base, other = hidden(batch.future, rules), hidden(torch.randn_like(batch.future) * 5, rules)
+        fastwam_view = hidden(batch.future, torch.tensor([False, False]))
+    assert (base[0] - other[0]).abs().max() > 1e-3  # IDM sample: depends on the clean future
+    assert (base[1] - other[1]).abs().max() <= 1e-5  # Fast-WAM sample: blind to it
+    assert (base[1] - fastwam_view[1]).abs().max() <= 1e-5  # and what the rule gives the whole batch
+    assert B == len(rules)
+
+
+def test_dual_loss_draws_the_rule_per_sample_at_idm_fraction():
+    cfg = dataclasses.replace(tiny("dual"), variant=VariantConfig(mask="dual", idm_fraction=0.25))
+    model, batch = randomized(cfg), cfg.fake_batch(400, torch.Generator().manual_seed(0))
+    seen = []
+    model.forward = lambda video, action, idm_samples=None, **kw: seen.append(idm_samples) or WAM.forward(
+        model, video, action, idm_samples=idm_samples, **kw)
+    with torch.no_grad():
+        loss = model.loss(batch, torch.Generator().manual_seed(3))
+    (drawn,) = seen
+    assert drawn.shape == (400,) and drawn.dtype == torch.bool and 0.18 < drawn.float().mean() < 0.32
+    assert torch.isfinite(loss.total) and loss.video > 0
 
 
 def test_predictions_are_batched_and_per_sample():

@@ -16,8 +16,11 @@ import yaml
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
-MaskRule = Literal["fastwam", "joint", "idm"]
+MaskRule = Literal["fastwam", "joint", "idm", "dual"]
 InferenceMode = Literal["action_only", "joint", "video_then_action"]
+# mask rule -> the inference modes a model trained under it supports, its default first
+TRAINED_MODES = {"fastwam": ("action_only",), "joint": ("joint",), "idm": ("video_then_action",),
+                 "dual": ("action_only", "video_then_action")}
 
 
 @dataclass(frozen=True)
@@ -39,34 +42,49 @@ class VariantConfig:
     fastwam: actions see only the clean context; inference = one video prefill + action steps.
     joint:   actions also see the noisy future; inference denoises video and actions together.
     idm:     actions see a clean copy of the future; inference generates the future, then acts.
+    dual:    one model for both Fast-WAM and IDM inference: in training each sample's actions see
+             the clean future copy (IDM's rule) with probability ``idm_fraction``, else only the
+             context (Fast-WAM's); ``inference`` is the default mode, the other one is chosen per call.
     ``video_weight = 0`` (fastwam only) removes the future tokens altogether.
     """
 
     mask: MaskRule = "fastwam"
     inference: InferenceMode = "action_only"
     video_weight: float = 1.0  # lambda in L = L_act + lambda * L_vid
-    idm_future_noise: float = 0.0  # IDM training: sigma of the noise on the clean future copy
+    idm_future_noise: float = 0.0  # IDM and dual training: sigma of the noise on the clean future copy
+    idm_fraction: float = 0.5  # dual training: the share of samples whose actions read the clean future
 
     def __post_init__(self):
-        _check(self.mask in ("fastwam", "joint", "idm"), f"variant.mask must be fastwam|joint|idm, got {self.mask!r}")
-        expected = {"fastwam": "action_only", "joint": "joint", "idm": "video_then_action"}[self.mask]
-        _check(self.inference == expected, f"variant.inference for mask {self.mask!r} must be {expected!r}, got {self.inference!r}")
+        _check(self.mask in TRAINED_MODES, f"variant.mask must be {'|'.join(TRAINED_MODES)}, got {self.mask!r}")
+        modes = TRAINED_MODES[self.mask]
+        _check(self.inference in modes, f"variant.inference for mask {self.mask!r} must be "
+                                        f"{' or '.join(map(repr, modes))}, got {self.inference!r}")
         _check(self.video_weight >= 0, f"variant.video_weight must be >= 0, got {self.video_weight}")
         _check(self.video_weight > 0 or self.mask == "fastwam",
                f"variant {self.mask!r} generates video at inference and needs video_weight > 0, got {self.video_weight}")
         _check(0 <= self.idm_future_noise < 1, f"variant.idm_future_noise must be in [0, 1), got {self.idm_future_noise}")
+        _check(0 < self.idm_fraction < 1, f"variant.idm_fraction must be in (0, 1), got {self.idm_fraction}")
 
     @property
     def has_future(self) -> bool:
         """Whether future-frame tokens exist at all (False for no video co-training)."""
         return self.video_weight > 0
 
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """The inference modes this variant is trained for (``predict_actions`` refuses others)."""
+        return TRAINED_MODES[self.mask] if self.has_future else ("action_only",)
+
+    @property
+    def reads_clean_future(self) -> bool:
+        """Whether training builds the clean future copy that IDM-mode actions read."""
+        return self.mask in ("idm", "dual")
+
     @classmethod
     def named(cls, name: str, video_weight: float | None = None) -> "VariantConfig":
-        modes = {"fastwam": "action_only", "joint": "joint", "idm": "video_then_action"}
-        if name not in modes:
-            raise ValueError(f"unknown variant {name!r}: expected one of {sorted(modes)}")
-        return cls(mask=name, inference=modes[name], video_weight=1.0 if video_weight is None else video_weight)
+        if name not in TRAINED_MODES:
+            raise ValueError(f"unknown variant {name!r}: expected one of {sorted(TRAINED_MODES)}")
+        return cls(mask=name, inference=TRAINED_MODES[name][0], video_weight=1.0 if video_weight is None else video_weight)
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ JSON keys: benchmark, suite, checkpoint, episodes_per_task, tasks.<task>.{succes
 (Wilson 95 % interval), episodes, successes, mean_chunk_ms, mean_steps, mean_episode_seconds,
 variations (each episode's layout: a MetaWorld variation index, a LIBERO ``init:i`` or
 ``fresh:seed``), training_variations, episode_success, episode_steps, episode_seconds},
-mean_success_rate, mean_ci95, variant, video_weight, max_steps, execute, chunk, denoise_steps,
+mean_success_rate, mean_ci95, variant, mode (the inference procedure), video_weight, max_steps, execute, chunk, denoise_steps,
 noise_scale, seed, split, benchmark_seed (MetaWorld: of the layouts evaluated; else null),
 training_benchmark_seed, env_options (how the env rendered, as the demonstrations were: MetaWorld
 ``shadows``, LIBERO ``antialias``), variations_disjoint, workers, wall_seconds, seconds_per_episode,
@@ -86,11 +86,13 @@ class EvalPlan:
     seed: int = 0
     steps: int | None = None  # denoising steps (None: the checkpoint's)
     noise_scale: float = 1.0  # scale of the initial action noise (Policy.noise_scale)
+    mode: str = ""  # inference procedure (dual checkpoints: action_only or video_then_action; "": the variant's)
     device: str = "cpu"
     threads: int = 0  # torch threads per process (0: torch's default)
     recorded: int = 0  # episodes kept for the video
     every_step: bool = False  # video frames at every step, not only at replans
     imagine: bool = False  # also record imagined future frames (variants trained with video)
+    score_imagination: bool = False  # score every episode's imagined frames against the real ones (fastwam.imagination)
 
     def episode_list(self) -> list["Episode"]:
         """All episodes, task by task; the first ``recorded`` in (episode, task) order are recorded."""
@@ -121,6 +123,7 @@ class EpisodeResult:
     seconds: float  # wall time of the whole episode
     frames: dict[int, np.ndarray] = field(default_factory=dict)  # step -> uint8 (H, W, 3), recorded episodes
     imagined: dict[int, np.ndarray] = field(default_factory=dict)  # replan step -> uint8 (Tf, H, W, 3)
+    imagination: list[list[float]] = field(default_factory=list)  # [replan step, k, psnr, ssim] (score_imagination)
 
 
 def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -156,8 +159,9 @@ def run_info(checkpoint: Path) -> dict:
 def make_plan(checkpoint: str | Path, episodes: int, tasks: str | Sequence[str] | None = None, *,
               benchmark_name: str = "metaworld", suite: str = "", allow_any_variation: bool = False,
               max_steps: int | None = None, execute: int | None = None, seed: int = 0, steps: int | None = None,
-              noise_scale: float = 1.0, device: str = "cpu", threads: int = 0, video_episodes: int = 0,
-              every_step: bool = False, split: str = "test") -> EvalPlan:
+              noise_scale: float = 1.0, mode: str = "", device: str = "cpu", threads: int = 0,
+              video_episodes: int = 0, every_step: bool = False, split: str = "test",
+              score_imagination: bool = False) -> EvalPlan:
     """Resolve the checkpoint, the tasks and each episode's layout; validate the numbers."""
     from fastwam.config import Config
     from fastwam.train import latest_checkpoint
@@ -174,6 +178,11 @@ def make_plan(checkpoint: str | Path, episodes: int, tasks: str | Sequence[str] 
     if noise_scale < 0:
         raise ValueError(f"--noise-scale: expected >= 0, got {noise_scale}")
     cfg = Config.load(path / "config.yaml")
+    modes = cfg.model.variant.modes
+    if score_imagination and not cfg.model.variant.has_future:
+        raise ValueError(f"--imagination: {path} was trained without video (video_weight = 0); it imagines nothing")
+    if mode and mode not in modes:
+        raise ValueError(f"--mode: {path} (variant {cfg.model.variant.mask!r}) runs {' or '.join(modes)}, got {mode!r}")
     if execute is not None and not 1 <= execute <= cfg.model.chunk:
         raise ValueError(f"--execute: expected 1..{cfg.model.chunk} (the checkpoint's chunk), got {execute}")
     try:
@@ -188,8 +197,10 @@ def make_plan(checkpoint: str | Path, episodes: int, tasks: str | Sequence[str] 
         cameras=tuple(cfg.data.cameras), frame_stride=cfg.data.frame_stride, benchmark=benchmark_name,
         suite=layouts.suite, env_options=layouts.env_options,
         max_steps=adapter.default_max_steps(layouts.suite) if max_steps is None else max_steps,
-        execute=execute, seed=seed, steps=steps, noise_scale=noise_scale, device=device, threads=threads,
+        execute=execute, seed=seed, steps=steps, noise_scale=noise_scale, mode=mode or cfg.model.variant.inference,
+        device=device, threads=threads,
         recorded=video_episodes, every_step=every_step, imagine=video_episodes > 0 and cfg.model.variant.has_future,
+        score_imagination=score_imagination,
     )
     seen = [t for t in plan.tasks if not adapter.disjoint(plan, t)]
     if seen:
@@ -245,8 +256,9 @@ def run_episode(plan: EvalPlan, policy, env, episode: Episode) -> EpisodeResult:
     controller.reset(episode.seed)
     env.reset(episode.variation)
     recorder = None
-    if episode.record:
-        recorder = Recorder(policy, plan.every_step, plan.imagine, plan.frame_stride, episode.seed)
+    if episode.record or plan.score_imagination:
+        recorder = Recorder(policy, plan.every_step and episode.record, plan.imagine or plan.score_imagination,
+                            plan.frame_stride, episode.seed)
 
     def observe() -> dict:
         image = recorder.frames.get(env.steps) if recorder else None
@@ -265,12 +277,19 @@ def run_episode(plan: EvalPlan, policy, env, episode: Episode) -> EpisodeResult:
         _, success, _ = env.step(action)
         if recorder and recorder.wants(env.steps):
             recorder.frames[env.steps] = env.render()
-    if recorder and env.steps not in recorder.frames:
+    if episode.record and env.steps not in recorder.frames:
         recorder.frames[env.steps] = env.render()  # the final state, for the video's last frame
+    seconds = time.perf_counter() - start
+    pairs = []
+    if plan.score_imagination:
+        from fastwam.imagination import score_episode
+
+        pairs = score_episode(recorder.imagined, recorder.frames, plan.frame_stride)
+    kept = recorder if episode.record else None  # frames travel back only for the videos
     return EpisodeResult(
         task=episode.task, index=episode.index, variation=episode.variation, seed=episode.seed, success=success,
-        steps=env.steps, chunk_ms=[s * 1e3 for s in controller.chunk_seconds], seconds=time.perf_counter() - start,
-        frames=recorder.frames if recorder else {}, imagined=recorder.imagined if recorder else {},
+        steps=env.steps, chunk_ms=[s * 1e3 for s in controller.chunk_seconds], seconds=seconds,
+        frames=kept.frames if kept else {}, imagined=kept.imagined if kept else {}, imagination=pairs,
     )
 
 
@@ -300,7 +319,7 @@ def _process_policy(plan: EvalPlan):
         from fastwam.policy import Policy
 
         _PROCESS["policy"] = Policy.from_checkpoint(plan.checkpoint, device=plan.device, steps=plan.steps,
-                                                    seed=plan.seed, noise_scale=plan.noise_scale)
+                                                    seed=plan.seed, noise_scale=plan.noise_scale, mode=plan.mode)
     return _PROCESS["policy"]
 
 
@@ -397,7 +416,7 @@ def summarize(plan: EvalPlan, results: list[EpisodeResult], wall_seconds: float,
         "episodes_per_task": plan.episodes, "tasks": tasks,
         "mean_success_rate": float(np.mean([t["success_rate"] for t in tasks.values()])),
         "mean_ci95": list(wilson_interval(wins, n)),
-        "variant": cfg.model.variant.mask, "video_weight": cfg.model.variant.video_weight,
+        "variant": cfg.model.variant.mask, "mode": plan.mode, "video_weight": cfg.model.variant.video_weight,
         "max_steps": plan.max_steps, "execute": plan.execute or cfg.model.chunk // 2, "chunk": cfg.model.chunk,
         "denoise_steps": plan.steps or cfg.model.action_flow.steps, "noise_scale": plan.noise_scale, "seed": plan.seed,
         "split": plan.split, "benchmark_seed": plan.benchmark_seed,
@@ -430,6 +449,31 @@ def format_table(summary: dict) -> str:
     lines.append(f"{summary['wall_seconds']:.1f} s wall, {summary['seconds_per_episode']:.2f} s per episode, "
                  f"{summary['workers']} worker(s)")
     return "\n".join(lines)
+
+
+def format_imagination(record: dict) -> str:
+    """The imagination scores as a table: PSNR and SSIM per task and horizon."""
+    horizons = record["horizons"]
+    head = "".join(f"{f'psnr t+{h}':>11}{f'ssim t+{h}':>11}" for h in horizons)
+    lines = [f"imagination ({record['pairs']} imagined frames scored)", f"{'task':<32}{head}"]
+
+    def cells(psnr, ssim):
+        return "".join(f"{_number(psnr[str(h)], 1):>11}{_number(ssim[str(h)], 3):>11}" for h in horizons)
+
+    for task in record["psnr"]["tasks"]:
+        lines.append(f"{task[:31]:<32}" + cells(record["psnr"]["tasks"][task]["by_horizon"],
+                                                 record["ssim"]["tasks"][task]["by_horizon"]))
+    lines.append(f"{'all':<32}" + cells(record["psnr"]["by_horizon"], record["ssim"]["by_horizon"]))
+    for scope in ("across_tasks", "across_episodes"):
+        corr = record["correlation"][scope]
+        lines.append(f"success vs quality {scope.replace('_', ' ')}: " + ", ".join(
+            f"{m} rho {_number(corr[m]['spearman'], 2)} (p {_number(corr[m]['p'], 3)}, n {corr[m]['n']})"
+            for m in ("psnr", "ssim")))
+    return "\n".join(lines)
+
+
+def _number(value, digits: int) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 # -- videos ------------------------------------------------------------------------------------
@@ -543,7 +587,9 @@ def _chunk(plan: EvalPlan) -> int:
 # -- command line ------------------------------------------------------------------------------
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("benchmark", choices=BENCHMARKS, help="simulated benchmark")
+    parser.add_argument("benchmark", choices=(*BENCHMARKS, "imagination"),
+                        help="simulated benchmark; imagination: the checkpoint's own benchmark, scoring imagined "
+                             "frames (as --imagination) and writing that record to --json")
     parser.add_argument("--suite", default="", help="LIBERO suite: libero_spatial, libero_object, libero_goal, "
                                                     "libero_10 (default: the one the checkpoint's demonstrations "
                                                     "were collected in)")
@@ -565,6 +611,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the checkpoint's)")
     parser.add_argument("--noise-scale", type=float, default=1.0,
                         help="scale of the initial action noise: 1 samples the learned distribution, 0 is deterministic")
+    parser.add_argument("--mode", default="", choices=["", "action_only", "video_then_action", "joint"],
+                        help="inference procedure (default: the checkpoint's; a dual checkpoint runs action_only "
+                             "(Fast-WAM) or video_then_action (IDM))")
     parser.add_argument("--seed", type=int, default=0, help="policy seed (each episode gets its own from it)")
     parser.add_argument("--workers", type=int, default=1, help="worker processes, one env and one policy each")
     parser.add_argument("--threads", type=int, default=0,
@@ -576,7 +625,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "use, for choosing settings without the test ones")
     parser.add_argument("--allow-any-variation", action="store_true",
                         help="evaluate even when the checkpoint does not record which variations it trained on")
+    parser.add_argument("--imagination", default="", metavar="OUT.json",
+                        help="also score every episode's imagined frames against the real ones (PSNR, SSIM per "
+                             "task and horizon, their correlation with success) and write that record here")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def recorded_benchmark(checkpoint: str | Path) -> str:
+    """The benchmark a checkpoint's demonstrations were collected in (``data.json``'s collection record)."""
+    from fastwam.train import latest_checkpoint
+
+    collection = run_info(latest_checkpoint(checkpoint)).get("collection") or {}
+    name = collection.get("benchmark") or collection.get("suite")
+    if name not in BENCHMARKS:
+        raise ValueError(f"{checkpoint}: its data.json records no benchmark the demonstrations came from "
+                         f"(collection {name!r}); name one of {', '.join(BENCHMARKS)} instead of imagination")
+    return name
+
+
+def imagination_record(plan: EvalPlan, results: list[EpisodeResult], summary: dict) -> dict:
+    """The imagination JSON: the evaluation's identity, the scores (``fastwam.imagination``), each episode's."""
+    from fastwam import imagination
+
+    episodes = [{"task": r.task, "index": r.index, "variation": r.variation, "success": r.success,
+                 "pairs": r.imagination} for r in results]
+    keys = ("benchmark", "suite", "checkpoint", "episodes_per_task", "variant", "mode", "split", "seed",
+            "denoise_steps", "mean_success_rate", "date", "machine")
+    return {**{k: summary[k] for k in keys}, **imagination.summarize(episodes, plan.frame_stride),
+            "episodes": episodes}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -585,13 +661,18 @@ def run(args: argparse.Namespace) -> int:
     workers = max(1, args.workers)
     threads = args.threads or (0 if workers == 1 else max(1, (os.cpu_count() or 1) // workers))
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    alias = args.benchmark == "imagination"
     try:
-        plan = make_plan(args.checkpoint, args.episodes, args.tasks or None, benchmark_name=args.benchmark,
+        if alias and args.imagination:
+            raise ValueError("eval imagination writes its record to --json; --imagination is for eval metaworld|libero")
+        name = recorded_benchmark(args.checkpoint) if alias else args.benchmark
+        plan = make_plan(args.checkpoint, args.episodes, args.tasks or None, benchmark_name=name,
                          suite=args.suite,
                          allow_any_variation=args.allow_any_variation, max_steps=args.max_steps, execute=args.execute,
-                         seed=args.seed, steps=args.steps, noise_scale=args.noise_scale, device=device, threads=threads,
+                         seed=args.seed, steps=args.steps, noise_scale=args.noise_scale, mode=args.mode, device=device,
+                         threads=threads,
                          video_episodes=args.video_episodes if args.video else 0, every_step=args.video_every_step,
-                         split=args.split)
+                         split=args.split, score_imagination=alias or bool(args.imagination))
     except (FileNotFoundError, ValueError) as e:
         raise SystemExit(f"fastwam eval: {e}") from e
     start = time.perf_counter()
@@ -600,10 +681,16 @@ def run(args: argparse.Namespace) -> int:
     if args.video:
         summary["videos"] = write_videos(plan, results, args.video)
     print(format_table(summary))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n")
-        print(f"wrote {args.json}")
+    records = {args.json: summary} if not alias else {}
+    if plan.score_imagination:
+        record = imagination_record(plan, results, summary)
+        print(format_imagination(record))
+        records[args.json if alias else args.imagination] = record
+    for out, record in records.items():
+        if out:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
+            print(f"wrote {out}")
     for path in summary["videos"]:
         print(f"video: {path}")
     return 0

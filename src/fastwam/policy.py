@@ -34,7 +34,10 @@ from fastwam.text import build_text_encoder
 
 class Policy:
     def __init__(self, model: WAM, cfg: Config, normalizer: Normalizer, device: str | torch.device = "cpu",
-                 steps: int | None = None, seed: int = 0, noise_scale: float = 1.0):
+                 steps: int | None = None, seed: int = 0, noise_scale: float = 1.0, mode: str | None = None):
+        if mode is not None and mode not in cfg.model.variant.modes:
+            raise ValueError(f"mode: this checkpoint (variant {cfg.model.variant.mask!r}) runs "
+                             f"{' or '.join(cfg.model.variant.modes)}, got {mode!r}")
         if noise_scale < 0:
             raise ValueError(f"noise_scale: expected >= 0, got {noise_scale}")
         if steps is not None and steps < 1:
@@ -44,6 +47,7 @@ class Policy:
         self.codec = build_codec(cfg.data.codec, device=self.device)
         self.text_encoder = build_text_encoder(cfg.data.text, cfg.model.text_tokens, device=self.device)
         self.steps = steps
+        self.mode = mode or cfg.model.variant.inference  # the inference procedure (dual models: either of two)
         # Scales the initial action noise of each chunk's flow sampling: 1 samples the learned
         # distribution, 0 integrates from its centre (deterministic), between = lower temperature.
         self.noise_scale = noise_scale
@@ -86,7 +90,8 @@ class Policy:
         m = self.cfg.model
         noise = torch.randn((context.shape[0], m.chunk, m.action_dim), device=self.device, generator=self.generator,
                             dtype=context.dtype) * self.noise_scale
-        actions = self.model.predict_actions(context, state, text, steps=self.steps, noise=noise, generator=self.generator)
+        actions = self.model.predict_actions(context, state, text, steps=self.steps, mode=self.mode, noise=noise,
+                                             generator=self.generator)
         actions = self.normalizer.unnormalize(ACTION_KEY, actions.float().cpu()).numpy()
         return actions if batched else actions[0]
 

@@ -479,7 +479,8 @@ def _tensorboard(out: Path):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="LeRobot dataset directory")
     parser.add_argument("--preset", default="small", help="tiny, small, wan22-5b or a YAML path")
-    parser.add_argument("--variant", default="fastwam", choices=["fastwam", "joint", "idm"])
+    parser.add_argument("--variant", default="fastwam", choices=["fastwam", "joint", "idm", "dual"],
+                        help="dual: one model for Fast-WAM and IDM inference (eval --mode picks)")
     parser.add_argument("--video-weight", type=float, default=None, help="lambda (0: no video co-training)")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the preset's)")
     parser.add_argument("--batch-size", type=int, default=None)

@@ -12,6 +12,8 @@ Rules (row = query kind, column = key kind; C, F, FC, A):
     fastwam:  C->C   F->C,F   FC->C,FC   A->C,A
     joint:    C->C   F->C,F   FC->C,FC   A->C,F,A
     idm:      C->C   F->C,F   FC->C,FC   A->C,FC,A
+    dual:     as idm at inference (without FC tokens, as in Fast-WAM mode, that is fastwam's
+              rule); in training each sample follows idm's or fastwam's rule (``dual_mask``)
 
 Worked example, fastwam, layout ((C, 2), (F, 1), (A, 2)), i.e. kinds [C, C, F, A, A]:
 
@@ -40,6 +42,7 @@ _ACTION_SEES = {
     "fastwam": {CONTEXT, ACTION},
     "joint": {CONTEXT, FUTURE, ACTION},
     "idm": {CONTEXT, FUTURE_CLEAN, ACTION},
+    "dual": {CONTEXT, FUTURE_CLEAN, ACTION},
 }
 
 
@@ -83,3 +86,11 @@ def attention_mask(query: Layout, key: Layout, rule: str, device: torch.device |
 def _mask(query: Layout, key: Layout, rule: str, device: torch.device | None) -> torch.Tensor:
     """Built once per (layouts, rule, device) and shared by every call: do not modify."""
     return attention_table(rule)[layout_kinds(query)[:, None], layout_kinds(key)[None, :]].to(device)
+
+
+def dual_mask(query: Layout, key: Layout, idm_samples: torch.Tensor) -> torch.Tensor:
+    """Dual-mode training: (B, 1, Nq, Nk) bool, IDM's rule for the samples where ``idm_samples`` (B,)
+    bool is True, Fast-WAM's (actions blind to the clean future) for the others."""
+    device = idm_samples.device
+    idm, fastwam = _mask(query, key, "idm", device), _mask(query, key, "fastwam", device)
+    return torch.where(idm_samples[:, None, None, None], idm, fastwam)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from fastwam.model.experts import Tokens
-from fastwam.model.masks import Layout, attention_mask, layout_length
+from fastwam.model.masks import Layout, attention_mask, dual_mask, layout_length
 from fastwam.nn.attention import attend
 
 
@@ -51,11 +51,13 @@ def run_layers(
     rule: str,
     cache: KVCache | None = None,
     store: bool = False,
+    idm_samples: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Run all layers; returns final hidden states (video (B, Nv, Dv), action (B, Na, Da)), None if absent.
 
     With ``cache``, queries also attend to the cached prefix. With ``store``, this call's keys and
     values are appended to ``cache`` (prefill); otherwise the cache is read only (denoising steps).
+    ``idm_samples`` (B,) bool: dual-mode training, the rule per sample (``masks.dual_mask``).
     """
     streams = [(blocks, t) for blocks, t in ((video_blocks, video), (action_blocks, action)) if t is not None]
     if not streams:
@@ -64,7 +66,10 @@ def run_layers(
         raise ValueError("run_layers: store=True needs a cache to store into")
     query_layout = sum((t.layout for _, t in streams), ())
     key_layout = query_layout if cache is None else cache.layout + query_layout
-    mask = attention_mask(query_layout, key_layout, rule, streams[0][1].x.device)
+    if idm_samples is None:
+        mask = attention_mask(query_layout, key_layout, rule, streams[0][1].x.device)
+    else:
+        mask = dual_mask(query_layout, key_layout, idm_samples)
     lengths = [t.length for _, t in streams]
     current = [t for _, t in streams]
 

@@ -4,9 +4,9 @@ Axis letters: B batch, Tc context latent frames, Tf future latent frames, C late
 h/w latent grid, S action chunk steps, A action dim, P proprio dim, L instruction tokens,
 E instruction embedding dim.
 
-Training (``loss``): video tokens ``[context (t=0) | future (t_v)]`` (+ a clean future copy for IDM)
-and action tokens (t_a) run through the MoT under the variant's mask;
-``L = L_act + lambda * L_vid``.
+Training (``loss``): video tokens ``[context (t=0) | future (t_v)]`` (+ a clean future copy for IDM
+and dual) and action tokens (t_a) run through the MoT under the variant's mask (dual: drawn per
+sample between IDM's and Fast-WAM's); ``L = L_act + lambda * L_vid``.
 
 Inference (``predict_actions``), by ``variant.inference``:
 - ``action_only`` (Fast-WAM): prefill the clean context once into a K/V cache, then N action-only
@@ -14,6 +14,7 @@ Inference (``predict_actions``), by ``variant.inference``:
 - ``joint``: prefill the context, then denoise future video and actions together (both experts).
 - ``video_then_action`` (IDM): prefill the context, generate the future (video expert only),
   prefill the generated video as clean future, then N action-only steps.
+A model runs only the modes its variant was trained for (``variant.modes``; dual: two).
 """
 
 from __future__ import annotations
@@ -111,9 +112,12 @@ class WAM(nn.Module):
                 nn.init.zeros_(block.modulation)
 
     def forward(self, video: Tokens | None, action: Tokens | None, cache: KVCache | None = None,
-                store: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Both experts through all layers under the variant's mask -> final hidden states."""
-        return run_layers(self.video.blocks, self.action.blocks, video, action, self.cfg.variant.mask, cache, store)
+                store: bool = False, idm_samples: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Both experts through all layers under the variant's mask -> final hidden states.
+        ``idm_samples`` (B,) bool: dual training, the samples whose actions read the clean future."""
+        return run_layers(self.video.blocks, self.action.blocks, video, action, self.cfg.variant.mask, cache, store,
+                          idm_samples)
 
     def contexts(self, text: torch.Tensor, state: torch.Tensor) -> tuple[ContextKV, ContextKV]:
         return self.video.context_kv(text, state), self.action.context_kv(text, state)
@@ -137,11 +141,14 @@ class WAM(nn.Module):
             noise_v = torch.randn(batch.future.shape, device=device, generator=generator, dtype=batch.future.dtype)
             noisy_future = flow.add_noise(batch.future, noise_v, sigma_v)
             segments.append(self.video.tokens(noisy_future, sigma_v, FUTURE, cfg.context_frames, video_ctx))
-            if variant.mask == "idm":
+            if variant.reads_clean_future:
                 segments.append(self._clean_future_tokens(batch.future, video_ctx, generator))
         video = Tokens.cat(segments)
 
-        video_x, action_x = self(video, action)
+        idm_samples = None
+        if variant.mask == "dual":
+            idm_samples = torch.rand(B, device=device, generator=generator) < variant.idm_fraction
+        video_x, action_x = self(video, action, idm_samples=idm_samples)
         pred_a = self.action.output(action_x, action.temb)
         loss_a = masked_mse(pred_a, flow.velocity_target(batch.actions, noise_a), ~batch.action_pad)
         if not variant.has_future:
@@ -279,6 +286,9 @@ class WAM(nn.Module):
             raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
         if mode != "action_only" and not cfg.variant.has_future:
             raise ValueError(f"mode {mode!r} generates video, but this model was trained without video (video_weight = 0)")
+        if mode not in cfg.variant.modes:
+            raise ValueError(f"mode {mode!r}: this model (variant.mask {cfg.variant.mask!r}) was trained for "
+                             f"{' and '.join(map(repr, cfg.variant.modes))} only")
         B, device, dtype = context.shape[0], context.device, context.dtype
         if noise is None:
             noise = torch.randn((B, cfg.chunk, cfg.action_dim), device=device, generator=generator, dtype=dtype)
