@@ -3,10 +3,12 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 LIBERO_STAMP := $(VENV)/.libero-installed
+OPENPI_VENV  := .venv-openpi
+OPENPI_STAMP := $(OPENPI_VENV)/.installed
 export MUJOCO_GL ?= egl
 export PYOPENGL_PLATFORM ?= egl
 
-.PHONY: test demo demo-quick install libero system-deps clean
+.PHONY: test demo demo-quick install libero openpi-client system-deps clean
 
 # Debian packages for offscreen MuJoCo rendering (only when run as root, only if missing).
 system-deps:
@@ -34,7 +36,17 @@ $(LIBERO_STAMP): $(STAMP)
 
 libero: $(LIBERO_STAMP)
 
-test: $(STAMP) $(LIBERO_STAMP)
+# openpi's own client (PyPI openpi-client 0.1.2) declares numpy<2 and fastwam pins numpy 2.4.6:
+# it gets a venv of its own, used only by the tests that drive `fastwam serve` with it. Its
+# websocket module imports typing_extensions without declaring it.
+$(OPENPI_STAMP):
+	test -x $(OPENPI_VENV)/bin/python || python3 -m venv $(OPENPI_VENV)
+	$(OPENPI_VENV)/bin/pip install -q --disable-pip-version-check openpi-client==0.1.2 typing_extensions==4.16.0
+	touch $(OPENPI_STAMP)
+
+openpi-client: $(OPENPI_STAMP)
+
+test: $(STAMP) $(LIBERO_STAMP) $(OPENPI_STAMP)
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
@@ -44,4 +56,4 @@ demo-quick: $(STAMP)
 	$(VENV)/bin/fastwam demo --quick
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(OPENPI_VENV) .pytest_cache

@@ -182,7 +182,7 @@ def test_errors_name_the_problem(run_dir, tmp_path):
         cli_main(["eval", "metaworld", "--checkpoint", str(run_dir), "--episodes", "1", "--tasks", "reach,fly-v3"])
     with pytest.raises(SystemExit, match="--execute"):
         cli_main(["eval", "metaworld", "--checkpoint", str(run_dir), "--episodes", "1", "--execute", "9"])
-    with pytest.raises(SystemExit, match="--noise-scale: expected >= 0, got -0.5"):
+    with pytest.raises(SystemExit, match="--noise-scale: expected a finite number >= 0, got -0.5"):
         cli_main(["eval", "metaworld", "--checkpoint", str(run_dir), "--episodes", "1", "--noise-scale", "-0.5"])
     bare = write_checkpoint(tmp_path / "bare", preset("tiny"), collection={})
     with pytest.raises(SystemExit, match="--allow-any-variation"):

@@ -105,6 +105,8 @@ def test_antialias_off_renders_the_same_scene_without_multisampling(env):
         fast.render_views()
         assert fast.sim._render_context_offscreen.con.offSamples == 0
     assert env.sim._render_context_offscreen.con.offSamples == lb.MULTISAMPLES
+    again = env.render_views()  # after another env's GL context came and went: this env's own is current
+    assert all(np.array_equal(a, b) for a, b in zip(smooth, again))
     for a, b in zip(smooth, jagged):
         difference = np.abs(a.astype(int) - b)
         assert 0.1 < difference.mean() < 10  # edges differ, the picture is the same

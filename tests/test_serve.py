@@ -1,86 +1,269 @@
-"""``fastwam serve``: HTTP transport around the policy (loopback only)."""
+"""``fastwam serve``: openpi's websocket protocol, driven by the real ``openpi-client``, and hardened."""
 
 import argparse
+import dataclasses
 import json
+import math
+import socket
+import subprocess
 import threading
-import urllib.error
+import time
 import urllib.request
+from pathlib import Path
 
+import msgpack
 import numpy as np
 import pytest
-import torch
+from PIL import Image
 from safetensors.torch import save_file
+from test_model import randomized
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from fastwam.config import preset
 from fastwam.data.normalize import Normalizer
 from fastwam.policy import Policy
-from fastwam.serve import add_arguments, make_server, policy_from_args
+from fastwam.serve import PolicyService, add_arguments, make_server, service_from_args, unpack
 from fastwam.train import write_run_files
+
+OPENPI_PYTHON = Path(__file__).parent.parent / ".venv-openpi" / "bin" / "python"  # make openpi-client
+STATS = {"observation.state": {"min": np.full(8, -1.0), "max": np.full(8, 1.0)},
+         "action": {"min": np.full(7, -2.0), "max": np.full(7, 2.0)}}
+PROMPT = "put the bowl on the plate"
+
+
+def libero_like():
+    """The tiny preset shaped as a LIBERO checkpoint: cameras image + wrist_image, 8-D state, 7-D actions."""
+    cfg = preset("tiny")
+    return cfg.replace(model=dataclasses.replace(cfg.model, state_dim=8, action_dim=7, latent_width=8),
+                       data=dataclasses.replace(cfg.data, cameras=("image", "wrist_image")))
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     run = tmp_path_factory.mktemp("serve")
-    cfg = preset("tiny")
-    torch.manual_seed(0)
-    save_file(cfg.model.build().state_dict(), run / "model.safetensors")
-    stats = {k: {"min": np.full(4, -2.0), "max": np.full(4, 2.0)} for k in ("observation.state", "action")}
-    write_run_files(run, cfg, Normalizer(stats), {})
+    cfg = libero_like()
+    save_file({k: v.contiguous() for k, v in randomized(cfg.model).state_dict().items()}, run / "model.safetensors")
+    write_run_files(run, cfg, Normalizer(STATS), {})
     return run
 
 
 @pytest.fixture(scope="module")
-def policy(run_dir):
-    return Policy.from_checkpoint(run_dir)
+def served(run_dir):
+    """A server on a free loopback port: (service, port)."""
+    service = PolicyService(Policy.from_checkpoint(run_dir, noise_scale=0.0))
+    server = make_server(service, "127.0.0.1", 0, max_message_mb=4.0, idle_timeout=30, handshake_timeout=1.0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield service, server.socket.getsockname()[1]
+    server.shutdown()
 
 
-def request(url, payload=None):
-    data = None if payload is None else json.dumps(payload).encode()
+def request(images=224, **override):
+    rng = np.random.default_rng(0)
+    obs = {"observation/image": rng.integers(0, 256, (images, images, 3), dtype=np.uint8),
+           "observation/wrist_image": rng.integers(0, 256, (images, images, 3), dtype=np.uint8),
+           "observation/state": np.linspace(-0.5, 0.5, 8).astype(np.float32), "prompt": PROMPT}
+    return {**obs, **override}
+
+
+def openpi_pack(obj) -> bytes:
+    """What openpi-client's msgpack_numpy.Packer sends (bytes keys, dtype.str, shape tuple)."""
+    def default(o):
+        if isinstance(o, np.ndarray):
+            return {b"__ndarray__": True, b"data": o.tobytes(), b"dtype": o.dtype.str, b"shape": o.shape}
+        raise TypeError(type(o))
+    return msgpack.packb(obj, default=default)
+
+
+def ask(port, message):
+    """Send one message on a fresh connection; (metadata, reply: dict or error text)."""
+    with connect(f"ws://127.0.0.1:{port}", compression=None, max_size=None) as ws:
+        metadata = msgpack.unpackb(ws.recv())
+        ws.send(message)
+        reply = ws.recv(timeout=60)
+    return metadata, reply if isinstance(reply, str) else unpack(reply)
+
+
+def test_the_real_openpi_client_drives_the_server_unchanged(served, run_dir):
+    if not OPENPI_PYTHON.exists():
+        pytest.skip(f"{OPENPI_PYTHON} missing: `make openpi-client` installs openpi-client==0.1.2 (make test does)")
+    service, port = served
+    script = f"""
+import json, numpy as np
+from openpi_client.websocket_client_policy import WebsocketClientPolicy
+client = WebsocketClientPolicy(host="127.0.0.1", port={port})
+rng = np.random.default_rng(0)
+obs = {{"observation/image": rng.integers(0, 256, (224, 224, 3), dtype=np.uint8),
+        "observation/wrist_image": rng.integers(0, 256, (224, 224, 3), dtype=np.uint8),
+        "observation/state": np.linspace(-0.5, 0.5, 8).astype(np.float32), "prompt": {PROMPT!r}}}
+first, second = client.infer(obs), client.infer(obs)
+try:
+    client.infer({{**obs, "observation/image": obs["observation/image"].astype(np.float32) / 255}})
+    error = None
+except RuntimeError as e:
+    error = str(e)
+print(json.dumps({{"metadata": client.get_server_metadata(), "actions": first["actions"].tolist(),
+                  "dtype": str(first["actions"].dtype), "timing": [first["server_timing"], second["server_timing"]],
+                  "again": second["actions"].tolist(), "error": error}}))
+"""
+    out = subprocess.run([str(OPENPI_PYTHON), "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    meta = result["metadata"]
+    assert meta["inputs"] == {"observation/image": "image", "observation/wrist_image": "wrist_image",
+                              "observation/state": "state", "prompt": "prompt"}
+    assert (meta["action_horizon"], meta["action_dim"], meta["image_size"]) == (4, 7, 16)
+    # the actions are the policy's on the resized cameras, side by side (noise scale 0: deterministic)
+    obs = request()
+    views = [np.asarray(Image.fromarray(obs[k]).resize((16, 16), Image.BILINEAR))
+             for k in ("observation/image", "observation/wrist_image")]
+    expected = Policy.from_checkpoint(run_dir, noise_scale=0.0).act(
+        {"image": np.concatenate(views, axis=1), "state": obs["observation/state"], "instruction": PROMPT})
+    np.testing.assert_allclose(np.array(result["actions"]), expected, atol=1e-5)
+    assert result["dtype"] == "float32" and np.array(result["actions"]).shape == (4, 7)
+    assert np.abs(expected).max() > 0 and result["again"] == result["actions"]
+    first, second = result["timing"]
+    assert first["infer_ms"] > 0 and "prev_total_ms" not in first and second["prev_total_ms"] > 0
+    assert "observation/image: expected a uint8 (H, W, 3) array" in result["error"]
+    assert "got float32 array (224, 224, 3); float images are not converted" in result["error"]
+
+
+@pytest.mark.parametrize("override, message", [
+    ({"observation/state": np.array([0, 0, np.nan, 0, 0, 0, 0, 0], np.float32)},
+     "observation/state[2]: expected a finite number, got nan"),
+    ({"observation/state": np.array([0, np.inf, 0, 0, 0, 0, 0, 0])}, "observation/state[1]: expected a finite"),
+    ({"observation/state": np.array([0, 0, 0, 1e30, 0, 0, 0, 0])},
+     "observation/state[3]: expected a value in [-10, 10] (the training range widened 10-fold), got 1e+30"),
+    ({"observation/state": np.zeros(3, np.float32)}, "observation/state: expected 8 numbers, got float32 array (3,)"),
+    ({"observation/image": np.full((224, 224, 3), 300, np.int64)},
+     "observation/image: expected a uint8 (H, W, 3) array (msgpack-numpy), got int64 array (224, 224, 3)"),
+    ({"observation/wrist_image": np.zeros((224, 200, 3), np.uint8)},
+     "observation/wrist_image: expected a square image of at least 8 pixels (resized to 16), got 224x200"),
+    ({"observation/image": [[[1, 2, 3]]]}, "observation/image: expected a uint8 (H, W, 3) array (msgpack-numpy), "
+                                           "got a list of 1 items"),
+    ({"prompt": 7}, "prompt: expected the instruction, a non-empty string of at most 1000 characters, got int"),
+    ({"prompt": ""}, "prompt: expected the instruction"),
+])
+def test_bad_inputs_are_refused_naming_the_field(served, override, message):
+    _, port = served
+    _, reply = ask(port, openpi_pack(request(**override)))
+    assert isinstance(reply, str) and message in reply
+
+
+def test_malformed_messages_get_an_error_and_the_connection_stays_usable(served):
+    _, port = served
+    deep = b"\x81\xa6prompt" + b"\x91" * 100_000 + b"\xc0"  # {"prompt": [[[...]]]} 100,000 deep
+    lying = msgpack.packb({"observation/image": {b"__ndarray__": True, b"data": b"\x00" * 10, b"dtype": "|u1",
+                                                 b"shape": [224, 224, 3]}})
+    objects = msgpack.packb({"observation/image": {b"__ndarray__": True, b"data": b"\x00" * 8, b"dtype": "|O",
+                                                   b"shape": [1]}})
+    with connect(f"ws://127.0.0.1:{port}", compression=None, max_size=None) as ws:
+        ws.recv()
+        for message, expected in [
+            (deep, "request: expected one msgpack map (openpi's msgpack-numpy), got undecodable bytes"),
+            (b"\xc1garbage", "got undecodable bytes"),
+            (msgpack.packb([1, 2, 3]), "request: expected a msgpack map of named inputs, got list"),
+            ("a text frame", "request: expected a binary msgpack message, got text"),
+            (lying, "array data: expected 150528 bytes for uint8 (224, 224, 3), got 10"),
+            (objects, "array dtype: expected one of"),
+            (openpi_pack({"prompt": PROMPT}), "request: missing ['observation/image', 'observation/wrist_image', "
+                                              "'observation/state']"),
+        ]:
+            ws.send(message)
+            reply = ws.recv(timeout=30)
+            assert isinstance(reply, str) and expected in reply, reply
+        ws.send(openpi_pack(request()))  # still serving
+        assert unpack(ws.recv(timeout=60))["actions"].shape == (4, 7)
+
+
+def test_real_time_chunking_inputs_guide_the_chunk_and_are_validated(served):
+    _, port = served
+    previous = np.full((3, 7), 1.5, np.float32)
+    _, free = ask(port, openpi_pack(request()))
+    _, guided = ask(port, openpi_pack(request(**{"rtc/previous_actions": previous, "rtc/frozen": 2})))
+    assert np.abs(guided["actions"][:2] - 1.5).max() < np.abs(free["actions"][:2] - 1.5).max()
+    for extra, message in [({"rtc/frozen": 1}, "rtc/frozen: given without rtc/previous_actions"),
+                           ({"rtc/previous_actions": previous, "rtc/frozen": 4},
+                            "rtc/frozen: expected an integer in 0..3 (the previous actions given), got 4"),
+                           ({"rtc/previous_actions": np.zeros((3, 6), np.float32)},
+                            "rtc/previous_actions: expected a float array (n, 7) with 1 <= n <= 4, got float32 array (3, 6)"),
+                           ({"rtc/previous_actions": np.full((1, 7), np.inf)},
+                            "rtc/previous_actions[0, 0]: expected a finite number, got inf")]:
+        _, reply = ask(port, openpi_pack(request(**extra)))
+        assert isinstance(reply, str) and message in reply, reply
+
+
+def test_the_server_never_sends_a_non_finite_action(served, monkeypatch):
+    service, port = served
+    monkeypatch.setattr(service.policy, "act", lambda observation, **kw: np.full((4, 7), np.nan, np.float32))
+    _, reply = ask(port, openpi_pack(request()))
+    assert isinstance(reply, str) and "inference failed" in reply and "non-finite actions (28 of 28)" in reply
+
+
+def test_limits_health_and_timeouts(run_dir):
+    service = PolicyService(Policy.from_checkpoint(run_dir))
+    server = make_server(service, "127.0.0.1", 0, max_message_mb=0.01, idle_timeout=0.5, handshake_timeout=0.5)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.socket.getsockname()[1]
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, data=data), timeout=60) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
-def test_serve_act_matches_the_policy(policy):
-    server = make_server(policy, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    try:
-        status, info = request(url + "/info")
-        assert status == 200 and info["chunk"] == 4 and info["image_shape"] == [16, 16, 3]
-        assert (info["denoise_steps"], info["noise_scale"]) == (policy.cfg.model.action_flow.steps, 1.0)
-        image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
-        obs = {"image": image.tolist(), "state": [0.1, 0.2, 0.3, 0.4], "instruction": "reach the goal"}
-        policy.reset(seed=7)
-        status, reply = request(url + "/act", obs)
-        assert status == 200
-        policy.reset(seed=7)
-        expected = policy.act({**obs, "image": image})
-        np.testing.assert_allclose(np.array(reply["actions"]), expected, atol=1e-6)
-        status, reply = request(url + "/act", {**obs, "state": [0.0]})
-        assert status == 400 and "observation['state']" in reply["error"]
-        status, reply = request(url + "/act", {"state": [0, 0, 0, 0]})
-        assert status == 400 and "missing ['image', 'instruction']" in reply["error"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:
+            assert r.status == 200 and r.read() == b"ok\n"
+        with connect(f"ws://127.0.0.1:{port}", compression=None, max_size=None) as ws:  # 150 KB > 10 KB
+            ws.recv()
+            ws.send(openpi_pack(request()))
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=10)
+        assert closed.value.rcvd.code == 1009  # message too big
+        with connect(f"ws://127.0.0.1:{port}", compression=None) as ws:  # idle: closed, saying why
+            ws.recv()
+            with pytest.raises(ConnectionClosed) as closed:
+                ws.recv(timeout=10)
+        assert closed.value.rcvd.code == 1000 and "--idle-timeout" in closed.value.rcvd.reason
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:  # a handshake that never comes
+            raw.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")  # ... and never ends
+            start = time.perf_counter()
+            while raw.recv(1024):
+                pass
+            assert time.perf_counter() - start < 5  # dropped after the handshake timeout
     finally:
         server.shutdown()
-        server.server_close()
 
 
-def test_serve_options_set_the_policys_sampling(run_dir):
+def test_bad_options_and_damaged_checkpoints_are_refused_before_serving(run_dir, tmp_path):
     parser = argparse.ArgumentParser()
     add_arguments(parser)
-    obs = {"image": np.zeros((16, 16, 3), np.uint8), "state": [0.1, 0.2, 0.3, 0.4], "instruction": "reach the goal"}
-    args = parser.parse_args(["--checkpoint", str(run_dir), "--steps", "3", "--noise-scale", "0", "--seed", "5"])
-    served = policy_from_args(args)
-    assert (served.steps, served.noise_scale) == (3, 0.0)
-    reference = Policy.from_checkpoint(run_dir, steps=3, noise_scale=0.0)
-    np.testing.assert_allclose(served.act(obs), reference.act(obs), atol=1e-6)  # deterministic: seed irrelevant
-    noisy = [policy_from_args(parser.parse_args(["--checkpoint", str(run_dir), "--seed", str(s)])) for s in (5, 5, 6)]
-    first, same, other = (p.act(obs) for p in noisy)
-    np.testing.assert_array_equal(first, same)
-    assert not np.allclose(first, other)
-    with pytest.raises(ValueError, match="steps: expected >= 1 denoising steps, got 0"):
-        policy_from_args(parser.parse_args(["--checkpoint", str(run_dir), "--steps", "0"]))
+
+    def start(*argv):
+        return service_from_args(parser.parse_args(["--checkpoint", str(run_dir), *argv]))
+
+    for argv, message in [(["--noise-scale", "nan"], "--noise-scale: expected a finite number >= 0, got nan"),
+                          (["--noise-scale", "-1"], "--noise-scale: expected a finite number >= 0, got -1.0"),
+                          (["--port", "70000"], "--port: expected 0..65535, got 70000"),
+                          (["--idle-timeout", "0"], "--idle-timeout: expected seconds > 0, got 0.0"),
+                          (["--input", "cam"], "--input: expected KEY=TARGET, got 'cam'"),
+                          (["--input", "observation/exterior=corner3"],
+                           "--input observation/exterior=corner3: expected a camera of the checkpoint (image, "
+                           "wrist_image), state or prompt, got 'corner3'"),
+                          (["--steps", "0"], "steps: expected >= 1 denoising steps, got 0"),
+                          (["--mode", "video_then_action"], "mode: this checkpoint (variant 'fastwam') runs action_only")]:
+        with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+            start(*argv)
+    renamed = start("--input", "observation/exterior_image_1_left=image")
+    assert renamed.inputs.keys["observation/exterior_image_1_left"] == "image"
+    assert "observation/image" not in renamed.inputs.keys
+    from safetensors.torch import load_file
+
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    for f in ("config.yaml", "stats.json"):
+        (damaged / f).write_bytes((run_dir / f).read_bytes())
+    weights = load_file(run_dir / "model.safetensors")
+    name = sorted(weights)[3]
+    weights[name] = weights[name].clone().fill_(math.nan)
+    save_file(weights, damaged / "model.safetensors")
+    with pytest.raises(ValueError, match=rf"model.safetensors: non-finite values in \['{name}'\] \(1 tensors\)"):
+        Policy.from_checkpoint(damaged)
+    history = libero_like()
+    history = history.replace(model=dataclasses.replace(history.model, context_frames=2))
+    with pytest.raises(ValueError, match="takes 1 past frame"):
+        PolicyService(Policy(randomized(history.model), history, Normalizer(STATS)))

@@ -182,7 +182,7 @@ def test_noise_scale_sets_the_sampling_temperature(dataset, tmp_path):
     # in between, a sample lies nearer the zero-noise one than the full-temperature sample does
     half, full, centre = act(3, noise_scale=0.25), act(3), act(3, noise_scale=0.0)
     assert np.abs(half - centre).mean() < np.abs(full - centre).mean()
-    with pytest.raises(ValueError, match="noise_scale: expected >= 0, got -1"):
+    with pytest.raises(ValueError, match="noise_scale: expected a finite number >= 0, got -1"):
         act(3, noise_scale=-1.0)
 
 

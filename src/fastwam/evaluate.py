@@ -14,17 +14,19 @@ demonstrations did not use; ``--split`` picks one of two disjoint sets:
   did not use. Checked against the demonstrations' layouts.
 
 Every episode has its own policy seed. A receding-horizon controller executes ``--execute``
-actions of each chunk (default half) and then replans; the env renders only when the controller
-replans. An episode succeeds when the env's success flag is raised at any step (it stops there)
+actions of each chunk (default half) and then replans; the env renders when the controller
+replans (and, for videos and ``--imagination``, at the imagined frames' times). An episode succeeds when the env's success flag is raised at any step (it stops there)
 within ``--max-steps``.
 
 Episodes run in this process or on ``--workers`` spawned processes, one env and one policy each.
 
 JSON keys: benchmark, suite, checkpoint, episodes_per_task, tasks.<task>.{success_rate, ci95
-(Wilson 95 % interval), episodes, successes, mean_chunk_ms, mean_steps, mean_episode_seconds,
+(Wilson 95 % interval), episodes, successes, mean_chunk_ms, mean_boundary_jump (the L2 change of
+the action where execution switches to a new chunk), mean_steps, mean_episode_seconds,
 variations (each episode's layout: a MetaWorld variation index, a LIBERO ``init:i`` or
 ``fresh:seed``), training_variations, episode_success, episode_steps, episode_seconds},
-mean_success_rate, mean_ci95, variant, mode (the inference procedure), video_weight, max_steps, execute, chunk, denoise_steps,
+mean_success_rate, mean_ci95, variant, mode (the inference procedure), video_weight, max_steps, execute, chunk,
+delay, rtc_guidance (asynchronous execution and real-time chunking), denoise_steps,
 noise_scale, seed, split, benchmark_seed (MetaWorld: of the layouts evaluated; else null),
 training_benchmark_seed, env_options (how the env rendered, as the demonstrations were: MetaWorld
 ``shadows``, LIBERO ``antialias``), variations_disjoint, workers, wall_seconds, seconds_per_episode,
@@ -83,6 +85,8 @@ class EvalPlan:
     env_options: dict = field(default_factory=dict)  # benchmark-specific env settings (adapter.make_env)
     max_steps: int = 200
     execute: int | None = None  # actions executed per chunk (None: chunk // 2)
+    delay: int = 0  # simulated inference delay in env steps (asynchronous execution; RecedingHorizonController)
+    guidance: float = 0.0  # real-time chunking's guidance cap (0: none; with delay > 0, naive asynchronous execution)
     seed: int = 0
     steps: int | None = None  # denoising steps (None: the checkpoint's)
     noise_scale: float = 1.0  # scale of the initial action noise (Policy.noise_scale)
@@ -124,6 +128,7 @@ class EpisodeResult:
     frames: dict[int, np.ndarray] = field(default_factory=dict)  # step -> uint8 (H, W, 3), recorded episodes
     imagined: dict[int, np.ndarray] = field(default_factory=dict)  # replan step -> uint8 (Tf, H, W, 3)
     imagination: list[list[float]] = field(default_factory=list)  # [replan step, k, psnr, ssim] (score_imagination)
+    boundary_jumps: list[float] = field(default_factory=list)  # L2 change of the action at each switch of chunk
 
 
 def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -158,7 +163,8 @@ def run_info(checkpoint: Path) -> dict:
 
 def make_plan(checkpoint: str | Path, episodes: int, tasks: str | Sequence[str] | None = None, *,
               benchmark_name: str = "metaworld", suite: str = "", allow_any_variation: bool = False,
-              max_steps: int | None = None, execute: int | None = None, seed: int = 0, steps: int | None = None,
+              max_steps: int | None = None, execute: int | None = None, delay: int = 0, guidance: float = 0.0,
+              seed: int = 0, steps: int | None = None,
               noise_scale: float = 1.0, mode: str = "", device: str = "cpu", threads: int = 0,
               video_episodes: int = 0, every_step: bool = False, split: str = "test",
               score_imagination: bool = False) -> EvalPlan:
@@ -175,16 +181,24 @@ def make_plan(checkpoint: str | Path, episodes: int, tasks: str | Sequence[str] 
     if episodes < 1 or (max_steps is not None and max_steps < 1) or video_episodes < 0:
         raise ValueError(f"need --episodes >= 1, --max-steps >= 1, --video-episodes >= 0; "
                          f"got {episodes}, {max_steps}, {video_episodes}")
-    if noise_scale < 0:
-        raise ValueError(f"--noise-scale: expected >= 0, got {noise_scale}")
+    if not (math.isfinite(noise_scale) and noise_scale >= 0):
+        raise ValueError(f"--noise-scale: expected a finite number >= 0, got {noise_scale}")
     cfg = Config.load(path / "config.yaml")
     modes = cfg.model.variant.modes
     if score_imagination and not cfg.model.variant.has_future:
-        raise ValueError(f"--imagination: {path} was trained without video (video_weight = 0); it imagines nothing")
+        raise ValueError(f"imagination scoring: {path} was trained without video (video_weight = 0); it imagines nothing")
     if mode and mode not in modes:
         raise ValueError(f"--mode: {path} (variant {cfg.model.variant.mask!r}) runs {' or '.join(modes)}, got {mode!r}")
     if execute is not None and not 1 <= execute <= cfg.model.chunk:
         raise ValueError(f"--execute: expected 1..{cfg.model.chunk} (the checkpoint's chunk), got {execute}")
+    executed = execute or cfg.model.chunk // 2
+    if not 0 <= delay <= cfg.model.chunk - executed:
+        raise ValueError(f"--delay: expected 0..{cfg.model.chunk - executed} steps (chunk {cfg.model.chunk} - execute "
+                         f"{executed}), got {delay}")
+    if not (math.isfinite(guidance) and guidance >= 0):
+        raise ValueError(f"--rtc-guidance: expected a finite number >= 0, got {guidance}")
+    if guidance and (mode or cfg.model.variant.inference) == "joint":
+        raise ValueError("--rtc-guidance: real-time chunking steers action-only steps; joint inference has none")
     try:
         adapter.check(cfg)
         layouts = adapter.plan(run_info(path), tasks, episodes, split, suite, allow_any_variation)
@@ -197,7 +211,7 @@ def make_plan(checkpoint: str | Path, episodes: int, tasks: str | Sequence[str] 
         cameras=tuple(cfg.data.cameras), frame_stride=cfg.data.frame_stride, benchmark=benchmark_name,
         suite=layouts.suite, env_options=layouts.env_options,
         max_steps=adapter.default_max_steps(layouts.suite) if max_steps is None else max_steps,
-        execute=execute, seed=seed, steps=steps, noise_scale=noise_scale, mode=mode or cfg.model.variant.inference,
+        execute=execute, delay=delay, guidance=guidance, seed=seed, steps=steps, noise_scale=noise_scale, mode=mode or cfg.model.variant.inference,
         device=device, threads=threads,
         recorded=video_episodes, every_step=every_step, imagine=video_episodes > 0 and cfg.model.variant.has_future,
         score_imagination=score_imagination,
@@ -213,7 +227,7 @@ def make_plan(checkpoint: str | Path, episodes: int, tasks: str | Sequence[str] 
 # -- one episode -------------------------------------------------------------------------------
 
 class Recorder:
-    """Frames of one episode for the videos.
+    """Frames of one episode for the videos and the imagination scores.
 
     Keeps what the policy observed (at replans and history times) and, when asked, every step's
     frame; for imagining variants, the imagined future at each replan and the real frames at the
@@ -252,7 +266,7 @@ def run_episode(plan: EvalPlan, policy, env, episode: Episode) -> EpisodeResult:
     from fastwam.policy import RecedingHorizonController
 
     start = time.perf_counter()
-    controller = RecedingHorizonController(policy, plan.execute)
+    controller = RecedingHorizonController(policy, plan.execute, plan.delay, plan.guidance)
     controller.reset(episode.seed)
     env.reset(episode.variation)
     recorder = None
@@ -290,6 +304,7 @@ def run_episode(plan: EvalPlan, policy, env, episode: Episode) -> EpisodeResult:
         task=episode.task, index=episode.index, variation=episode.variation, seed=episode.seed, success=success,
         steps=env.steps, chunk_ms=[s * 1e3 for s in controller.chunk_seconds], seconds=seconds,
         frames=kept.frames if kept else {}, imagined=kept.imagined if kept else {}, imagination=pairs,
+        boundary_jumps=controller.boundary_jumps,
     )
 
 
@@ -307,10 +322,10 @@ def _init_process(plan: EvalPlan) -> None:
     _PROCESS["plan"] = plan
 
 
-def _init_worker(plan: EvalPlan) -> None:
+def _init_worker(plan: EvalPlan, workers: int) -> None:
     from fastwam.envs import share_cores
 
-    share_cores()
+    share_cores(workers)
     _init_process(plan)
 
 
@@ -319,7 +334,8 @@ def _process_policy(plan: EvalPlan):
         from fastwam.policy import Policy
 
         _PROCESS["policy"] = Policy.from_checkpoint(plan.checkpoint, device=plan.device, steps=plan.steps,
-                                                    seed=plan.seed, noise_scale=plan.noise_scale, mode=plan.mode)
+                                                    seed=plan.seed, noise_scale=plan.noise_scale,
+                                                    mode=plan.mode or None)
     return _PROCESS["policy"]
 
 
@@ -360,7 +376,7 @@ def _episode_runner(plan: EvalPlan, workers: int) -> Iterator:
             _close_process()
             torch.set_num_threads(threads)  # the caller's setting, as it was
         return
-    pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(plan,))
+    pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(plan, workers))
     try:
         yield lambda episodes: pool.imap_unordered(_episode_job, episodes, chunksize=1)
     except BaseException:
@@ -404,6 +420,7 @@ def summarize(plan: EvalPlan, results: list[EpisodeResult], wall_seconds: float,
             "success_rate": wins / len(mine), "ci95": list(wilson_interval(wins, len(mine))),
             "episodes": len(mine), "successes": wins,
             "mean_chunk_ms": float(np.mean(chunk_ms)) if chunk_ms else 0.0,
+            "mean_boundary_jump": float(np.mean(jumps)) if (jumps := [j for r in mine for j in r.boundary_jumps]) else None,
             "mean_steps": float(np.mean([r.steps for r in mine])),
             "mean_episode_seconds": float(np.mean([r.seconds for r in mine])),
             "variations": [r.variation for r in mine], "training_variations": list(plan.training_variations[task]),
@@ -418,6 +435,7 @@ def summarize(plan: EvalPlan, results: list[EpisodeResult], wall_seconds: float,
         "mean_ci95": list(wilson_interval(wins, n)),
         "variant": cfg.model.variant.mask, "mode": plan.mode, "video_weight": cfg.model.variant.video_weight,
         "max_steps": plan.max_steps, "execute": plan.execute or cfg.model.chunk // 2, "chunk": cfg.model.chunk,
+        "delay": plan.delay, "rtc_guidance": plan.guidance,
         "denoise_steps": plan.steps or cfg.model.action_flow.steps, "noise_scale": plan.noise_scale, "seed": plan.seed,
         "split": plan.split, "benchmark_seed": plan.benchmark_seed,
         "training_benchmark_seed": plan.training_benchmark_seed, "env_options": plan.env_options,
@@ -608,6 +626,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="episode bound in env steps (default: MetaWorld 200; LIBERO the suite's, as openpi)")
     parser.add_argument("--execute", type=int, default=None, help="actions executed per chunk before replanning "
                                                                   "(default: half the chunk)")
+    parser.add_argument("--delay", type=int, default=0,
+                        help="asynchronous execution: simulated inference delay in env steps; the next chunk is "
+                             "requested this many steps before the current one runs out (default 0: synchronous)")
+    parser.add_argument("--rtc-guidance", type=float, default=0.0,
+                        help="real-time chunking: guide each chunk toward the previous one's overlap with this "
+                             "weight cap (the paper's beta, e.g. 10; 0: off)")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the checkpoint's)")
     parser.add_argument("--noise-scale", type=float, default=1.0,
                         help="scale of the initial action noise: 1 samples the learned distribution, 0 is deterministic")
@@ -665,10 +689,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         if alias and args.imagination:
             raise ValueError("eval imagination writes its record to --json; --imagination is for eval metaworld|libero")
+        if args.imagination and Path(args.imagination).resolve() == Path(args.json or ".").resolve():
+            raise ValueError(f"--imagination {args.imagination}: expected another file than --json's")
         name = recorded_benchmark(args.checkpoint) if alias else args.benchmark
         plan = make_plan(args.checkpoint, args.episodes, args.tasks or None, benchmark_name=name,
                          suite=args.suite,
                          allow_any_variation=args.allow_any_variation, max_steps=args.max_steps, execute=args.execute,
+                         delay=args.delay, guidance=args.rtc_guidance,
                          seed=args.seed, steps=args.steps, noise_scale=args.noise_scale, mode=args.mode, device=device,
                          threads=threads,
                          video_episodes=args.video_episodes if args.video else 0, every_step=args.video_every_step,

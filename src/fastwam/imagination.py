@@ -4,12 +4,15 @@ At every replan of a closed-loop episode (``fastwam eval``), a model trained wit
 the frames at t + r*k (k = 1..K; r = ``data.frame_stride``, K = the future frames it was trained
 for) from the observation it acts on; the env then renders the frames that really followed under
 the policy's own actions. Each (imagined, real) pair is scored with PSNR and SSIM from
-scikit-image, per horizon; pairs past the episode's end do not exist. Imagination draws its noise
-from a stream of its own, so the actions, the success and the chunk latency are those of a plain
-evaluation with the same seed.
+scikit-image (SSIM as Wang et al. 2004: Gaussian window sigma 1.5; the window crosses the seam of
+side-by-side cameras), per horizon; pairs past the episode's end do not exist. The scored future is
+an independent draw (``Policy.imagine``: the video schedule's steps, noise from a stream of its
+own), the same procedure for every variant, so the actions and successes are those of a plain
+evaluation with the same seed; an IDM-mode policy acts on another draw of its own.
 
 The record (``summarize``) holds, for ``psnr`` and ``ssim`` alike: the overall mean and its 95 %
-interval over episodes, the mean per horizon (t + r, t + 2r, ...), the same per task; and how
+interval over episodes, the mean per horizon (t + r, t + 2r, ...), the same per task, every mean
+weighing episodes alike (a failed episode runs longer and has more replans, not more weight); and how
 imagination quality goes with success, as Spearman rank correlations across tasks (per-task
 mean against success rate) and across episodes (per-episode mean against success), each with
 its p-value and n (null where a side is constant).
@@ -20,6 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 METRICS = ("psnr", "ssim")
+SSIM_WINDOW = 11  # pixels: the Gaussian window (sigma 1.5, truncated at 3.5 sigma) scikit-image uses
 PSNR_CAP = 100.0  # dB for identical frames (PSNR infinite): above any differing pair of <= 1e5 8-bit values (98 dB)
 
 
@@ -28,13 +32,14 @@ def score_pair(imagined: np.ndarray, real: np.ndarray) -> tuple[float, float]:
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
     if (imagined.shape != real.shape or imagined.dtype != np.uint8 or real.dtype != np.uint8
-            or real.ndim != 3 or min(real.shape[:2]) < 7):
-        raise ValueError(f"imagined and real frames: expected two uint8 (H, W, 3) of one shape, H and W >= 7 "
-                         f"(SSIM's window), got {imagined.dtype} {imagined.shape} and {real.dtype} {real.shape}")
+            or real.ndim != 3 or min(real.shape[:2]) < SSIM_WINDOW):
+        raise ValueError(f"imagined and real frames: expected two uint8 (H, W, 3) of one shape, H and W >= "
+                         f"{SSIM_WINDOW} (SSIM's window), got {imagined.dtype} {imagined.shape} and {real.dtype} {real.shape}")
     if np.array_equal(imagined, real):
         return PSNR_CAP, 1.0
     psnr = peak_signal_noise_ratio(real, imagined, data_range=255)
-    ssim = structural_similarity(real, imagined, data_range=255, channel_axis=-1)
+    ssim = structural_similarity(real, imagined, data_range=255, channel_axis=-1, gaussian_weights=True, sigma=1.5,
+                                 use_sample_covariance=False)
     return float(psnr), float(ssim)
 
 
@@ -61,14 +66,12 @@ def summarize(episodes: list[dict], stride: int) -> dict:
               "pairs": sum(len(e["pairs"]) for e in episodes), "episodes_scored": len(scored),
               "episodes_unscored": len(episodes) - len(scored)}
     for column, metric in enumerate(METRICS, start=2):
-        def means(selected):  # mean over episodes of each episode's mean (episodes weigh the same)
-            values = [np.mean([p[column] for p in e["pairs"]]) for e in selected if e["pairs"]]
+        def means(selected, k=None):  # mean over episodes of each episode's mean (at horizon k)
+            values = [np.mean(v) for e in selected if (v := [p[column] for p in e["pairs"] if k in (None, p[1])])]
             return float(np.mean(values)) if values else None
 
         def by_horizon(selected):
-            return {str(stride * k): float(np.mean(v)) if (v := [p[column] for e in selected for p in e["pairs"]
-                                                                    if p[1] == k]) else None
-                    for k in horizons}
+            return {str(stride * k): means(selected, k) for k in horizons}
 
         per_episode = [float(np.mean([p[column] for p in e["pairs"]])) for e in scored]
         spread = Z95 * np.std(per_episode, ddof=1) / np.sqrt(len(per_episode)) if len(per_episode) > 1 else None

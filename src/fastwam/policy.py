@@ -16,6 +16,7 @@ the controller below keeps them.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from pathlib import Path
@@ -38,8 +39,8 @@ class Policy:
         if mode is not None and mode not in cfg.model.variant.modes:
             raise ValueError(f"mode: this checkpoint (variant {cfg.model.variant.mask!r}) runs "
                              f"{' or '.join(cfg.model.variant.modes)}, got {mode!r}")
-        if noise_scale < 0:
-            raise ValueError(f"noise_scale: expected >= 0, got {noise_scale}")
+        if not (math.isfinite(noise_scale) and noise_scale >= 0):
+            raise ValueError(f"noise_scale: expected a finite number >= 0, got {noise_scale}")
         if steps is not None and steps < 1:
             raise ValueError(f"steps: expected >= 1 denoising steps, got {steps}")
         self.model, self.cfg, self.normalizer = model.eval(), cfg, normalizer
@@ -83,17 +84,40 @@ class Policy:
             self.generator.manual_seed(seed)
 
     @torch.no_grad()
-    def act(self, observation: dict) -> np.ndarray:
+    def act(self, observation: dict, previous: np.ndarray | None = None, frozen: int = 0,
+            guidance: float = 10.0) -> np.ndarray:
         """{"image": uint8 ([B,] H, W, 3), "state": ([B,] P), "instruction": str | list[str]
-        [, "history": uint8 ([B,] K - 1, H, W, 3)]} -> ([B,] S, A) raw units."""
+        [, "history": uint8 ([B,] K - 1, H, W, 3)]} -> ([B,] S, A) raw units.
+
+        Real-time chunking (``fastwam.model.rtc``): ``previous``, raw ([B,] n, A), are the actions
+        the previous chunk planned for this chunk's first n steps, of which the first ``frozen``
+        execute anyway while this one is computed; the sampler is guided toward them (weight cap
+        ``guidance``) so that the chunks join without a jump.
+        """
         context, state, text, batched = self._inputs(observation)
         m = self.cfg.model
         noise = torch.randn((context.shape[0], m.chunk, m.action_dim), device=self.device, generator=self.generator,
                             dtype=context.dtype) * self.noise_scale
+        guide = None if previous is None else self._guide(previous, frozen, guidance, len(context), batched)
         actions = self.model.predict_actions(context, state, text, steps=self.steps, mode=self.mode, noise=noise,
-                                             generator=self.generator)
+                                             generator=self.generator, guide=guide)
         actions = self.normalizer.unnormalize(ACTION_KEY, actions.float().cpu()).numpy()
         return actions if batched else actions[0]
+
+    def _guide(self, previous, frozen: int, guidance: float, batch: int, batched: bool):
+        from fastwam.model.rtc import ChunkGuide, guidance_weights
+
+        m = self.cfg.model
+        previous = np.asarray(previous)
+        want = (batch, "n", m.action_dim) if batched else ("n", m.action_dim)
+        if (previous.dtype.kind != "f" or previous.ndim != len(want) or previous.shape[-1] != m.action_dim
+                or not 1 <= previous.shape[-2] <= m.chunk or not np.all(np.isfinite(previous))
+                or (batched and previous.shape[0] != batch)):
+            raise ValueError(f"previous: expected finite raw actions {want} with 1 <= n <= {m.chunk} (the chunk), "
+                             f"got {previous.dtype} {previous.shape}")
+        target = torch.from_numpy(previous if batched else previous[None]).float()
+        target = self.normalizer.normalize(ACTION_KEY, target).to(self.device)
+        return ChunkGuide(target, guidance_weights(target.shape[1], frozen).to(self.device), guidance)
 
     @torch.no_grad()
     def imagine(self, observation: dict) -> np.ndarray:
@@ -161,19 +185,33 @@ class Policy:
 
 
 class RecedingHorizonController:
-    """Executes the first ``execute`` actions of each predicted chunk, then replans.
+    """Executes ``execute`` actions of each predicted chunk, then replans.
 
     ``observe`` is called only when the policy needs a frame, so a simulator renders only then:
     at replans and, for a policy with history, every ``policy.frame_stride`` steps (``execute``
     must be a multiple of it, so replans fall on history times). Before the episode has enough
     past frames, the oldest one repeats, as in training.
+
+    Asynchronous execution (``delay`` d > 0) is what a robot does: it keeps executing while the
+    next chunk is computed. A chunk is requested when d actions of the current one are left;
+    they execute during the inference and are the new chunk's first d steps, which takes over
+    at its step d (the episode's first chunk runs from its step 0). With ``guidance`` > 0 the new
+    chunk is sampled by real-time chunking (``Policy.act(previous=...)``) toward what the current
+    chunk planned for their overlap, the d executing ones frozen; 0 is the naive asynchronous
+    baseline. ``boundary_jumps``: the L2 change of the action at each switch to a new chunk.
     """
 
-    def __init__(self, policy: Policy, execute: int | None = None):
+    def __init__(self, policy: Policy, execute: int | None = None, delay: int = 0, guidance: float = 0.0):
         self.policy = policy
         self.execute = policy.chunk // 2 if execute is None else execute
         if not 1 <= self.execute <= policy.chunk:
             raise ValueError(f"execute: expected 1..{policy.chunk} actions per chunk, got {self.execute}")
+        if not 0 <= delay <= policy.chunk - self.execute:
+            raise ValueError(f"delay: expected 0..{policy.chunk - self.execute} steps (chunk {policy.chunk} - execute "
+                             f"{self.execute}: the current chunk must cover the inference), got {delay}")
+        if not (math.isfinite(guidance) and guidance >= 0):
+            raise ValueError(f"guidance: expected a finite number >= 0, got {guidance}")
+        self.delay, self.guidance = delay, guidance
         history, stride = policy.history_frames, policy.frame_stride
         if history and self.execute % stride:
             raise ValueError(f"execute: {self.execute} actions per chunk is not a multiple of the policy's frame stride "
@@ -183,7 +221,10 @@ class RecedingHorizonController:
         self.reset()
 
     def reset(self, seed: int | None = None) -> None:
-        self._queue, self.chunks, self.chunk_seconds = [], 0, []
+        self._queue: list[tuple[np.ndarray, bool]] = []  # (action, first of a new chunk)
+        self._chunk: np.ndarray | None = None  # the chunk the queue's last actions come from
+        self.chunks, self.chunk_seconds, self.boundary_jumps = 0, [], []
+        self._last_action: np.ndarray | None = None
         self._history.clear()
         self._steps = 0
         self.last_observation: dict | None = None  # what the policy last acted on (history included)
@@ -191,22 +232,30 @@ class RecedingHorizonController:
 
     @property
     def needs_observation(self) -> bool:
-        return not self._queue
+        return self._chunk is None or len(self._queue) == self.delay
 
     def act(self, observe: Callable[[], dict]) -> np.ndarray:
-        """The next action; calls the policy only at the start of a chunk, and ``observe()`` then and
+        """The next action; calls the policy only when a chunk is due, and ``observe()`` then and
         at history times."""
         on_history = bool(self._stride) and self._steps % self._stride == 0
-        if not self._queue:
+        if self.needs_observation:
             observation = observe()
             if self._stride:
                 past = list(self._history) or [observation["image"]]
                 past = [past[0]] * (self._history.maxlen - len(past)) + past
                 observation = {**observation, "history": np.stack(past)}
+            first = self._chunk is None
             start = time.perf_counter()
-            chunk = self.policy.act(observation)
+            if first or not self.guidance:
+                chunk = self.policy.act(observation)
+            else:
+                chunk = self.policy.act(observation, previous=self._chunk[self.execute:], frozen=self.delay,
+                                        guidance=self.guidance)
             self.chunk_seconds.append(time.perf_counter() - start)
-            self._queue = list(chunk[: self.execute])
+            begin = 0 if first else self.delay
+            end = begin + self.execute + (self.delay if first else 0)
+            self._queue += [(a, i == begin) for i, a in enumerate(chunk[begin:end], start=begin)]
+            self._chunk = chunk
             self.chunks += 1
             self.last_observation = observation
         elif on_history:
@@ -214,4 +263,8 @@ class RecedingHorizonController:
         if on_history:
             self._history.append(observation["image"])
         self._steps += 1
-        return self._queue.pop(0)
+        action, switch = self._queue.pop(0)
+        if switch and self._last_action is not None:
+            self.boundary_jumps.append(float(np.linalg.norm(action - self._last_action)))
+        self._last_action = action
+        return action

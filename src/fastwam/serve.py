@@ -1,97 +1,368 @@
-"""``fastwam serve``: a checkpoint's policy over HTTP (transport only; the policy does the rest).
+"""``fastwam serve``: a checkpoint's policy over openpi's websocket protocol (msgpack + numpy).
 
-    POST /act   {"image": [[[r, g, b], ...], ...] (H x W x 3 uint8), "state": [...], "instruction": "..."}
-             -> {"actions": [[...], ...] (chunk x action_dim, raw units), "ms": policy time}
-    GET  /info  -> {"chunk", "action_dim", "state_dim", "image_shape", "cameras", "variant", "denoise_steps",
-                    "noise_scale"}
+openpi's own client (PyPI ``openpi-client``, ``WebsocketClientPolicy``) drives it unchanged:
 
-Errors come back as HTTP 400 with {"error": message naming the field}. Standard library only.
+- connect to ``ws://HOST:PORT``; the server first sends its metadata (``PolicyService.metadata``);
+- each request is one binary msgpack map of named inputs, numpy arrays encoded as openpi's
+  msgpack-numpy maps (``__ndarray__``, ``data``, ``dtype``, ``shape``); the reply is a binary map
+  ``{"actions": float32 (chunk, action_dim) raw units, "server_timing": {"infer_ms", "prev_total_ms"},
+  "policy_timing": {"infer_ms"}}``;
+- a refused request is answered with one text message naming the field, expected against got (the
+  openpi client raises it as an error) and the connection stays usable; a message over
+  ``--max-message-mb`` closes the connection (code 1009), as does ``--idle-timeout`` without a request;
+- ``GET /healthz`` answers 200 ``ok``.
+
+Inputs (``InputMap``): ``observation/<camera>`` per camera of the checkpoint (uint8 (H, W, 3),
+square; other sizes are resized to the checkpoint's, bilinear, as openpi's clients resize to 224),
+``observation/state`` (state_dim numbers) and ``prompt`` (the instruction). A LIBERO checkpoint
+(cameras ``image`` and ``wrist_image``) thus takes openpi's LIBERO keys as they come;
+``--input KEY=camera`` (or ``=state``, ``=prompt``) renames one. Real-time chunking (optional keys,
+an extension of openpi's protocol): ``rtc/previous_actions`` (float (n, action_dim), raw: what the
+previous chunk planned for the new chunk's first n steps) and ``rtc/frozen`` (int: how many of
+them execute while this chunk is computed) guide the sampler toward a smooth join
+(``Policy.act(previous=...)``, weight cap ``--rtc-guidance``). The service
+(``PolicyService``) is the one layer between any transport and ``Policy``: it validates, calls the
+policy under a lock, and never answers with a non-finite action.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import logging
+import math
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass, field
 
+import msgpack
 import numpy as np
 
 from fastwam.policy import Policy
 
+STATE, PROMPT = "state", "prompt"
+RTC_PREVIOUS, RTC_FROZEN = "rtc/previous_actions", "rtc/frozen"
+ARRAY_DTYPES = {"|u1", "|i1", "<i2", "<i4", "<i8", "<u2", "<u4", "<f2", "<f4", "<f8", "|b1"}  # little-endian numbers
+MAX_DIMS = 4
+MAX_PROMPT = 1000  # characters
+STATE_LIMIT = 10.0  # |normalized state| above this (10x the training range's half-width off its centre) is refused
 
-def make_server(policy: Policy, host: str = "127.0.0.1", port: int = 8000) -> ThreadingHTTPServer:
-    """An HTTP server bound to (host, port) answering /act and /info with ``policy``."""
-    d, m = policy.cfg.data, policy.cfg.model
-    info = {"chunk": m.chunk, "action_dim": m.action_dim, "state_dim": m.state_dim,
-            "image_shape": [d.image_size, d.image_size * len(d.cameras), 3], "cameras": list(d.cameras),
-            "variant": m.variant.mask, "denoise_steps": policy.steps or m.action_flow.steps,
-            "noise_scale": policy.noise_scale}
-    lock = threading.Lock()  # one policy (noise generator, instruction cache) shared by the request threads
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self):
-            if self.path != "/info":
-                return self._reply(404, {"error": f"unknown path {self.path!r}: use GET /info or POST /act"})
-            self._reply(200, info)
+class RequestError(ValueError):
+    """A request the service refuses; the message names the field, expected against got."""
 
-        def do_POST(self):
-            if self.path != "/act":
-                return self._reply(404, {"error": f"unknown path {self.path!r}: use POST /act"})
+
+# -- wire format: openpi's msgpack-numpy, decoded strictly ----------------------------------------
+
+def _pack_default(obj):
+    if isinstance(obj, np.ndarray):
+        if obj.dtype.str not in ARRAY_DTYPES:
+            raise TypeError(f"cannot send a {obj.dtype} array")
+        return {b"__ndarray__": True, b"data": np.ascontiguousarray(obj).tobytes(), b"dtype": obj.dtype.str,
+                b"shape": list(obj.shape)}
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"cannot send {type(obj).__name__}")
+
+
+def pack(obj) -> bytes:
+    return msgpack.packb(obj, default=_pack_default)
+
+
+def _unpack_array(obj: dict):
+    if b"__ndarray__" in obj or "__ndarray__" in obj:
+        get = lambda k: obj.get(k.encode(), obj.get(k))  # noqa: E731 (openpi packs bytes keys)
+        data, dtype, shape = get("data"), get("dtype"), get("shape")
+        if not isinstance(dtype, (str, bytes)) or (dtype.decode() if isinstance(dtype, bytes) else dtype) not in ARRAY_DTYPES:
+            raise RequestError(f"array dtype: expected one of {sorted(ARRAY_DTYPES)}, got {dtype!r}")
+        dtype = np.dtype(dtype.decode() if isinstance(dtype, bytes) else dtype)
+        if (not isinstance(shape, (list, tuple)) or len(shape) > MAX_DIMS
+                or not all(isinstance(n, int) and n >= 0 for n in shape)):
+            raise RequestError(f"array shape: expected at most {MAX_DIMS} sizes >= 0, got {shape!r}")
+        if not isinstance(data, bytes) or len(data) != math.prod(shape) * dtype.itemsize:
+            raise RequestError(f"array data: expected {math.prod(shape) * dtype.itemsize} bytes for {dtype} "
+                               f"{tuple(shape)}, got {len(data) if isinstance(data, bytes) else type(data).__name__}")
+        return np.frombuffer(data, dtype=dtype).reshape(shape)
+    if b"__npgeneric__" in obj:
+        raise RequestError("numpy scalars are not inputs: send arrays, numbers or strings")
+    return obj
+
+
+def unpack(message: bytes):
+    """A request message -> its map; malformed, deeply nested or non-map messages raise RequestError."""
+    try:
+        value = msgpack.unpackb(message, object_hook=_unpack_array, raw=False)
+    except RequestError:
+        raise
+    except (ValueError, TypeError, msgpack.exceptions.ExtraData, msgpack.exceptions.FormatError,
+            msgpack.exceptions.StackError) as e:  # StackError: nested too deep
+        raise RequestError(f"request: expected one msgpack map (openpi's msgpack-numpy), got undecodable bytes "
+                           f"({type(e).__name__}: {e})") from None
+    if not isinstance(value, dict):
+        raise RequestError(f"request: expected a msgpack map of named inputs, got {type(value).__name__}")
+    return value
+
+
+# -- the policy layer under every transport ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class InputMap:
+    """Request key -> what it feeds: a camera of the checkpoint, ``state`` or ``prompt``."""
+
+    keys: dict = field(default_factory=dict)
+
+    @classmethod
+    def default(cls, cameras: list[str], renames: dict[str, str] | None = None) -> "InputMap":
+        keys = {f"observation/{c}": c for c in cameras} | {"observation/state": STATE, "prompt": PROMPT}
+        for key, target in (renames or {}).items():
+            if target not in (*cameras, STATE, PROMPT):
+                raise ValueError(f"--input {key}={target}: expected a camera of the checkpoint "
+                                 f"({', '.join(cameras)}), state or prompt, got {target!r}")
+            keys = {k: v for k, v in keys.items() if v != target} | {key: target}
+        return cls(keys)
+
+
+class PolicyService:
+    """Named inputs -> validated observation -> ``Policy.act`` -> a reply with finite actions."""
+
+    def __init__(self, policy: Policy, inputs: InputMap | None = None, guidance: float = 10.0):
+        from fastwam.data.lerobot import IMAGE_PREFIX
+
+        if policy.history_frames:
+            raise ValueError(f"serve: this checkpoint takes {policy.history_frames} past frame(s) "
+                             "(model.context_frames > 1); the openpi protocol sends one observation per request")
+        if not (math.isfinite(guidance) and guidance > 0):
+            raise ValueError(f"--rtc-guidance: expected a finite number > 0, got {guidance}")
+        self.policy, self.guidance = policy, guidance
+        self.cameras = [c.removeprefix(IMAGE_PREFIX) for c in policy.cfg.data.cameras]
+        self.inputs = inputs or InputMap.default(self.cameras)
+        self._lock = threading.Lock()  # one policy (noise generator, instruction cache) shared by connections
+        self._limits = _state_limits(policy)
+
+    @property
+    def metadata(self) -> dict:
+        d, m = self.policy.cfg.data, self.policy.cfg.model
+        return {"server": "fastwam", "inputs": self.inputs.keys, "cameras": self.cameras,
+                "image_size": d.image_size, "state_dim": m.state_dim, "action_dim": m.action_dim,
+                "action_horizon": m.chunk, "variant": m.variant.mask, "mode": self.policy.mode,
+                "denoise_steps": self.policy.steps or m.action_flow.steps, "noise_scale": self.policy.noise_scale,
+                "real_time_chunking": {"previous_actions": RTC_PREVIOUS, "frozen": RTC_FROZEN,
+                                       "guidance": self.guidance}}
+
+    def observation(self, request: dict) -> dict:
+        """The request's inputs validated and mapped onto the policy's observation."""
+        missing = [k for k in self.inputs.keys if k not in request]
+        if missing:
+            raise RequestError(f"request: missing {missing}; expected {sorted(self.inputs.keys)} "
+                               f"(got {sorted(map(str, request))})")
+        views, state, prompt = {}, None, None
+        for key, target in self.inputs.keys.items():
+            value = request[key]
+            if target == PROMPT:
+                if not isinstance(value, str) or not value.strip() or len(value) > MAX_PROMPT:
+                    raise RequestError(f"{key}: expected the instruction, a non-empty string of at most {MAX_PROMPT} "
+                                       f"characters, got {_describe(value)}")
+                prompt = value
+            elif target == STATE:
+                state = self._state(key, value)
+            else:
+                views[target] = self._image(key, value)
+        image = np.concatenate([views[c] for c in self.cameras], axis=1)
+        return {"image": image, "state": state, "instruction": prompt}
+
+    def infer(self, request: dict) -> dict:
+        observation, chunking = self.observation(request), self._chunking(request)
+        with self._lock:
+            start = time.perf_counter()
+            actions = self.policy.act(observation, **chunking)
+            ms = (time.perf_counter() - start) * 1e3
+        if not np.all(np.isfinite(actions)):
+            raise RuntimeError(f"the policy produced non-finite actions ({int(np.sum(~np.isfinite(actions)))} of "
+                               f"{actions.size}): the checkpoint's weights or normalization stats are damaged")
+        return {"actions": actions.astype(np.float32), "policy_timing": {"infer_ms": ms}}
+
+    def _chunking(self, request: dict) -> dict:
+        """The optional real-time chunking inputs -> ``Policy.act`` keyword arguments."""
+        if RTC_PREVIOUS not in request:
+            if RTC_FROZEN in request:
+                raise RequestError(f"{RTC_FROZEN}: given without {RTC_PREVIOUS}")
+            return {}
+        m = self.policy.cfg.model
+        previous, frozen = request[RTC_PREVIOUS], request.get(RTC_FROZEN, 0)
+        if (not isinstance(previous, np.ndarray) or previous.dtype.kind != "f" or previous.ndim != 2
+                or previous.shape[1] != m.action_dim or not 1 <= previous.shape[0] <= m.chunk):
+            raise RequestError(f"{RTC_PREVIOUS}: expected a float array (n, {m.action_dim}) with 1 <= n <= {m.chunk}, "
+                               f"got {_describe(previous)}")
+        bad = np.argwhere(~np.isfinite(previous))
+        if bad.size:
+            raise RequestError(f"{RTC_PREVIOUS}[{bad[0][0]}, {bad[0][1]}]: expected a finite number, "
+                               f"got {previous[tuple(bad[0])]}")
+        if not isinstance(frozen, int) or isinstance(frozen, bool) or not 0 <= frozen <= previous.shape[0]:
+            raise RequestError(f"{RTC_FROZEN}: expected an integer in 0..{previous.shape[0]} (the previous actions "
+                               f"given), got {frozen!r}")
+        return {"previous": previous, "frozen": frozen, "guidance": self.guidance}
+
+    def _image(self, key: str, value) -> np.ndarray:
+        size = self.policy.cfg.data.image_size
+        if not isinstance(value, np.ndarray) or value.dtype != np.uint8 or value.ndim != 3 or value.shape[2] != 3:
+            raise RequestError(f"{key}: expected a uint8 (H, W, 3) array (msgpack-numpy), got {_describe(value)}; "
+                               "float images are not converted")
+        if value.shape[0] != value.shape[1] or value.shape[0] < 8:
+            raise RequestError(f"{key}: expected a square image of at least 8 pixels (resized to {size}), "
+                               f"got {value.shape[0]}x{value.shape[1]}")
+        if value.shape[0] == size:
+            return value
+        from PIL import Image
+
+        return np.asarray(Image.fromarray(value).resize((size, size), Image.BILINEAR))
+
+    def _state(self, key: str, value) -> np.ndarray:
+        dim = self.policy.cfg.model.state_dim
+        if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                   for v in value):
+            value = np.asarray(value, np.float64)
+        if not isinstance(value, np.ndarray) or value.dtype.kind not in "fiu" or value.shape != (dim,):
+            raise RequestError(f"{key}: expected {dim} numbers, got {_describe(value)}")
+        state = value.astype(np.float64)
+        bad = np.flatnonzero(~np.isfinite(state))
+        if bad.size:
+            raise RequestError(f"{key}[{bad[0]}]: expected a finite number, got {state[bad[0]]}")
+        low, high = self._limits
+        out = np.flatnonzero((state < low) | (state > high))
+        if out.size:
+            i = out[0]
+            raise RequestError(f"{key}[{i}]: expected a value in [{low[i]:.4g}, {high[i]:.4g}] (the training range "
+                               f"widened {STATE_LIMIT:g}-fold), got {state[i]:.4g}")
+        return state.astype(np.float32)
+
+
+def _state_limits(policy: Policy) -> tuple[np.ndarray, np.ndarray]:
+    """Raw state values whose normalized magnitude is STATE_LIMIT: the accepted range per dimension."""
+    import torch
+
+    from fastwam.data.windows import STATE_KEY
+
+    dim = policy.cfg.model.state_dim
+    normalizer = policy.normalizer
+    edges = torch.full((2, dim), STATE_LIMIT) * torch.tensor([[-1.0], [1.0]])
+    low, high = normalizer.unnormalize(STATE_KEY, edges).double().numpy()
+    return np.minimum(low, high), np.maximum(low, high)
+
+
+def _describe(value) -> str:
+    if isinstance(value, np.ndarray):
+        return f"{value.dtype} array {value.shape}"
+    if isinstance(value, str):
+        return f"a string of {len(value)} characters"
+    if isinstance(value, (list, tuple)):
+        return f"a list of {len(value)} items"
+    return type(value).__name__
+
+
+# -- websocket transport --------------------------------------------------------------------------
+
+def make_server(service: PolicyService, host: str = "127.0.0.1", port: int = 8000, max_message_mb: float = 16.0,
+                idle_timeout: float = 300.0, handshake_timeout: float = 10.0):
+    """A websocket server (openpi's protocol) bound to (host, port); ``serve_forever()`` / ``shutdown()``.
+    A connection whose handshake takes longer than ``handshake_timeout`` s is dropped."""
+    from websockets.datastructures import Headers
+    from websockets.exceptions import ConnectionClosed
+    from websockets.http11 import Response
+    from websockets.sync.server import serve
+
+    def health(connection, request):
+        if request.path == "/healthz":
+            return Response(200, "OK", Headers([("Content-Type", "text/plain")]), b"ok\n")
+        return None  # a websocket handshake (or its refusal by websockets)
+
+    def handle(connection) -> None:
+        connection.send(pack(service.metadata))
+        previous_ms = None
+        while True:
             try:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                if not isinstance(body, dict):
-                    raise ValueError("request body: expected a JSON object with image, state, instruction")
-                observation = {"image": np.asarray(body.get("image"), dtype=np.uint8) if "image" in body else None,
-                               "state": body.get("state"), "instruction": body.get("instruction")}
-                missing = [k for k, v in observation.items() if v is None]
-                if missing:
-                    raise KeyError(f"request body: missing {missing}")
-                with lock:
-                    start = time.perf_counter()
-                    actions = policy.act(observation)
-                    ms = (time.perf_counter() - start) * 1e3
-                self._reply(200, {"actions": actions.tolist(), "ms": ms})
-            except (ValueError, KeyError, TypeError) as e:
-                self._reply(400, {"error": str(e)})
+                message = connection.recv(timeout=idle_timeout)
+            except TimeoutError:
+                connection.close(1000, f"no request for {idle_timeout:g} s (--idle-timeout)")
+                return
+            except ConnectionClosed:
+                return
+            start = time.perf_counter()
+            try:
+                if not isinstance(message, bytes):
+                    raise RequestError("request: expected a binary msgpack message, got text")
+                reply = service.infer(unpack(message))
+            except RequestError as e:
+                connection.send(f"fastwam serve: {e}")
+                continue
+            except Exception as e:  # the policy failed: say so (openpi's clients raise it), keep serving
+                logging.getLogger("fastwam.serve").exception("inference failed")
+                connection.send(f"fastwam serve: inference failed: {type(e).__name__}: {e}")
+                continue
+            reply["server_timing"] = {"infer_ms": reply["policy_timing"]["infer_ms"]}
+            if previous_ms is not None:
+                reply["server_timing"]["prev_total_ms"] = previous_ms
+            connection.send(pack(reply))
+            previous_ms = (time.perf_counter() - start) * 1e3
 
-        def _reply(self, code: int, payload: dict) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    return serve(handle, host, port, compression=None, process_request=health, max_size=int(max_message_mb * 2**20),
+                 open_timeout=handshake_timeout, ping_interval=20, ping_timeout=20, close_timeout=5)
 
-        def log_message(self, *args):  # quiet: one line per request is noise for a control loop
-            pass
 
-    return ThreadingHTTPServer((host, port), Handler)
-
+# -- command line ---------------------------------------------------------------------------------
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="run or checkpoint directory")
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps per chunk (default: the checkpoint's)")
     parser.add_argument("--noise-scale", type=float, default=1.0, help="initial action-noise scale (0: deterministic)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
+    parser.add_argument("--mode", default=None, choices=["action_only", "video_then_action", "joint"],
+                        help="inference procedure (default: the checkpoint's; dual checkpoints run two)")
+    parser.add_argument("--input", action="append", default=[], metavar="KEY=TARGET",
+                        help="request key feeding a camera of the checkpoint, state or prompt "
+                             "(default: observation/<camera>, observation/state, prompt)")
+    parser.add_argument("--rtc-guidance", type=float, default=10.0,
+                        help="real-time chunking's guidance weight cap, for requests with rtc/previous_actions")
+    parser.add_argument("--max-message-mb", type=float, default=16.0, help="largest request accepted")
+    parser.add_argument("--idle-timeout", type=float, default=300.0, help="seconds without a request before closing")
 
 
-def policy_from_args(args: argparse.Namespace) -> Policy:
-    return Policy.from_checkpoint(args.checkpoint, device=args.device, steps=args.steps, seed=args.seed,
-                                  noise_scale=args.noise_scale)
+def service_from_args(args: argparse.Namespace) -> PolicyService:
+    """The policy and its input map from the command line; bad options raise ValueError before serving."""
+    if not (math.isfinite(args.noise_scale) and args.noise_scale >= 0):
+        raise ValueError(f"--noise-scale: expected a finite number >= 0, got {args.noise_scale}")
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port: expected 0..65535, got {args.port}")
+    if not (math.isfinite(args.max_message_mb) and args.max_message_mb > 0):
+        raise ValueError(f"--max-message-mb: expected a number > 0, got {args.max_message_mb}")
+    if not (math.isfinite(args.idle_timeout) and args.idle_timeout > 0):
+        raise ValueError(f"--idle-timeout: expected seconds > 0, got {args.idle_timeout}")
+    renames = {}
+    for item in args.input:
+        key, sep, target = item.partition("=")
+        if not sep or not key or not target:
+            raise ValueError(f"--input: expected KEY=TARGET, got {item!r}")
+        renames[key] = target
+    policy = Policy.from_checkpoint(args.checkpoint, device=args.device, steps=args.steps, seed=args.seed,
+                                    noise_scale=args.noise_scale, mode=args.mode)
+    service = PolicyService(policy, guidance=args.rtc_guidance)
+    return PolicyService(policy, InputMap.default(service.cameras, renames), args.rtc_guidance) if renames else service
 
 
 def run(args: argparse.Namespace) -> int:
-    server = make_server(policy_from_args(args), args.host, args.port)
-    print(f"serving {args.checkpoint} on http://{args.host}:{server.server_address[1]} (POST /act, GET /info)")
+    try:
+        service = service_from_args(args)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"fastwam serve: {e}") from e
+    server = make_server(service, args.host, args.port, args.max_message_mb, args.idle_timeout)
+    port = server.socket.getsockname()[1]
+    print(f"serving {args.checkpoint} on ws://{args.host}:{port} (openpi protocol; GET /healthz); "
+          f"inputs {service.inputs.keys}")
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
-        server.server_close()
+        server.shutdown()
     return 0

@@ -434,6 +434,9 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tu
     if missing or unexpected:
         raise ValueError(f"{weights}: does not match the config's model: missing {sorted(missing)[:5]}, "
                          f"unexpected {sorted(unexpected)[:5]}")
+    damaged = [name for name, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if damaged:
+        raise ValueError(f"{weights}: non-finite values in {damaged[:5]} ({len(damaged)} tensors): damaged weights")
     model.load_state_dict(state, strict=True)
     return model.to(device).eval(), cfg
 

@@ -50,13 +50,13 @@ class EpisodeLayouts:
     env_options: dict = field(default_factory=dict)  # passed on to make_env (e.g. MetaWorld's shadows)
 
 
-def share_cores() -> None:
-    """In a worker process, before any GL context exists: Mesa's software renderer (llvmpipe) draws
-    with one thread, as the workers already split the cores (7 % faster LIBERO collection on 2 cores
-    with 2 workers, measured); an explicit LP_NUM_THREADS is kept."""
+def share_cores(workers: int) -> None:
+    """In one of ``workers`` worker processes, before any GL context exists: Mesa's software renderer
+    (llvmpipe) draws with this worker's share of the cores, not all of them (7 % faster LIBERO
+    collection on 2 cores with 2 workers, measured); an explicit LP_NUM_THREADS is kept."""
     import os
 
-    os.environ.setdefault("LP_NUM_THREADS", "1")
+    os.environ.setdefault("LP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, workers))))
 
 
 def benchmark(name: str):

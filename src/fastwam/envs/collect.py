@@ -188,7 +188,7 @@ def _pool(workers: int) -> Iterator[Pool | None]:
         return
     from fastwam.envs import share_cores
 
-    with mp.get_context("spawn").Pool(workers, initializer=share_cores) as pool:
+    with mp.get_context("spawn").Pool(workers, initializer=share_cores, initargs=(workers,)) as pool:
         yield pool
 
 

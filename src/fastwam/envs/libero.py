@@ -264,8 +264,9 @@ class LiberoEnv:
         when it builds the context)."""
         context, samples = self.sim._render_context_offscreen, MULTISAMPLES if self.antialias else 0
         context.gl_ctx.make_current()  # this env's GL context, whichever env (or closed one) used its own last
-        if context.con.offSamples != samples:
-            self.sim.model._model.vis.quality.offsamples = samples
+        quality = self.sim.model._model.vis.quality  # what was asked (a GL may give fewer samples)
+        if quality.offsamples != samples:
+            quality.offsamples = samples
             context.con.free()
             context._set_mujoco_context_and_buffers()
 

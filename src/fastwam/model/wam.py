@@ -8,13 +8,15 @@ Training (``loss``): video tokens ``[context (t=0) | future (t_v)]`` (+ a clean 
 and dual) and action tokens (t_a) run through the MoT under the variant's mask (dual: drawn per
 sample between IDM's and Fast-WAM's); ``L = L_act + lambda * L_vid``.
 
-Inference (``predict_actions``), by ``variant.inference``:
+Inference (``predict_actions``), by ``mode`` (default ``variant.inference``):
 - ``action_only`` (Fast-WAM): prefill the clean context once into a K/V cache, then N action-only
   steps on the cache. No future tokens are built.
 - ``joint``: prefill the context, then denoise future video and actions together (both experts).
 - ``video_then_action`` (IDM): prefill the context, generate the future (video expert only),
   prefill the generated video as clean future, then N action-only steps.
-A model runs only the modes its variant was trained for (``variant.modes``; dual: two).
+A model runs only the modes its variant was trained for (``variant.modes``; dual: two). A
+``ChunkGuide`` (real-time chunking, ``fastwam.model.rtc``) steers the action steps of the
+action-only and IDM modes toward the previous chunk.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from fastwam.model import flow
 from fastwam.model.experts import ActionExpert, ContextKV, Tokens, VideoExpert
 from fastwam.model.masks import CONTEXT, FUTURE, FUTURE_CLEAN
 from fastwam.model.mot import KVCache, run_layers
+from fastwam.model.rtc import ChunkGuide, guided_velocity
 
 MODES = ("action_only", "joint", "video_then_action")
 
@@ -191,10 +194,23 @@ class WAM(nn.Module):
         return Prefix(cache, video_ctx, action_ctx, B)
 
     @torch.no_grad()
-    def sample_actions(self, prefix: Prefix, noise: torch.Tensor, steps: int) -> torch.Tensor:
-        """N action-only Euler steps attending to the cached prefix. noise (B, S, A) -> actions (B, S, A)."""
+    def sample_actions(self, prefix: Prefix, noise: torch.Tensor, steps: int,
+                       guide: ChunkGuide | None = None) -> torch.Tensor:
+        """N action-only Euler steps attending to the cached prefix. noise (B, S, A) -> actions (B, S, A);
+        with ``guide``, each step's velocity is steered toward ``guide.target`` (real-time chunking)."""
         expect("noise", noise, (prefix.batch, self.cfg.chunk, self.cfg.action_dim))
-        return self._action_loop(noise, steps, prefix)
+        if guide is None:
+            return self._action_loop(noise, steps, prefix)
+        expect("guide.target", guide.target, (prefix.batch, "n", self.cfg.action_dim))
+        if guide.target.shape[1] > self.cfg.chunk:
+            raise ValueError(f"guide.target: expected at most {self.cfg.chunk} steps (the chunk), "
+                             f"got {guide.target.shape[1]}")
+        x, sigmas = noise, flow.sampling_sigmas(steps, self.cfg.action_flow.shift)
+        for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
+            def velocity(z, sigma=sigma):
+                return self.action_velocity(z, z.new_full((prefix.batch,), sigma), prefix)
+            x = flow.euler_step(x, guided_velocity(velocity, x, sigma, guide), sigma, sigma_next)
+        return x
 
     @torch.no_grad()
     def sample_future(self, prefix: Prefix, noise: torch.Tensor, steps: int) -> torch.Tensor:
@@ -273,11 +289,12 @@ class WAM(nn.Module):
     @torch.no_grad()
     def predict_actions(self, context: torch.Tensor, state: torch.Tensor, text: torch.Tensor, *,
                         steps: int | None = None, mode: str | None = None, noise: torch.Tensor | None = None,
-                        generator: torch.Generator | None = None) -> torch.Tensor:
+                        generator: torch.Generator | None = None, guide: ChunkGuide | None = None) -> torch.Tensor:
         """Current-frame latents (B, Tc, C, h, w), proprio (B, P), instruction (B, L, E) -> actions (B, S, A).
 
         ``mode`` defaults to the variant's inference procedure; ``noise`` (B, S, A) fixes the
-        initial action noise (else drawn from ``generator``).
+        initial action noise (else drawn from ``generator``); ``guide`` continues a previous chunk
+        (real-time chunking; not for joint inference, whose actions are denoised with the video).
         """
         cfg = self.cfg
         mode = cfg.variant.inference if mode is None else mode
@@ -289,17 +306,19 @@ class WAM(nn.Module):
         if mode not in cfg.variant.modes:
             raise ValueError(f"mode {mode!r}: this model (variant.mask {cfg.variant.mask!r}) was trained for "
                              f"{' and '.join(map(repr, cfg.variant.modes))} only")
+        if guide is not None and mode == "joint":
+            raise ValueError("guide: real-time chunking steers the action-only steps; joint inference has none")
         B, device, dtype = context.shape[0], context.device, context.dtype
         if noise is None:
             noise = torch.randn((B, cfg.chunk, cfg.action_dim), device=device, generator=generator, dtype=dtype)
         prefix = self.prefill(context, state, text)
         if mode == "action_only":
-            return self.sample_actions(prefix, noise, steps)
+            return self.sample_actions(prefix, noise, steps, guide)
         video_noise = torch.randn(self._future_shape(B), device=device, generator=generator, dtype=dtype)
         if mode == "joint":
             return self.sample_joint(prefix, noise, video_noise, steps)[0]
         self.extend_prefix(prefix, self.sample_future(prefix, video_noise, steps))
-        return self.sample_actions(prefix, noise, steps)
+        return self.sample_actions(prefix, noise, steps, guide)
 
     @torch.no_grad()
     def imagine(self, context: torch.Tensor, state: torch.Tensor, text: torch.Tensor, *, steps: int | None = None,

@@ -21,7 +21,8 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Scaled dot-product attention. q (B, H, N, K), k/v (B, H, M, K), mask (N, M) bool or None."""
+    """Scaled dot-product attention. q (B, H, N, K), k/v (B, H, M, K), mask (N, M) or
+    (B, 1, N, M) bool (one per sample: dual-mode training), or None."""
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
