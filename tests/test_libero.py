@@ -9,7 +9,9 @@ import os
 os.environ.setdefault("MUJOCO_GL", "egl")  # before mujoco is imported
 
 import dataclasses
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -154,19 +156,33 @@ def test_fresh_layouts_are_reproducible_and_never_an_evaluation_init_state(env):
         check_fresh(env)
 
 
+_spec = importlib.util.spec_from_file_location("libero_failures",
+                                              Path(__file__).parents[1] / "benchmarks" / "libero_failures.py")
+failures = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(failures)
+
+
 def test_scripted_expert_succeeds_through_the_wrapper(env):
     from fastwam.envs.libero_expert import LiberoExpert, supports
 
     assert supports(SUITE, TASK)
-    env.reset(lb.Layout("fresh", 3))
+    tracked = failures.ObjectTracker(env)  # benchmarks/libero_failures.py: what moved, for failure analysis
+    tracked.reset(lb.Layout("fresh", 3))
+    for _ in range(3):
+        tracked.step(lb.NOOP)
+    assert tracked.outcome(False) == ("no_lift", None)
     expert = LiberoExpert(env)
     expert.reset()
     success = False
     while not success and env.steps < lb.MAX_STEPS[SUITE]:
         action = expert.act()
         assert action.shape == (7,) and np.all(np.abs(action) <= 1)
-        _, success, _ = env.step(action)
+        _, success, _ = tracked.step(action)
     assert success, f"no success in {env.steps} steps"
+    assert tracked.outcome(True) == ("success", None)
+    assert tracked.rise[tracked.object] > failures.LIFT  # the instructed object was lifted ...
+    assert tracked.outcome(False) == ("placed_elsewhere", None)  # ... so a failure would not be a wrong grasp
+    assert max(r for n, r in tracked.rise.items() if n != tracked.object) < failures.LIFT
 
 
 @pytest.fixture(scope="module")

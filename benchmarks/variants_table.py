@@ -1,0 +1,111 @@
+"""The controlled comparison's table (issue #18), in the paper's form, from the files of
+``benchmarks/mt10_variants.sh``: per variant, mean success with its 95 % interval, the paired
+difference against Fast-WAM with its paired 95 % interval (``paired_comparison.py``: the same
+episodes), policy latency per chunk from the same eval runs, and imagination PSNR/SSIM (validation
+episodes) — per seed and pooled over seeds (episodes of both seeds together, each paired with
+Fast-WAM's of its seed); then the per-task breakdown. Missing files are shown as not run.
+
+    .venv/bin/python benchmarks/variants_table.py [--dir docs/results/mt10_variants] [--split test]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+
+ROWS = ("fastwam", "joint", "idm", "lambda0", "dual_fastwam", "dual_idm")
+LABELS = {"fastwam": "Fast-WAM", "joint": "Joint", "idm": "IDM", "lambda0": "no video co-training (λ = 0)",
+          "dual_fastwam": "dual, Fast-WAM mode", "dual_idm": "dual, IDM mode"}
+SEEDS = (0, 1)
+
+_spec = importlib.util.spec_from_file_location("paired_comparison", Path(__file__).parent / "paired_comparison.py")
+paired = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(paired)
+
+
+def load(directory: Path, split: str) -> tuple[dict, dict]:
+    """(runs[(row, seed)] -> eval JSON, imagination[(row, seed)] -> imagination JSON), the files that exist."""
+    runs, imagination = {}, {}
+    for row in ROWS:
+        for seed in SEEDS:
+            path = directory / f"{row}_s{seed}_{split}.json"
+            if path.is_file():
+                runs[row, seed] = json.loads(path.read_text())
+            path = directory / f"imagination_{row}_s{seed}.json"
+            if path.is_file():
+                imagination[row, seed] = json.loads(path.read_text())
+    return runs, imagination
+
+
+def _interval(outcomes: np.ndarray) -> str:
+    from fastwam.evaluate import wilson_interval
+
+    low, high = wilson_interval(int(outcomes.sum()), len(outcomes))
+    return f"{100 * outcomes.mean():.1f} % ({100 * low:.1f}-{100 * high:.1f})"
+
+
+def row_cells(runs: dict, imagination: dict, row: str, seeds: tuple[int, ...]) -> list[str]:
+    """Success, paired difference against fastwam, chunk ms, PSNR, SSIM for ``row`` over ``seeds``."""
+    present = [s for s in seeds if (row, s) in runs]
+    if len(present) < len(seeds):
+        return ["not run"] + [""] * 4
+    outcomes = np.concatenate([paired.episode_outcomes(runs[row, s]) for s in seeds])
+    cells = [_interval(outcomes)]
+    if row == "fastwam":
+        cells.append("reference")
+    elif all(("fastwam", s) in runs for s in seeds):
+        for s in seeds:
+            paired.check_same_episodes(runs["fastwam", s], runs[row, s], Path(f"fastwam_s{s}"), Path(f"{row}_s{s}"))
+        ref = np.concatenate([paired.episode_outcomes(runs["fastwam", s]) for s in seeds])
+        d = paired.paired_difference(ref, outcomes)
+        cells.append(f"{100 * d['difference']:+.1f} ({100 * (d['difference'] - d['paired_half']):+.1f} to "
+                     f"{100 * (d['difference'] + d['paired_half']):+.1f})")
+    else:
+        cells.append("no Fast-WAM run")
+    ms = [t["mean_chunk_ms"] for s in seeds for t in runs[row, s]["tasks"].values()]
+    cells.append(f"{np.mean(ms):.1f}")
+    source = "dual_fastwam" if row == "dual_idm" else row  # one set of weights: one imagination
+    scores = [imagination[source, s] for s in seeds if (source, s) in imagination]
+    if row == "lambda0" or len(scores) < len(seeds):
+        cells += ["—" if row == "lambda0" else "not run"] * 2
+    else:
+        cells += [f"{np.mean([r['psnr']['overall'] for r in scores]):.2f}",
+                  f"{np.mean([r['ssim']['overall'] for r in scores]):.3f}"]
+    return cells
+
+
+def table(runs: dict, imagination: dict, split: str) -> str:
+    head = ("| variant | seeds | success (95 %) | paired difference vs Fast-WAM (95 %) | ms / chunk | PSNR (dB) | SSIM |\n"
+            "|---|---|---|---|---|---|---|")
+    lines = [f"MT10, {split} split, 50 episodes per task and seed", "", head]
+    for seeds, label in [((s,), str(s)) for s in SEEDS] + [(SEEDS, "pooled")]:
+        for row in ROWS:
+            lines.append(f"| {LABELS[row]} | {label} | " + " | ".join(row_cells(runs, imagination, row, seeds)) + " |")
+    tasks = next((list(r["tasks"]) for r in runs.values()), [])
+    if tasks:
+        lines += ["", "| task | " + " | ".join(LABELS[r] for r in ROWS) + " |", "|---|" + "---|" * len(ROWS)]
+        for task in tasks:
+            cells = []
+            for row in ROWS:
+                rates = [runs[row, s]["tasks"][task]["success_rate"] for s in SEEDS if (row, s) in runs]
+                cells.append(f"{100 * np.mean(rates):.0f} %" if len(rates) == len(SEEDS) else "—")
+            lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dir", default="docs/results/mt10_variants")
+    parser.add_argument("--split", default="test", choices=["test", "validation"])
+    args = parser.parse_args(argv)
+    runs, imagination = load(Path(args.dir), args.split)
+    print(table(runs, imagination, args.split))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

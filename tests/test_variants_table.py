@@ -1,0 +1,42 @@
+"""benchmarks/variants_table.py: the controlled comparison's table from eval and imagination files."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+_spec = importlib.util.spec_from_file_location(
+    "variants_table", Path(__file__).parents[1] / "benchmarks" / "variants_table.py")
+variants = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(variants)
+
+
+def write_eval(directory, row, seed, successes, ms=20.0):
+    tasks = {}
+    for task, outcomes in successes.items():
+        tasks[task] = {"episode_success": outcomes, "success_rate": sum(outcomes) / len(outcomes),
+                       "variations": list(range(len(outcomes))), "mean_chunk_ms": ms}
+    run = {"split": "test", "seed": 0, "benchmark_seed": 0, "episodes_per_task": 4, "max_steps": 200, "tasks": tasks}
+    (directory / f"{row}_s{seed}_test.json").write_text(json.dumps(run))
+
+
+def test_rows_pool_seeds_and_pair_against_fastwam(tmp_path):
+    ref = {"reach": [1, 1, 0, 0], "push": [1, 0, 0, 0]}  # 3/8
+    better = {"reach": [1, 1, 1, 0], "push": [1, 1, 0, 0]}  # 5/8, never worse on an episode
+    for seed in (0, 1):
+        write_eval(tmp_path, "fastwam", seed, ref, ms=20.0)
+        write_eval(tmp_path, "idm", seed, better, ms=80.0)
+    (tmp_path / "imagination_idm_s0.json").write_text(json.dumps({"psnr": {"overall": 20.0}, "ssim": {"overall": 0.5}}))
+    (tmp_path / "imagination_idm_s1.json").write_text(json.dumps({"psnr": {"overall": 22.0}, "ssim": {"overall": 0.7}}))
+    runs, imagination = variants.load(tmp_path, "test")
+    pooled = variants.row_cells(runs, imagination, "idm", (0, 1))
+    assert pooled[0].startswith("62.5 % (")  # 10 of 16 episodes
+    difference = pooled[1]
+    assert difference.startswith("+25.0 (")  # +2 per seed-task pair of 8 episodes
+    low = float(difference.split("(")[1].split(" to ")[0])
+    assert 0 < low < 25  # every paired difference >= 0: the paired interval stays above 0
+    assert pooled[2] == "80.0" and pooled[3:] == ["21.00", "0.600"]
+    assert variants.row_cells(runs, imagination, "fastwam", (0,))[1] == "reference"
+    assert variants.row_cells(runs, imagination, "fastwam", (0,))[3:] == ["not run", "not run"]
+    assert variants.row_cells(runs, imagination, "joint", (0, 1))[0] == "not run"
+    text = variants.table(runs, imagination, "test")
+    assert "| IDM | pooled | 62.5 %" in text and "| push | 25 % | — | 50 % |" in text
