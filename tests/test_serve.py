@@ -267,3 +267,16 @@ def test_bad_options_and_damaged_checkpoints_are_refused_before_serving(run_dir,
     history = history.replace(model=dataclasses.replace(history.model, context_frames=2))
     with pytest.raises(ValueError, match="takes 1 past frame"):
         PolicyService(Policy(randomized(history.model), history, Normalizer(STATS)))
+
+
+def test_concurrent_clients_are_all_answered_without_thread_growth(run_dir):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("serve_load", Path(__file__).parents[1] / "benchmarks" / "serve_load.py")
+    load = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(load)
+    result = load.run_load(run_dir, clients=3, requests=2, bad=1, rounds=2)
+    assert result["failures"] == [] and result["answered"] == result["expected"] == 12
+    first, second = result["after_rounds"]
+    assert second["threads"] <= first["threads"]  # the connections' threads are gone after each round
+    assert 0 < result["p50_ms"] <= result["p99_ms"]

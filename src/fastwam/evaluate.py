@@ -21,8 +21,9 @@ within ``--max-steps``.
 Episodes run in this process or on ``--workers`` spawned processes, one env and one policy each.
 
 JSON keys: benchmark, suite, checkpoint, episodes_per_task, tasks.<task>.{success_rate, ci95
-(Wilson 95 % interval), episodes, successes, mean_chunk_ms, mean_boundary_jump (the L2 change of
-the action where execution switches to a new chunk), mean_steps, mean_episode_seconds,
+(Wilson 95 % interval), episodes, successes, mean_chunk_ms, mean_boundary_jump and max_boundary_jump
+(the L2 change of the action where execution switches to a new chunk), mean_jerk (the mean L2 norm
+of the executed actions' second difference), mean_steps, mean_episode_seconds,
 variations (each episode's layout: a MetaWorld variation index, a LIBERO ``init:i`` or
 ``fresh:seed``), training_variations, episode_success, episode_steps, episode_seconds},
 mean_success_rate, mean_ci95, variant, mode (the inference procedure), video_weight, max_steps, execute, chunk,
@@ -129,6 +130,7 @@ class EpisodeResult:
     imagined: dict[int, np.ndarray] = field(default_factory=dict)  # replan step -> uint8 (Tf, H, W, 3)
     imagination: list[list[float]] = field(default_factory=list)  # [replan step, k, psnr, ssim] (score_imagination)
     boundary_jumps: list[float] = field(default_factory=list)  # L2 change of the action at each switch of chunk
+    jerk: float | None = None  # mean L2 norm of the executed actions' second difference
 
 
 def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:
@@ -304,7 +306,7 @@ def run_episode(plan: EvalPlan, policy, env, episode: Episode) -> EpisodeResult:
         task=episode.task, index=episode.index, variation=episode.variation, seed=episode.seed, success=success,
         steps=env.steps, chunk_ms=[s * 1e3 for s in controller.chunk_seconds], seconds=seconds,
         frames=kept.frames if kept else {}, imagined=kept.imagined if kept else {}, imagination=pairs,
-        boundary_jumps=controller.boundary_jumps,
+        boundary_jumps=controller.boundary_jumps, jerk=controller.jerk(),
     )
 
 
@@ -421,6 +423,8 @@ def summarize(plan: EvalPlan, results: list[EpisodeResult], wall_seconds: float,
             "episodes": len(mine), "successes": wins,
             "mean_chunk_ms": float(np.mean(chunk_ms)) if chunk_ms else 0.0,
             "mean_boundary_jump": float(np.mean(jumps)) if (jumps := [j for r in mine for j in r.boundary_jumps]) else None,
+            "max_boundary_jump": float(np.max(jumps)) if jumps else None,
+            "mean_jerk": float(np.mean(jerks)) if (jerks := [r.jerk for r in mine if r.jerk is not None]) else None,
             "mean_steps": float(np.mean([r.steps for r in mine])),
             "mean_episode_seconds": float(np.mean([r.seconds for r in mine])),
             "variations": [r.variation for r in mine], "training_variations": list(plan.training_variations[task]),

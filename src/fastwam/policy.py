@@ -198,7 +198,8 @@ class RecedingHorizonController:
     at its step d (the episode's first chunk runs from its step 0). With ``guidance`` > 0 the new
     chunk is sampled by real-time chunking (``Policy.act(previous=...)``) toward what the current
     chunk planned for their overlap, the d executing ones frozen; 0 is the naive asynchronous
-    baseline. ``boundary_jumps``: the L2 change of the action at each switch to a new chunk.
+    baseline. ``boundary_jumps``: the L2 change of the action at each switch to a new chunk;
+    ``jerk()``: the mean L2 norm of the executed actions' second difference.
     """
 
     def __init__(self, policy: Policy, execute: int | None = None, delay: int = 0, guidance: float = 0.0):
@@ -224,7 +225,7 @@ class RecedingHorizonController:
         self._queue: list[tuple[np.ndarray, bool]] = []  # (action, first of a new chunk)
         self._chunk: np.ndarray | None = None  # the chunk the queue's last actions come from
         self.chunks, self.chunk_seconds, self.boundary_jumps = 0, [], []
-        self._last_action: np.ndarray | None = None
+        self._executed: list[np.ndarray] = []
         self._history.clear()
         self._steps = 0
         self.last_observation: dict | None = None  # what the policy last acted on (history included)
@@ -264,7 +265,14 @@ class RecedingHorizonController:
             self._history.append(observation["image"])
         self._steps += 1
         action, switch = self._queue.pop(0)
-        if switch and self._last_action is not None:
-            self.boundary_jumps.append(float(np.linalg.norm(action - self._last_action)))
-        self._last_action = action
+        if switch and self._executed:
+            self.boundary_jumps.append(float(np.linalg.norm(action - self._executed[-1])))
+        self._executed.append(action)
         return action
+
+    def jerk(self) -> float | None:
+        """Mean L2 norm of a_t - 2 a_(t-1) + a_(t-2) over the actions executed so far (None before 3)."""
+        if len(self._executed) < 3:
+            return None
+        a = np.asarray(self._executed, dtype=np.float64)
+        return float(np.linalg.norm(a[2:] - 2 * a[1:-1] + a[:-2], axis=-1).mean())
