@@ -37,7 +37,7 @@ def random_checkpoint(preset_name: str, directory: Path) -> Path:
 
     from fastwam.config import preset
     from fastwam.data.normalize import Normalizer
-    from fastwam.train import write_run_files
+    from fastwam.checkpoint import write_run_files
 
     cfg = preset(preset_name)
     torch.manual_seed(0)

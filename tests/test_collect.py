@@ -50,7 +50,7 @@ def test_smoke_metadata_records_variations(collected):
 
 
 def test_collect_refuses_existing_output(collected):
-    with pytest.raises(FileExistsError, match="already exists"):
+    with pytest.raises(SystemExit, match="fastwam collect: .* already exists"):
         cli_main(["collect", "metaworld", "--tasks", "reach", "--episodes", "1", "--out", str(collected), "--quiet"])
 
 

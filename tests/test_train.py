@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 from fastwam.config import preset
 from fastwam.data.lerobot import LeRobotWriter, build_features
 from fastwam.policy import Policy, RecedingHorizonController
+from fastwam.checkpoint import write_checksums
 from fastwam.train import build_trainer, latest_checkpoint, load_model, lr_factor
 
 S = 16  # the tiny preset's image size
@@ -85,7 +86,7 @@ def test_run_directory_layout_and_metrics(dataset, tmp_path):
     assert all(np.isfinite(r["loss"]) and r["loss"] == pytest.approx(r["loss_action"] + r["loss_video"]) for r in rows)
     assert (run / "loss.png").stat().st_size > 1000
     # the published weights are the EMA, not the raw weights
-    state = torch.load(ckpt / "train_state.pt", weights_only=False)
+    state = torch.load(ckpt / "train_state.pt", weights_only=True)  # plain tensors and containers
     ema = load_file(ckpt / "model.safetensors")
     key = "action.head.head.weight"
     assert not torch.equal(ema[key], state["model"][key]) and torch.equal(ema[key], state["ema"][key])
@@ -111,6 +112,9 @@ def test_checkpoints_load_strictly(dataset, tmp_path):
     weights.pop("action.head.head.weight")
     weights["extra.weight"] = torch.zeros(1)
     save_file(weights, ckpt / "model.safetensors")
+    with pytest.raises(ValueError, match=r"model.safetensors: damaged \(SHA-256"):  # the checksum sees it first
+        load_model(ckpt)
+    write_checksums(ckpt)  # as if the file had been written so
     with pytest.raises(ValueError, match=r"missing \['action.head.head.weight'\], unexpected \['extra.weight'\]"):
         load_model(ckpt)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
@@ -291,3 +295,79 @@ def test_wan22_codec_trains_on_cached_clip_latents_and_imagines_pixel_frames(tmp
     assert policy.act(obs).shape == (8, 4)
     imagined = policy.imagine(obs)
     assert imagined.shape == (8, size, size, 3) and imagined.dtype == np.uint8
+
+
+# -- trust: resume, checkpoints and arguments ----------------------------------------------------
+
+class Payload:
+    """Unpickling this runs code: what a crafted train_state.pt would do."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_resume_never_unpickles_and_falls_back_past_a_damaged_checkpoint(dataset, tmp_path, capsys):
+    cfg = tiny_config(steps=6)
+    build_trainer(cfg, dataset, tmp_path / "run", progress=False).run(until=6)  # checkpoints 3 and 6
+    newest = latest_checkpoint(tmp_path / "run")
+    marker = tmp_path / "pwned"
+    torch.save({"step": 6, "model": Payload(marker)}, newest / "train_state.pt")
+    write_checksums(newest)  # even with a matching checksum, nothing is unpickled
+    resumed = build_trainer(cfg, dataset, tmp_path / "run", progress=False, resume=True)
+    assert not marker.exists() and resumed.step == 3
+    assert "step-0000006/train_state.pt: unreadable (UnpicklingError" in capsys.readouterr().err
+    (newest / "train_state.pt").write_bytes(b"truncated")  # damaged, checksum not updated
+    assert build_trainer(cfg, dataset, tmp_path / "run", progress=False, resume=True).step == 3
+    assert "step-0000006/train_state.pt: damaged (SHA-256" in capsys.readouterr().err
+    oldest = sorted((tmp_path / "run" / "checkpoints").iterdir())[0]
+    (oldest / "train_state.pt").unlink()
+    with pytest.raises(ValueError, match=r"no checkpoint to resume from \(.*step-0000006.* damaged.*step-0000003"):
+        build_trainer(cfg, dataset, tmp_path / "run", progress=False, resume=True)
+
+
+def test_metrics_hold_each_step_once_after_a_resume(dataset, tmp_path):
+    cfg = tiny_config(steps=6)
+    build_trainer(cfg, dataset, tmp_path / "run", progress=False).run(until=5)  # killed after step 5; checkpoint 3
+    build_trainer(cfg, dataset, tmp_path / "run", progress=False, resume=True).run()
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_resume_refuses_changed_settings_unless_allowed_and_records_what_ran(dataset, tmp_path):
+    from fastwam.cli import main
+    from fastwam.config import Config
+
+    base = ["train", "--data", str(dataset), "--preset", "tiny", "--steps", "3", "--checkpoint-every", "3",
+            "--batch-size", "2", "--lr", "0.001", "--out", str(tmp_path / "r")]
+    assert main(base) == 0
+    changed = base + ["--steps", "4", "--resume", "--lr", "0.5", "--batch-size", "3", "--seed", "7"]
+    with pytest.raises(SystemExit, match=r"trained with other settings than asked \(train.batch_size 2 -> 3, "
+                                         r"train.lr 0.001 -> 0.5, train.seed 0 -> 7\); pass --allow-changes"):
+        main(changed)
+    assert Config.load(tmp_path / "r" / "config.yaml").train.lr == 0.001  # the refused run wrote nothing
+    assert main(changed + ["--allow-changes"]) == 0
+    ran = Config.load(latest_checkpoint(tmp_path / "r") / "config.yaml").train
+    assert (ran.lr, ran.batch_size, ran.seed, ran.steps) == (0.5, 3, 7, 4)
+    row = json.loads((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert row["step"] == 4 and row["lr"] == pytest.approx(0.5 * lr_factor(4, 5, 4))  # the new rate really ran
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--batch-size", "0", "train.batch_size must be an integer >= 1, got 0"),
+    ("--checkpoint-every", "0", "train.checkpoint_every must be an integer >= 1, got 0"),
+    ("--steps", "-5", "train.steps must be an integer >= 1, got -5"),
+    ("--ema", "2", r"train.ema must be in \[0, 1\)"),
+    ("--lr", "nan", "train.lr must be a finite number > 0, got nan"),
+])
+def test_bad_arguments_are_refused_in_one_line_before_any_work(tmp_path, option, value, message):
+    from fastwam.cli import main
+
+    with pytest.raises(SystemExit, match=f"^fastwam train: {message}"):  # before the (missing) dataset is read
+        main(["train", "--data", str(tmp_path / "no-such-data"), "--preset", "tiny", option, value,
+              "--out", str(tmp_path / "r")])
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(SystemExit, match="^fastwam train: .*no-such-data"):
+        main(["train", "--data", str(tmp_path / "no-such-data"), "--preset", "tiny", "--out", str(tmp_path / "r")])

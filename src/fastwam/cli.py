@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 COMMANDS = {
@@ -15,13 +16,15 @@ COMMANDS = {
     "train": ("fastwam.train", "train a WAM variant on a LeRobot dataset"),
     "eval": ("fastwam.evaluate", "closed-loop evaluation of a checkpoint"),
     "bench": ("fastwam.bench", "latency benchmark of the inference variants"),
-    "serve": ("fastwam.serve", "serve a checkpoint's policy over HTTP"),
+    "serve": ("fastwam.serve", "serve a checkpoint's policy (openpi's websocket protocol)"),
     "demo": ("fastwam.demo", "collect -> train -> eval -> bench on the embedded default"),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fastwam", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true",
+                        help="full tracebacks on errors (also FASTWAM_DEBUG=1); else one line naming the problem")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text)
@@ -40,7 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "_missing", False):
         print(f"fastwam {args.command}: not yet available in this version", file=sys.stderr)
         return 2
-    return int(importlib.import_module(args._module).run(args) or 0)
+    try:
+        return int(importlib.import_module(args._module).run(args) or 0)
+    except (ValueError, TypeError, KeyError, OSError) as e:  # bad input: one line, the message names it
+        if args.debug or os.environ.get("FASTWAM_DEBUG"):
+            raise
+        message = e.args[0] if isinstance(e, KeyError) and e.args else e
+        raise SystemExit(f"fastwam {args.command}: {message} (--debug for the traceback)") from None
 
 
 if __name__ == "__main__":

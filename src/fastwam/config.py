@@ -8,6 +8,7 @@ presets never include each other. Every dataclass is frozen and validates itself
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -264,6 +265,19 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 500
     mixed_precision: Literal["no", "bf16"] = "no"
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "log_every", "checkpoint_every"):
+            value = getattr(self, name)
+            _check(isinstance(value, int) and value >= 1, f"train.{name} must be an integer >= 1, got {value!r}")
+        _check(math.isfinite(self.lr) and self.lr > 0, f"train.lr must be a finite number > 0, got {self.lr}")
+        _check(self.warmup >= 0, f"train.warmup must be >= 0, got {self.warmup}")
+        _check(math.isfinite(self.weight_decay) and self.weight_decay >= 0,
+               f"train.weight_decay must be a finite number >= 0, got {self.weight_decay}")
+        _check(math.isfinite(self.grad_clip) and self.grad_clip > 0, f"train.grad_clip must be > 0, got {self.grad_clip}")
+        _check(0 <= self.ema < 1, f"train.ema must be in [0, 1) (0: no EMA; a decay such as 0.999), got {self.ema}")
+        _check(self.seed >= 0, f"train.seed must be >= 0, got {self.seed}")
+        _check(self.mixed_precision in ("no", "bf16"), f"train.mixed_precision must be no|bf16, got {self.mixed_precision!r}")
 
 
 @dataclass(frozen=True)

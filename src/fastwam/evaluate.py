@@ -172,7 +172,7 @@ def make_plan(checkpoint: str | Path, episodes: int, tasks: str | Sequence[str] 
               score_imagination: bool = False) -> EvalPlan:
     """Resolve the checkpoint, the tasks and each episode's layout; validate the numbers."""
     from fastwam.config import Config
-    from fastwam.train import latest_checkpoint
+    from fastwam.checkpoint import latest_checkpoint
 
     if not Path(checkpoint).exists():
         raise FileNotFoundError(f"--checkpoint {checkpoint}: no such file or directory")
@@ -661,7 +661,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def recorded_benchmark(checkpoint: str | Path) -> str:
     """The benchmark a checkpoint's demonstrations were collected in (``data.json``'s collection record)."""
-    from fastwam.train import latest_checkpoint
+    from fastwam.checkpoint import latest_checkpoint
 
     collection = run_info(latest_checkpoint(checkpoint)).get("collection") or {}
     name = collection.get("benchmark") or collection.get("suite")

@@ -58,7 +58,7 @@ class Policy:
     @classmethod
     def from_checkpoint(cls, run: str | Path, device: str | torch.device = "cpu", **kwargs) -> "Policy":
         """Load a run directory (its newest checkpoint) or a checkpoint directory."""
-        from fastwam.train import latest_checkpoint, load_model
+        from fastwam.checkpoint import latest_checkpoint, load_model
 
         path = latest_checkpoint(run)
         model, cfg = load_model(path, device)

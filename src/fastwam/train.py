@@ -19,14 +19,17 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm import tqdm
 
+from fastwam.checkpoint import (CHECKPOINTS, TRAIN_STATE, latest_checkpoint, load_model,  # noqa: F401 (re-exported)
+                                newest_intact_training_state, write_checksums, write_run_files)
 from fastwam.codecs import build_codec, frames_to_unit
 from fastwam.config import Config, preset
 from fastwam.data.augment import random_shift
@@ -37,7 +40,6 @@ from fastwam.model import WAM, Batch
 from fastwam.model.wan_weights import init_action_from_video, load_wan_video_weights
 from fastwam.text import build_text_encoder
 
-CHECKPOINTS = "checkpoints"
 KEEP_CHECKPOINTS = 2
 
 
@@ -363,20 +365,26 @@ class Trainer:
             "step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "ema": self.ema.shadow if self.ema is not None else None,
             "torch_rng": torch.get_rng_state(),
-        }, tmp / "train_state.pt")
+        }, tmp / TRAIN_STATE)
+        write_checksums(tmp)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in sorted((self.out / CHECKPOINTS).glob("step-???????"))[:-KEEP_CHECKPOINTS]:
             shutil.rmtree(old)
         return final
 
-    def resume(self) -> None:
-        """Load the newest checkpoint's training state (model, optimizer, schedule, EMA, step)."""
-        path = latest_checkpoint(self.out)
-        saved = Config.load(path / "config.yaml")
-        if saved.model != self.cfg.model:
-            raise ValueError(f"--resume: {path / 'config.yaml'} describes another model than the one requested")
-        state = torch.load(path / "train_state.pt", map_location="cpu", weights_only=False)
+    def resume(self, allow_changes: bool = False) -> None:
+        """Continue from the newest intact checkpoint (model, optimizer, schedule, EMA, step, RNG).
+
+        A newer checkpoint that is damaged is named and skipped. Hyperparameters other than
+        ``train.steps`` must be the checkpoint's (``resume_changes``) unless ``allow_changes``, and
+        then they apply (learning rate and weight decay included). ``metrics.jsonl`` loses the rows
+        past the resumed step, which the continued run writes again.
+        """
+        path, state, problems = newest_intact_training_state(self.out)
+        for problem in problems:
+            print(f"--resume: skipping a damaged checkpoint: {problem}", file=sys.stderr)
+        changes = resume_changes(path, self.cfg, allow_changes)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -386,6 +394,24 @@ class Trainer:
                 raise ValueError(f"--resume: {path} was trained without EMA, but train.ema = {self.cfg.train.ema}")
             self.ema.shadow, self.ema.updates = state["ema"], self.step
         torch.set_rng_state(state["torch_rng"])
+        if changes:
+            self._apply_optimizer_settings()
+        metrics = self.out / "metrics.jsonl"
+        if metrics.is_file() and self.accelerator.is_main_process:
+            rows = [line for line in metrics.read_text().splitlines() if line.strip()]
+            kept = [line for line in rows if json.loads(line).get("step", 0) <= self.step]
+            metrics.write_text("".join(line + "\n" for line in kept))
+
+    def _apply_optimizer_settings(self) -> None:
+        """The configured learning rate and weight decay, over what the optimizer state restored."""
+        t = self.cfg.train
+        scheduler = getattr(self.scheduler, "scheduler", self.scheduler)  # accelerate wraps it
+        scheduler.base_lrs = [t.lr] * len(self.optimizer.param_groups)
+        for group in self.optimizer.param_groups:
+            group["initial_lr"] = t.lr
+            group["lr"] = t.lr * lr_factor(self.step, t.warmup, t.steps)
+            if group["weight_decay"]:
+                group["weight_decay"] = t.weight_decay
 
 
 class _LossStep(torch.nn.Module):
@@ -399,46 +425,35 @@ class _LossStep(torch.nn.Module):
         return self.model.loss(batch, generator=generator)
 
 
+def resume_changes(checkpoint: Path, cfg: Config, allow: bool) -> dict[str, tuple]:
+    """What ``cfg`` changes against the checkpoint's config: ``train.steps`` may change (a run is
+    extended or shortened); other training settings only when ``allow``; data settings never (the
+    model must see what it trained on; the model itself is checked when its weights load)."""
+    saved = Config.load(checkpoint / "config.yaml")
+    if saved.model != cfg.model:
+        raise ValueError(f"--resume: {checkpoint / 'config.yaml'} describes another model than the one requested")
+    if saved.data != cfg.data:
+        raise ValueError(f"--resume: {checkpoint / 'config.yaml'} trained on other data settings "
+                         f"({_differences(saved.data, cfg.data)})")
+    changes = {f"train.{k}": v for k, v in _differences_dict(saved.train, cfg.train).items() if k != "steps"}
+    if changes and not allow:
+        listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())
+        raise ValueError(f"--resume: {checkpoint} trained with other settings than asked ({listed}); "
+                         "pass --allow-changes to apply them, or drop those options")
+    return changes
+
+
+def _differences_dict(old, new) -> dict[str, tuple]:
+    return {f.name: (getattr(old, f.name), getattr(new, f.name)) for f in dataclasses.fields(old)
+            if getattr(old, f.name) != getattr(new, f.name)}
+
+
+def _differences(old, new) -> str:
+    return ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in _differences_dict(old, new).items())
+
+
 def _step_seed(seed: int, step: int, process: int) -> int:
     return (seed * 1_000_003 + step) * 1009 + process
-
-
-def write_run_files(directory: Path, cfg: Config, normalizer: Normalizer, data_info: dict) -> None:
-    """config.yaml, stats.json and data.json: what a policy needs besides the weights."""
-    cfg.save(directory / "config.yaml")
-    normalizer.save(directory / "stats.json")
-    (directory / "data.json").write_text(json.dumps(data_info, indent=1))
-
-
-def latest_checkpoint(run: str | Path) -> Path:
-    """The newest complete checkpoint of a run directory (or the directory itself if it is one)."""
-    run = Path(run)
-    if (run / "model.safetensors").is_file():
-        return run
-    found = sorted((run / CHECKPOINTS).glob("step-???????"))
-    if not found:
-        raise FileNotFoundError(f"{run}: no checkpoint (expected {run / CHECKPOINTS}/step-XXXXXXX/model.safetensors)")
-    return found[-1]
-
-
-def load_model(checkpoint: str | Path, device: str | torch.device = "cpu") -> tuple[WAM, Config]:
-    """Build the model of a checkpoint's config and load its weights strictly."""
-    path = latest_checkpoint(checkpoint)
-    cfg = Config.load(path / "config.yaml")
-    model = WAM(cfg.model)
-    weights = path / "model.safetensors"
-    if not weights.is_file():
-        raise FileNotFoundError(f"{weights}: missing model weights")
-    state = load_file(weights)
-    missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
-    if missing or unexpected:
-        raise ValueError(f"{weights}: does not match the config's model: missing {sorted(missing)[:5]}, "
-                         f"unexpected {sorted(unexpected)[:5]}")
-    damaged = [name for name, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
-    if damaged:
-        raise ValueError(f"{weights}: non-finite values in {damaged[:5]} ({len(damaged)} tensors): damaged weights")
-    model.load_state_dict(state, strict=True)
-    return model.to(device).eval(), cfg
 
 
 def plot_losses(metrics_path: Path, out: Path) -> None:
@@ -499,6 +514,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-every", type=int, default=None)
     parser.add_argument("--out", required=True, help="run directory")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
+    parser.add_argument("--allow-changes", action="store_true",
+                        help="with --resume: apply training settings that differ from the checkpoint's (else refused)")
     parser.add_argument("--recompute-stats", action="store_true", help="normalization stats from the data, not meta/stats.json")
 
 
@@ -512,11 +529,14 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
+    cfg = config_from_args(args)  # validated here, before any work
     out = Path(args.out)
+    if args.allow_changes and not args.resume:
+        raise SystemExit("--allow-changes applies to --resume only")
     if not args.resume and (out / CHECKPOINTS).is_dir() and any((out / CHECKPOINTS).iterdir()):
         raise SystemExit(f"{out} already holds checkpoints: pass --resume to continue it, or choose another --out")
-    trainer = build_trainer(cfg, args.data, out, recompute_stats=args.recompute_stats, resume=args.resume)
+    trainer = build_trainer(cfg, args.data, out, recompute_stats=args.recompute_stats, resume=args.resume,
+                            allow_changes=args.allow_changes)
     if args.resume:
         print(f"resumed {out} at step {trainer.step}")
     trainer.run()
@@ -526,13 +546,17 @@ def run(args: argparse.Namespace) -> int:
 
 
 def build_trainer(cfg: Config, data_dir: str | Path, out: str | Path, recompute_stats: bool = False,
-                  progress: bool = True, resume: bool = False) -> Trainer:
+                  progress: bool = True, resume: bool = False, allow_changes: bool = False) -> Trainer:
     """Load the dataset, its normalization and latents, and a trainer writing to ``out``
-    (``resume``: continued from the newest checkpoint in ``out``, without reading ``train.init_video``)."""
+    (``resume``: continued from the newest intact checkpoint in ``out``, without reading
+    ``train.init_video``; settings that differ from the checkpoint's are refused first, unless
+    ``allow_changes``, so the run's config.yaml records what really runs)."""
     from accelerate import PartialState
 
     from fastwam.envs.collect import collection_info
 
+    if resume:
+        resume_changes(latest_checkpoint(out), cfg, allow_changes)
     dataset = LeRobotDataset(data_dir, require=(STATE_KEY, ACTION_KEY))
     normalizer = Normalizer.from_dataset(dataset, recompute=recompute_stats)
     with PartialState().main_process_first():  # one process encodes the latent cache, the others then read it
@@ -547,5 +571,5 @@ def build_trainer(cfg: Config, data_dir: str | Path, out: str | Path, recompute_
     write_run_files(Path(out), cfg, normalizer, info)
     trainer = Trainer(cfg, data, normalizer, out, info, progress, init_weights=not resume)
     if resume:
-        trainer.resume()
+        trainer.resume(allow_changes)
     return trainer

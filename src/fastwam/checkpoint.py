@@ -1,0 +1,132 @@
+"""Checkpoint I/O, in one place for train, policy, eval and serve.
+
+A run directory holds ``checkpoints/step-XXXXXXX/``, each complete in itself:
+
+- ``model.safetensors``: the inference weights (the EMA when training kept one);
+- ``config.yaml``, ``stats.json``, ``data.json``: what a policy needs besides the weights
+  (``write_run_files``);
+- ``train_state.pt``: what resuming needs (step, weights, optimizer, schedule, EMA, RNG), tensors
+  and plain containers only, loaded with ``torch.load(weights_only=True)``: never unpickled code;
+- ``checksums.json``: the SHA-256 of every file above, written last and verified on load, so a
+  damaged or truncated file is named instead of loading silently (checkpoints written before
+  checksums existed have none and load unverified).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+
+CHECKPOINTS = "checkpoints"
+CHECKSUMS = "checksums.json"
+TRAIN_STATE = "train_state.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is missing, damaged or does not fit; the message names the file."""
+
+
+def write_run_files(directory: Path, cfg, normalizer, data_info: dict) -> None:
+    """config.yaml, stats.json and data.json: what a policy needs besides the weights."""
+    cfg.save(directory / "config.yaml")
+    normalizer.save(directory / "stats.json")
+    (directory / "data.json").write_text(json.dumps(data_info, indent=1))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_checksums(directory: Path) -> None:
+    """checksums.json for every other file of a checkpoint directory."""
+    sums = {p.name: _sha256(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != CHECKSUMS}
+    (directory / CHECKSUMS).write_text(json.dumps(sums, indent=1) + "\n")
+
+
+def verify(directory: Path, *names: str) -> None:
+    """Check the named files of a checkpoint against its checksums.json (none: an older checkpoint)."""
+    sums_path = directory / CHECKSUMS
+    if not sums_path.is_file():
+        return
+    sums = json.loads(sums_path.read_text())
+    for name in names:
+        path = directory / name
+        if not path.is_file():
+            raise CheckpointError(f"{path}: missing")
+        if name not in sums:
+            raise CheckpointError(f"{path}: not in {sums_path} (written after the checkpoint)")
+        got = _sha256(path)
+        if got != sums[name]:
+            raise CheckpointError(f"{path}: damaged (SHA-256 {got[:12]}..., {CHECKSUMS} records {sums[name][:12]}...)")
+
+
+def checkpoints(run: str | Path) -> list[Path]:
+    """A run's checkpoint directories, oldest first."""
+    return sorted((Path(run) / CHECKPOINTS).glob("step-???????"))
+
+
+def latest_checkpoint(run: str | Path) -> Path:
+    """The newest checkpoint of a run directory (or the directory itself if it is one)."""
+    run = Path(run)
+    if (run / "model.safetensors").is_file():
+        return run
+    found = checkpoints(run)
+    if not found:
+        raise FileNotFoundError(f"{run}: no checkpoint (expected {run / CHECKPOINTS}/step-XXXXXXX/model.safetensors)")
+    return found[-1]
+
+
+def load_model(checkpoint: str | Path, device: str | torch.device = "cpu"):
+    """Build the model of a checkpoint's config and load its verified weights strictly -> (WAM, Config)."""
+    from safetensors.torch import load_file
+
+    from fastwam.config import Config
+    from fastwam.model import WAM
+
+    path = latest_checkpoint(checkpoint)
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"{weights}: missing model weights")
+    verify(path, "model.safetensors", "config.yaml", "stats.json")
+    cfg = Config.load(path / "config.yaml")
+    model = WAM(cfg.model)
+    state = load_file(weights)
+    missing, unexpected = set(model.state_dict()) - set(state), set(state) - set(model.state_dict())
+    if missing or unexpected:
+        raise CheckpointError(f"{weights}: does not match the config's model: missing {sorted(missing)[:5]}, "
+                              f"unexpected {sorted(unexpected)[:5]}")
+    damaged = [name for name, tensor in state.items() if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if damaged:
+        raise CheckpointError(f"{weights}: non-finite values in {damaged[:5]} ({len(damaged)} tensors): damaged weights")
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval(), cfg
+
+
+def load_training_state(path: Path) -> dict:
+    """A checkpoint's verified training state (tensors and plain containers only)."""
+    verify(path, TRAIN_STATE, "config.yaml")
+    try:
+        return torch.load(path / TRAIN_STATE, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path / TRAIN_STATE}: missing") from None
+    except Exception as e:  # truncated or foreign files: torch raises several kinds
+        raise CheckpointError(f"{path / TRAIN_STATE}: unreadable ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+
+
+def newest_intact_training_state(run: Path) -> tuple[Path, dict, list[str]]:
+    """The newest checkpoint whose training state loads -> (path, state, what was wrong with newer ones)."""
+    problems = []
+    for path in reversed(checkpoints(run)):
+        try:
+            return path, load_training_state(path), problems
+        except CheckpointError as e:
+            problems.append(str(e))
+    detail = "; ".join(problems) or "none written"
+    raise CheckpointError(f"{run}: no checkpoint to resume from ({detail})")
