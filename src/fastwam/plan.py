@@ -1,0 +1,150 @@
+"""``fastwam plan``: will a preset train on N GPUs of M GB, and with which sharding?
+
+Per GPU, in bytes, for AdamW training with fp32 master weights (``train.mixed_precision: bf16``
+computes in bf16 from them):
+
+- parameters 4 P, gradients 4 P, AdamW moments 8 P, EMA 4 P (``train.ema`` > 0), divided by
+  the number of GPUs where the strategy shards them: ``ddp`` none, ``zero2`` gradients, moments
+  and EMA, ``fsdp`` (ZeRO-3, full shard) all four; ``fsdp`` also gathers each block's weights in
+  the compute dtype (2 blocks in flight: the current one and the prefetched next);
+- activations, an **estimate**: per sample, every token of each expert keeps about
+  (16 width + 3 ffn) values of the compute dtype per layer for the backward pass (attention by
+  SDPA/flash, so no token x token scores); with activation checkpointing per block only the
+  block inputs (width values) per layer, plus one block's full set while it is recomputed.
+
+P and the widths come from the model built on PyTorch's meta device (exact, no memory); the
+recommendation is the first strategy that fits with ``HEADROOM`` spare, trying
+ddp, zero2, fsdp, then fsdp with activation checkpointing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import asdict, dataclass
+
+STRATEGIES = ("ddp", "zero2", "fsdp")
+HEADROOM = 0.10  # of GPU memory kept free for the allocator, CUDA context, fragmentation
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class Plan:
+    preset: str
+    gpus: int
+    gpu_memory_gb: float
+    strategy: str
+    activation_checkpointing: bool
+    batch_per_gpu: int
+    parameters: int  # P, exact
+    terms_gb: dict  # per GPU
+    total_gb: float
+    fits: bool
+
+
+def parameter_count(cfg) -> tuple[int, dict[str, int]]:
+    """(P, per expert) of the model ``cfg`` describes, built on the meta device (exact, no memory)."""
+    import torch
+
+    from fastwam.model import WAM
+
+    with torch.device("meta"):
+        model = WAM(cfg.model)
+    experts = {"video": sum(p.numel() for p in model.video.parameters()),
+               "action": sum(p.numel() for p in model.action.parameters())}
+    return sum(p.numel() for p in model.parameters()), experts
+
+
+def _tokens(m) -> dict[str, int]:
+    """Self-attention tokens per sample in training, per expert."""
+    future = m.tokens(m.future_frames) * (2 if m.variant.reads_clean_future else 1) if m.variant.has_future else 0
+    return {"video": m.tokens(m.context_frames) + future, "action": m.chunk}
+
+
+def activations_gb(cfg, batch: int, checkpointing: bool, compute_bytes: int) -> float:
+    """The activation estimate per GPU (module docstring)."""
+    m = cfg.model
+    tokens = _tokens(m)
+    dims = {"video": (m.video.width, m.video.ffn), "action": (m.action.width, m.action.ffn)}
+    full_block = sum(tokens[e] * (16 * w + 3 * f) for e, (w, f) in dims.items())  # values per sample and layer
+    if checkpointing:
+        values = m.layers * sum(tokens[e] * dims[e][0] for e in dims) + full_block
+    else:
+        values = m.layers * full_block
+    return batch * values * compute_bytes / GB
+
+
+def plan(cfg, preset_name: str, gpus: int, gpu_memory_gb: float, strategy: str, checkpointing: bool,
+         batch_size: int | None = None) -> Plan:
+    if gpus < 1 or not (math.isfinite(gpu_memory_gb) and gpu_memory_gb > 0):
+        raise ValueError(f"--gpus >= 1 and --gpu-memory > 0 expected, got {gpus}, {gpu_memory_gb}")
+    if strategy not in STRATEGIES:
+        raise ValueError(f"--strategy: expected one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    batch = cfg.train.batch_size if batch_size is None else batch_size
+    if batch < 1:
+        raise ValueError(f"--batch-size: expected >= 1, got {batch}")
+    P, _ = parameter_count(cfg)
+    compute_bytes = 2 if cfg.train.mixed_precision == "bf16" else 4
+    shard_all, shard_state = strategy == "fsdp", strategy in ("zero2", "fsdp")
+    terms = {
+        "parameters (fp32)": 4 * P / (gpus if shard_all else 1),
+        "gradients (fp32)": 4 * P / (gpus if shard_state else 1),
+        "AdamW moments (fp32 x 2)": 8 * P / (gpus if shard_state else 1),
+    }
+    if cfg.train.ema > 0:
+        terms["EMA (fp32)"] = 4 * P / (gpus if shard_state else 1)
+    if shard_all:
+        terms["gathered blocks (2, compute dtype)"] = 2 * compute_bytes * P / cfg.model.layers
+    terms = {k: v / GB for k, v in terms.items()}
+    per_gpu = math.ceil(batch / gpus)
+    label = "activations (estimate" + (", checkpointed per block)" if checkpointing else ")")
+    terms[label] = activations_gb(cfg, per_gpu, checkpointing, compute_bytes)
+    total = sum(terms.values())
+    return Plan(preset_name, gpus, gpu_memory_gb, strategy, checkpointing, per_gpu, P,
+                {k: round(v, 3) for k, v in terms.items()}, round(total, 3), total <= (1 - HEADROOM) * gpu_memory_gb)
+
+
+def recommend(cfg, preset_name: str, gpus: int, gpu_memory_gb: float, batch_size: int | None = None) -> Plan:
+    """The first plan that fits: ddp, zero2, fsdp, then fsdp with activation checkpointing (else the last)."""
+    candidates = [(s, False) for s in STRATEGIES] + [("fsdp", True)]
+    plans = [plan(cfg, preset_name, gpus, gpu_memory_gb, s, c, batch_size) for s, c in candidates]
+    return next((p for p in plans if p.fits), plans[-1])
+
+
+def format_plan(p: Plan, recommended: bool) -> str:
+    lines = [f"{p.preset}: {p.parameters / 1e9:.3f} B parameters; {p.gpus} GPU(s) x {p.gpu_memory_gb:g} GB, "
+             f"strategy {p.strategy}{' + activation checkpointing' if p.activation_checkpointing else ''}"
+             f"{' (recommended)' if recommended else ''}, {p.batch_per_gpu} sample(s) per GPU"]
+    width = max(map(len, p.terms_gb))
+    lines += [f"  {k:<{width}}  {v:9.2f} GB" for k, v in p.terms_gb.items()]
+    lines.append(f"  {'total':<{width}}  {p.total_gb:9.2f} GB of {p.gpu_memory_gb:g} GB: "
+                 + ("fits" if p.fits else "does not fit") + f" ({HEADROOM:.0%} kept free)")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", default="wan22-5b", help="tiny, small, wan22-5b or a YAML path")
+    parser.add_argument("--variant", default="fastwam", choices=["fastwam", "joint", "idm", "dual"])
+    parser.add_argument("--gpus", type=int, default=8)
+    parser.add_argument("--gpu-memory", type=float, default=80.0, help="GB per GPU")
+    parser.add_argument("--strategy", default="", choices=["", *STRATEGIES],
+                        help="force one (default: the first that fits of ddp, zero2, fsdp, fsdp + checkpointing)")
+    parser.add_argument("--activation-checkpointing", action="store_true", help="with --strategy")
+    parser.add_argument("--batch-size", type=int, default=None, help="global batch (default: the preset's)")
+    parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    from fastwam.config import preset
+
+    cfg = preset(args.preset).with_variant(args.variant)
+    if args.strategy:
+        result = plan(cfg, args.preset, args.gpus, args.gpu_memory, args.strategy, args.activation_checkpointing,
+                      args.batch_size)
+    elif args.activation_checkpointing:
+        raise ValueError("--activation-checkpointing goes with --strategy (the recommendation tries it itself)")
+    else:
+        result = recommend(cfg, args.preset, args.gpus, args.gpu_memory, args.batch_size)
+    print(json.dumps(asdict(result), indent=2) if args.json else format_plan(result, not args.strategy))
+    return 0 if result.fits else 1
