@@ -129,6 +129,13 @@ def test_stats_json_matches_data(root, episodes):
     assert stats["action"]["count"].tolist() == [sum(LENGTHS)]
     assert stats["observation.images.front"]["mean"].shape == (3, 1, 1)
     assert 0 <= stats["observation.images.front"]["min"].min() <= stats["observation.images.front"]["max"].max() <= 1
+    # quantiles as LeRobot >= 0.4 writes them (q01 ... q99), images counted in frames, not pixels
+    for name, q in {"q01": 0.01, "q10": 0.1, "q50": 0.5, "q90": 0.9, "q99": 0.99}.items():
+        per_episode = [np.quantile(e[2].astype(np.float64), q, axis=0) for e in episodes]
+        expected = sum(n * v for n, v in zip(LENGTHS, per_episode)) / sum(LENGTHS)  # count-weighted, as LeRobot
+        np.testing.assert_allclose(stats["action"][name], expected, rtol=1e-9)
+        assert stats["observation.images.front"][name].shape == (3, 1, 1)
+    assert stats["observation.images.front"]["count"].tolist() == [sum(LENGTHS)]
 
 
 def test_many_small_files_read_back(tmp_path, episodes):

@@ -12,7 +12,8 @@ from fastwam.data.normalize import Normalizer, compute_stats
 
 def stats_of(x):
     x = np.asarray(x, np.float64)
-    return {"min": x.min(0), "max": x.max(0), "mean": x.mean(0), "std": x.std(0), "count": [len(x)]}
+    return {"min": x.min(0), "max": x.max(0), "mean": x.mean(0), "std": x.std(0), "count": [len(x)],
+            "q01": np.quantile(x, 0.01, axis=0), "q99": np.quantile(x, 0.99, axis=0)}
 
 
 @pytest.fixture
@@ -24,7 +25,7 @@ def data():
     return {"action": action, "observation.state": state}
 
 
-@pytest.mark.parametrize("mode", ["min_max", "mean_std"])
+@pytest.mark.parametrize("mode", ["min_max", "mean_std", "quantiles"])
 def test_round_trip_numpy_and_torch(data, mode):
     norm = Normalizer({k: stats_of(v) for k, v in data.items()}, {"action": mode, "observation.state": mode})
     for key, x in data.items():
@@ -43,6 +44,18 @@ def test_min_max_maps_the_data_range_to_minus_one_one(data):
     y = norm.normalize("action", data["action"].astype(np.float64))
     np.testing.assert_allclose(y.min(0), -1, atol=1e-12)
     np.testing.assert_allclose(y.max(0), 1, atol=1e-12)
+
+
+def test_quantiles_map_the_central_98_percent_to_minus_one_one(data):
+    norm = Normalizer({k: stats_of(v) for k, v in data.items()}, {"action": "quantiles", "observation.state": "min_max"})
+    x = data["action"].astype(np.float64)
+    y = norm.normalize("action", np.stack([np.quantile(x, 0.01, axis=0), np.quantile(x, 0.99, axis=0)]))
+    np.testing.assert_allclose(y, [[-1] * 3, [1] * 3], atol=1e-9)
+    assert np.abs(norm.normalize("action", x)).max() > 1  # the outer 2 % lie beyond
+    bare = {k: {s: v for s, v in stats_of(v).items() if not s.startswith("q")} for k, v in data.items()}
+    with pytest.raises(ValueError, match=r"stats of 'action' lack \['q01', 'q99'\] needed for quantiles normalization "
+                                         r"\(train --recompute-stats"):
+        Normalizer(bare, {"action": "quantiles", "observation.state": "min_max"})
 
 
 def test_mean_std_standardizes(data):

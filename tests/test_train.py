@@ -371,3 +371,16 @@ def test_bad_arguments_are_refused_in_one_line_before_any_work(tmp_path, option,
     assert not (tmp_path / "r").exists()
     with pytest.raises(SystemExit, match="^fastwam train: .*no-such-data"):
         main(["train", "--data", str(tmp_path / "no-such-data"), "--preset", "tiny", "--out", str(tmp_path / "r")])
+
+
+def test_normalization_is_chosen_per_feature_in_the_config(dataset, tmp_path):
+    cfg = tiny_config(steps=1)
+    cfg = cfg.replace(data=dataclasses.replace(cfg.data, action_normalization="quantiles",
+                                               state_normalization="mean_std"))
+    trainer = build_trainer(cfg, dataset, tmp_path / "run", progress=False)
+    trainer.run()
+    saved = json.loads((latest_checkpoint(tmp_path / "run") / "stats.json").read_text())
+    assert saved["modes"] == {"observation.state": "mean_std", "action": "quantiles"}
+    assert "q01" in saved["stats"]["action"] and "q99" in saved["stats"]["action"]
+    with pytest.raises(ValueError, match=r"data.action_normalization must be min_max\|mean_std\|quantiles, got 'zscore'"):
+        dataclasses.replace(cfg.data, action_normalization="zscore")

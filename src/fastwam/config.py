@@ -242,9 +242,14 @@ class DataConfig:
     frame_stride: int = 8  # r: future frames at t + r*k, k = 1..chunk/r
     codec: CodecConfig = field(default_factory=CodecConfig)
     text: TextConfig = field(default_factory=TextConfig)
+    state_normalization: str = "min_max"  # min_max | mean_std | quantiles (fastwam.data.normalize)
+    action_normalization: str = "min_max"
 
     def __post_init__(self):
         _check(len(self.cameras) >= 1, "data.cameras must name at least one camera")
+        for name in ("state_normalization", "action_normalization"):
+            _check(getattr(self, name) in ("min_max", "mean_std", "quantiles"),
+                   f"data.{name} must be min_max|mean_std|quantiles, got {getattr(self, name)!r}")
         _check(self.image_size % self.codec.factor == 0,
                f"data.image_size {self.image_size} is not divisible by codec.factor {self.codec.factor}")
 

@@ -558,7 +558,8 @@ def build_trainer(cfg: Config, data_dir: str | Path, out: str | Path, recompute_
     if resume:
         resume_changes(latest_checkpoint(out), cfg, allow_changes)
     dataset = LeRobotDataset(data_dir, require=(STATE_KEY, ACTION_KEY))
-    normalizer = Normalizer.from_dataset(dataset, recompute=recompute_stats)
+    modes = {STATE_KEY: cfg.data.state_normalization, ACTION_KEY: cfg.data.action_normalization}
+    normalizer = Normalizer.from_dataset(dataset, modes, recompute=recompute_stats)
     with PartialState().main_process_first():  # one process encodes the latent cache, the others then read it
         data = load_training_data(cfg, dataset, normalizer, progress)
     try:

@@ -123,22 +123,29 @@ def build_features(fps: int, videos: Mapping[str, tuple[int, int]], vectors: Map
     return {**features, **DEFAULT_FEATURES}
 
 
-def vector_stats(x: np.ndarray) -> dict[str, np.ndarray]:
-    """min/max/mean/std/count over axis 0 of x (T, D) (float64 accumulation)."""
+QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}  # as LeRobot >= 0.4 writes them
+
+
+def vector_stats(x: np.ndarray, count: int | None = None) -> dict[str, np.ndarray]:
+    """min/max/mean/std, the quantiles q01..q99 and count over axis 0 of x (T, D) (float64
+    accumulation); ``count`` overrides the row count (images count frames, not pixels)."""
     x64 = np.asarray(x, dtype=np.float64)
-    return {"min": x64.min(0), "max": x64.max(0), "mean": x64.mean(0), "std": x64.std(0),
-            "count": np.array([len(x64)])}
+    stats = {"min": x64.min(0), "max": x64.max(0), "mean": x64.mean(0), "std": x64.std(0)}
+    stats |= {name: np.quantile(x64, q, axis=0) for name, q in QUANTILES.items()}
+    return stats | {"count": np.array([len(x64) if count is None else count])}
 
 
 def image_stats(frames: np.ndarray) -> dict[str, np.ndarray]:
-    """Per-channel stats of uint8 frames (T, H, W, 3) in [0, 1], shaped (3, 1, 1) as LeRobot does."""
+    """Per-channel stats of uint8 frames (T, H, W, 3) in [0, 1], shaped (3, 1, 1) as LeRobot does;
+    ``count`` is the number of frames T, as LeRobot counts (its stats merge weighs episodes by it)."""
     x = frames.reshape(-1, 3).astype(np.float64) / 255.0
-    s = vector_stats(x)
+    s = vector_stats(x, count=len(frames))
     return {k: (v if k == "count" else v.reshape(3, 1, 1)) for k, v in s.items()}
 
 
 def aggregate_stats(parts: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict[str, dict[str, np.ndarray]]:
-    """Combine per-episode stats (count-weighted mean, pooled variance, elementwise min/max)."""
+    """Combine per-episode stats (count-weighted mean, pooled variance, elementwise min/max; the
+    quantiles, where every part has them, as their count-weighted mean: LeRobot's approximation)."""
     keys = [k for k in parts[0]] if parts else []
     out: dict[str, dict[str, np.ndarray]] = {}
     for key in keys:
@@ -155,6 +162,9 @@ def aggregate_stats(parts: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict[st
             "std": np.sqrt(np.maximum(second - mean**2, 0.0)),
             "count": np.array([int(total)]),
         }
+        for name in QUANTILES:
+            if all(name in it for it in items):
+                out[key][name] = sum(wi * it[name] for wi, it in zip(w, items))
     return out
 
 

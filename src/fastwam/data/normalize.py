@@ -2,7 +2,10 @@
 
 Modes, per feature:
 - ``min_max``: x -> 2 (x - min) / (max - min) - 1, the data range onto [-1, 1];
-- ``mean_std``: x -> (x - mean) / std.
+- ``mean_std``: x -> (x - mean) / std;
+- ``quantiles``: x -> 2 (x - q01) / (q99 - q01) - 1, the central 98 % onto [-1, 1] (LeRobot's
+  QUANTILES mode, robust to outliers; needs q01/q99 in the stats, which fastwam writes and
+  ``--recompute-stats`` computes).
 
 A constant dimension (max == min, or std == 0) gets scale 1 instead of 0: it maps to 0 (for
 its constant value) and still round-trips exactly, with no NaN or inf. Stats come from
@@ -22,7 +25,9 @@ import torch
 
 from fastwam.data.lerobot import DatasetError, LeRobotDataset, vector_stats
 
-Mode = Literal["min_max", "mean_std"]
+Mode = Literal["min_max", "mean_std", "quantiles"]
+MODES = ("min_max", "mean_std", "quantiles")
+NEEDS = {"min_max": ("min", "max"), "mean_std": ("mean", "std"), "quantiles": ("q01", "q99")}
 Array = TypeVar("Array", np.ndarray, torch.Tensor)
 DEFAULT_MODES: dict[str, Mode] = {"observation.state": "min_max", "action": "min_max"}
 _EPS = 1e-8
@@ -62,7 +67,7 @@ class Normalizer:
         return y * scale + offset
 
     def to_dict(self) -> dict:
-        keep = ("min", "max", "mean", "std", "count")
+        keep = ("min", "max", "mean", "std", "count", "q01", "q10", "q50", "q90", "q99")
         return {"modes": self.modes,
                 "stats": {k: {s: v.tolist() for s, v in d.items() if s in keep} for k, d in self.stats.items()}}
 
@@ -86,9 +91,9 @@ class Normalizer:
         missing = [k for k in self.modes if k not in stats]
         if missing:
             raise DatasetError(f"stats lack feature(s) {missing}; available: {sorted(stats)}")
-        bad = {k: m for k, m in self.modes.items() if m not in ("min_max", "mean_std")}
+        bad = {k: m for k, m in self.modes.items() if m not in MODES}
         if bad:
-            raise ValueError(f"unknown normalization mode(s) {bad}: expected min_max or mean_std")
+            raise ValueError(f"unknown normalization mode(s) {bad}: expected one of {', '.join(MODES)}")
         return list(self.modes)
 
     def _params(self, key: str, like: Array) -> tuple[Array, Array]:
@@ -106,14 +111,15 @@ class Normalizer:
 
 def _affine(stats: Mapping[str, np.ndarray], mode: Mode, key: str) -> tuple[np.ndarray, np.ndarray]:
     """(offset, scale) per dimension; constant dimensions get scale 1."""
-    needed = ("min", "max") if mode == "min_max" else ("mean", "std")
+    needed = NEEDS[mode]
     missing = [s for s in needed if s not in stats]
     if missing:
-        raise DatasetError(f"stats of {key!r} lack {missing} needed for {mode}")
+        raise DatasetError(f"stats of {key!r} lack {missing} needed for {mode} normalization "
+                           "(train --recompute-stats computes them from the data)")
     a, b = (np.ravel(stats[s]).astype(np.float64) for s in needed)
     if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
         raise DatasetError(f"stats of {key!r} contain NaN or inf")
-    if mode == "min_max":
+    if mode in ("min_max", "quantiles"):
         offset, scale = (a + b) / 2, (b - a) / 2
     else:
         offset, scale = a, b
