@@ -72,6 +72,9 @@ def test_v3_layout_and_info(root):
     assert (info["total_episodes"], info["total_frames"], info["total_tasks"], info["fps"]) == (3, sum(LENGTHS), 2, FPS)
     assert info["features"]["observation.images.front"]["dtype"] == "video"
     assert info["features"]["observation.images.front"]["shape"] == [H, W, 3]
+    video = info["features"]["observation.images.front"]["info"]
+    assert video["is_depth_map"] is False and "video.is_depth_map" not in video  # LeRobot 0.6's keys
+    assert (video["video.codec"], video["video.fps"], video["video.g"], video["video.crf"]) == ("h264", FPS, 64, 0)
     assert info["features"]["action"] == {"dtype": "float32", "shape": [3], "names": ["dx", "dy", "dz"]}
     tasks = pq.read_table(root / "meta/tasks.parquet")
     assert json.loads(tasks.schema.metadata[b"pandas"])["index_columns"] == ["task"]  # LeRobot's pandas index

@@ -102,6 +102,8 @@ def test_asynchronous_execution_switches_chunks_after_the_delay_and_guides_towar
         RecedingHorizonController(ScriptedPolicy(), execute=4, delay=5)
     with pytest.raises(ValueError, match="guidance: expected a finite number >= 0, got nan"):
         RecedingHorizonController(ScriptedPolicy(), execute=4, guidance=float("nan"))
+    with pytest.raises(ValueError, match=r"execute 8 of 8 actions leaves none \(execute < chunk expected\)"):
+        RecedingHorizonController(ScriptedPolicy(), execute=8, guidance=10.0)
 
 
 def test_policy_guides_in_raw_units_and_refuses_bad_previous_actions(tmp_path):
@@ -119,6 +121,8 @@ def test_policy_guides_in_raw_units_and_refuses_bad_previous_actions(tmp_path):
     previous = np.full((2, 4), 0.5)
     guided = policy.act(observation, previous=previous, frozen=2, guidance=10.0)
     assert np.abs(guided[:2] - previous).max() < 0.5 * np.abs(free[:2] - previous).max()
+    with pytest.raises(ValueError, match="guidance: expected a finite number > 0 .*, got 0"):
+        policy.act(observation, previous=previous, guidance=0)
     for bad, message in [(np.zeros((5, 4)), r"expected finite raw actions \('n', 4\) with 1 <= n <= 4"),
                          (np.zeros((2, 3)), "got float64 \\(2, 3\\)"),
                          (np.array([[np.nan] * 4]), "expected finite raw actions"),

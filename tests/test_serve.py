@@ -4,6 +4,7 @@ import argparse
 import dataclasses
 import json
 import math
+import re
 import socket
 import subprocess
 import threading
@@ -245,8 +246,11 @@ def test_bad_options_and_damaged_checkpoints_are_refused_before_serving(run_dir,
                            "--input observation/exterior=corner3: expected a camera of the checkpoint (image, "
                            "wrist_image), state or prompt, got 'corner3'"),
                           (["--steps", "0"], "steps: expected >= 1 denoising steps, got 0"),
+                          (["--input", "observation/image=wrist_image"],
+                           "--input: every camera, state and prompt needs one request key; ['image'] would have none"),
+                          (["--rtc-guidance", "0"], "--rtc-guidance: expected a finite number > 0, got 0.0"),
                           (["--mode", "video_then_action"], "mode: this checkpoint (variant 'fastwam') runs action_only")]:
-        with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        with pytest.raises(ValueError, match=re.escape(message)):
             start(*argv)
     renamed = start("--input", "observation/exterior_image_1_left=image")
     assert renamed.inputs.keys["observation/exterior_image_1_left"] == "image"

@@ -55,7 +55,10 @@ def verify(directory: Path, *names: str) -> None:
     sums_path = directory / CHECKSUMS
     if not sums_path.is_file():
         return
-    sums = json.loads(sums_path.read_text())
+    try:
+        sums = json.loads(sums_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{sums_path}: damaged ({e})") from None
     for name in names:
         path = directory / name
         if not path.is_file():
@@ -118,6 +121,21 @@ def load_training_state(path: Path) -> dict:
         raise CheckpointError(f"{path / TRAIN_STATE}: missing") from None
     except Exception as e:  # truncated or foreign files: torch raises several kinds
         raise CheckpointError(f"{path / TRAIN_STATE}: unreadable ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+
+
+def newest_readable_config(run: Path) -> Path:
+    """The newest checkpoint whose config.yaml verifies and parses (what a resume compares against)."""
+    from fastwam.config import Config
+
+    problems = []
+    for path in reversed(checkpoints(run)):
+        try:
+            verify(path, "config.yaml")
+            Config.load(path / "config.yaml")
+            return path
+        except (ValueError, OSError) as e:
+            problems.append(str(e))
+    raise CheckpointError(f"{run}: no checkpoint to resume from ({'; '.join(problems) or 'none written'})")
 
 
 def newest_intact_training_state(run: Path) -> tuple[Path, dict, list[str]]:

@@ -46,11 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(importlib.import_module(args._module).run(args) or 0)
-    except (ValueError, TypeError, KeyError, OSError) as e:  # bad input: one line, the message names it
+    except (ValueError, OSError) as e:  # bad input or files: one line, the message names it
         if args.debug or os.environ.get("FASTWAM_DEBUG"):
             raise
-        message = e.args[0] if isinstance(e, KeyError) and e.args else e
-        raise SystemExit(f"fastwam {args.command}: {message} (--debug for the traceback)") from None
+        raise SystemExit(f"fastwam {args.command}: {e} (--debug for the traceback)") from None
 
 
 if __name__ == "__main__":

@@ -199,6 +199,9 @@ def make_plan(checkpoint: str | Path, episodes: int, tasks: str | Sequence[str] 
                          f"{executed}), got {delay}")
     if not (math.isfinite(guidance) and guidance >= 0):
         raise ValueError(f"--rtc-guidance: expected a finite number >= 0, got {guidance}")
+    if guidance and executed >= cfg.model.chunk:
+        raise ValueError(f"--rtc-guidance: guides the overlap of consecutive chunks; --execute {executed} of "
+                         f"{cfg.model.chunk} actions leaves none")
     if guidance and (mode or cfg.model.variant.inference) == "joint":
         raise ValueError("--rtc-guidance: real-time chunking steers action-only steps; joint inference has none")
     try:

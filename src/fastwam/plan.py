@@ -3,11 +3,13 @@
 Per GPU, in bytes, for AdamW training with fp32 master weights (``train.mixed_precision: bf16``
 computes in bf16 from them):
 
-- parameters 4 P, gradients 4 P, AdamW moments 8 P, EMA 4 P (``train.ema`` > 0), divided by
-  the number of GPUs where the strategy shards them: ``ddp`` none, ``zero2`` gradients, moments
-  and EMA, ``fsdp`` (ZeRO-3, full shard) all four; ``fsdp`` also gathers each block's weights in
-  the compute dtype (2 blocks in flight: the current one and the prefetched next);
-- activations, an **estimate**: per sample, every token of each expert keeps about
+- parameters 4 P, gradients 4 P, AdamW moments 8 P, divided by the number of GPUs where the
+  strategy shards them: ``ddp`` none, ``zero2`` gradients and moments, ``fsdp`` (ZeRO-3, full
+  shard) all three; ``fsdp`` also gathers each block's weights in the compute dtype (2 blocks in
+  flight: the current one and the prefetched next); the EMA (``train.ema`` > 0) is a full fp32
+  copy on every GPU, 4 P, whatever the strategy (``train.EMA`` keeps it so);
+- activations, an **estimate**, for ``train.batch_size`` samples per GPU (each process draws a
+  batch of its own): per sample, every token of each expert keeps about
   (16 width + 3 ffn) values of the compute dtype per layer for the backward pass (attention by
   SDPA/flash, so no token x token scores); with activation checkpointing per block only the
   block inputs (width values) per layer, plus one block's full set while it is recomputed.
@@ -36,24 +38,22 @@ class Plan:
     gpu_memory_gb: float
     strategy: str
     activation_checkpointing: bool
-    batch_per_gpu: int
+    batch_per_gpu: int  # train.batch_size: every process trains on a batch of this size
     parameters: int  # P, exact
     terms_gb: dict  # per GPU
     total_gb: float
     fits: bool
 
 
-def parameter_count(cfg) -> tuple[int, dict[str, int]]:
-    """(P, per expert) of the model ``cfg`` describes, built on the meta device (exact, no memory)."""
+def parameter_count(cfg) -> int:
+    """P of the model ``cfg`` describes, built on the meta device (exact, no memory)."""
     import torch
 
     from fastwam.model import WAM
 
     with torch.device("meta"):
         model = WAM(cfg.model)
-    experts = {"video": sum(p.numel() for p in model.video.parameters()),
-               "action": sum(p.numel() for p in model.action.parameters())}
-    return sum(p.numel() for p in model.parameters()), experts
+    return sum(p.numel() for p in model.parameters())
 
 
 def _tokens(m) -> dict[str, int]:
@@ -77,14 +77,16 @@ def activations_gb(cfg, batch: int, checkpointing: bool, compute_bytes: int) -> 
 
 def plan(cfg, preset_name: str, gpus: int, gpu_memory_gb: float, strategy: str, checkpointing: bool,
          batch_size: int | None = None) -> Plan:
-    if gpus < 1 or not (math.isfinite(gpu_memory_gb) and gpu_memory_gb > 0):
-        raise ValueError(f"--gpus >= 1 and --gpu-memory > 0 expected, got {gpus}, {gpu_memory_gb}")
+    if gpus < 1:
+        raise ValueError(f"--gpus: expected >= 1, got {gpus}")
+    if not (math.isfinite(gpu_memory_gb) and gpu_memory_gb > 0):
+        raise ValueError(f"--gpu-memory: expected GB > 0, got {gpu_memory_gb}")
     if strategy not in STRATEGIES:
         raise ValueError(f"--strategy: expected one of {', '.join(STRATEGIES)}, got {strategy!r}")
     batch = cfg.train.batch_size if batch_size is None else batch_size
     if batch < 1:
         raise ValueError(f"--batch-size: expected >= 1, got {batch}")
-    P, _ = parameter_count(cfg)
+    P = parameter_count(cfg)
     compute_bytes = 2 if cfg.train.mixed_precision == "bf16" else 4
     shard_all, shard_state = strategy == "fsdp", strategy in ("zero2", "fsdp")
     terms = {
@@ -93,11 +95,11 @@ def plan(cfg, preset_name: str, gpus: int, gpu_memory_gb: float, strategy: str, 
         "AdamW moments (fp32 x 2)": 8 * P / (gpus if shard_state else 1),
     }
     if cfg.train.ema > 0:
-        terms["EMA (fp32)"] = 4 * P / (gpus if shard_state else 1)
+        terms["EMA (fp32, full copy)"] = 4 * P
     if shard_all:
         terms["gathered blocks (2, compute dtype)"] = 2 * compute_bytes * P / cfg.model.layers
     terms = {k: v / GB for k, v in terms.items()}
-    per_gpu = math.ceil(batch / gpus)
+    per_gpu = batch
     label = "activations (estimate" + (", checkpointed per block)" if checkpointing else ")")
     terms[label] = activations_gb(cfg, per_gpu, checkpointing, compute_bytes)
     total = sum(terms.values())
@@ -131,7 +133,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategy", default="", choices=["", *STRATEGIES],
                         help="force one (default: the first that fits of ddp, zero2, fsdp, fsdp + checkpointing)")
     parser.add_argument("--activation-checkpointing", action="store_true", help="with --strategy")
-    parser.add_argument("--batch-size", type=int, default=None, help="global batch (default: the preset's)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="samples per GPU (train.batch_size: each process draws its own; default: the preset's)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
 
 

@@ -108,7 +108,9 @@ class Policy:
         from fastwam.model.rtc import ChunkGuide, guidance_weights
 
         m = self.cfg.model
-        previous = np.asarray(previous)
+        if not (math.isfinite(guidance) and guidance > 0):
+            raise ValueError(f"guidance: expected a finite number > 0 (the guidance weight's cap), got {guidance}")
+        previous = np.array(previous)  # a copy: server arrays are read-only views of the message
         want = (batch, "n", m.action_dim) if batched else ("n", m.action_dim)
         if (previous.dtype.kind != "f" or previous.ndim != len(want) or previous.shape[-1] != m.action_dim
                 or not 1 <= previous.shape[-2] <= m.chunk or not np.all(np.isfinite(previous))
@@ -212,6 +214,9 @@ class RecedingHorizonController:
                              f"{self.execute}: the current chunk must cover the inference), got {delay}")
         if not (math.isfinite(guidance) and guidance >= 0):
             raise ValueError(f"guidance: expected a finite number >= 0, got {guidance}")
+        if guidance and self.execute >= policy.chunk:
+            raise ValueError(f"guidance: real-time chunking guides the overlap of consecutive chunks; execute "
+                             f"{self.execute} of {policy.chunk} actions leaves none (execute < chunk expected)")
         self.delay, self.guidance = delay, guidance
         history, stride = policy.history_frames, policy.frame_stride
         if history and self.execute % stride:

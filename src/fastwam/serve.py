@@ -9,7 +9,8 @@ openpi's own client (PyPI ``openpi-client``, ``WebsocketClientPolicy``) drives i
   "policy_timing": {"infer_ms"}}``;
 - a refused request is answered with one text message naming the field, expected against got (the
   openpi client raises it as an error) and the connection stays usable; a message over
-  ``--max-message-mb`` closes the connection (code 1009), as does ``--idle-timeout`` without a request;
+  ``--max-message-mb`` closes the connection (code 1009), ``--idle-timeout`` without a request
+  too (code 1000, saying why);
 - ``GET /healthz`` answers 200 ``ok``.
 
 Inputs (``InputMap``): ``observation/<camera>`` per camera of the checkpoint (uint8 (H, W, 3),
@@ -37,6 +38,7 @@ from dataclasses import dataclass, field
 import msgpack
 import numpy as np
 
+from fastwam.data.lerobot import IMAGE_PREFIX
 from fastwam.policy import Policy
 
 STATE, PROMPT = "state", "prompt"
@@ -118,6 +120,11 @@ class InputMap:
                 raise ValueError(f"--input {key}={target}: expected a camera of the checkpoint "
                                  f"({', '.join(cameras)}), state or prompt, got {target!r}")
             keys = {k: v for k, v in keys.items() if v != target} | {key: target}
+        fed = sorted(keys.values())
+        if fed != sorted([*cameras, STATE, PROMPT]):
+            unfed = sorted((set(cameras) | {STATE, PROMPT}) - set(fed))
+            raise ValueError(f"--input: every camera, state and prompt needs one request key; {unfed} would have "
+                             f"none (mapping {keys})")
         return cls(keys)
 
 
@@ -125,8 +132,6 @@ class PolicyService:
     """Named inputs -> validated observation -> ``Policy.act`` -> a reply with finite actions."""
 
     def __init__(self, policy: Policy, inputs: InputMap | None = None, guidance: float = 10.0):
-        from fastwam.data.lerobot import IMAGE_PREFIX
-
         if policy.history_frames:
             raise ValueError(f"serve: this checkpoint takes {policy.history_frames} past frame(s) "
                              "(model.context_frames > 1); the openpi protocol sends one observation per request")
@@ -145,8 +150,8 @@ class PolicyService:
                 "image_size": d.image_size, "state_dim": m.state_dim, "action_dim": m.action_dim,
                 "action_horizon": m.chunk, "variant": m.variant.mask, "mode": self.policy.mode,
                 "denoise_steps": self.policy.steps or m.action_flow.steps, "noise_scale": self.policy.noise_scale,
-                "real_time_chunking": {"previous_actions": RTC_PREVIOUS, "frozen": RTC_FROZEN,
-                                       "guidance": self.guidance}}
+                "real_time_chunking": None if self.policy.mode == "joint" else {
+                    "previous_actions": RTC_PREVIOUS, "frozen": RTC_FROZEN, "guidance": self.guidance}}
 
     def observation(self, request: dict) -> dict:
         """The request's inputs validated and mapped onto the policy's observation."""
@@ -186,6 +191,9 @@ class PolicyService:
             if RTC_FROZEN in request:
                 raise RequestError(f"{RTC_FROZEN}: given without {RTC_PREVIOUS}")
             return {}
+        if self.policy.mode == "joint":
+            raise RequestError(f"{RTC_PREVIOUS}: real-time chunking steers action-only steps; this server runs joint "
+                               "inference, which has none")
         m = self.policy.cfg.model
         previous, frozen = request[RTC_PREVIOUS], request.get(RTC_FROZEN, 0)
         if (not isinstance(previous, np.ndarray) or previous.dtype.kind != "f" or previous.ndim != 2
@@ -344,10 +352,14 @@ def service_from_args(args: argparse.Namespace) -> PolicyService:
         if not sep or not key or not target:
             raise ValueError(f"--input: expected KEY=TARGET, got {item!r}")
         renames[key] = target
+    if not (math.isfinite(args.rtc_guidance) and args.rtc_guidance > 0):
+        raise ValueError(f"--rtc-guidance: expected a finite number > 0, got {args.rtc_guidance}")
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps: expected >= 1 denoising steps, got {args.steps}")
     policy = Policy.from_checkpoint(args.checkpoint, device=args.device, steps=args.steps, seed=args.seed,
                                     noise_scale=args.noise_scale, mode=args.mode)
-    service = PolicyService(policy, guidance=args.rtc_guidance)
-    return PolicyService(policy, InputMap.default(service.cameras, renames), args.rtc_guidance) if renames else service
+    cameras = [c.removeprefix(IMAGE_PREFIX) for c in policy.cfg.data.cameras]
+    return PolicyService(policy, InputMap.default(cameras, renames), args.rtc_guidance)
 
 
 def run(args: argparse.Namespace) -> int:

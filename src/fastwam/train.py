@@ -29,7 +29,8 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from fastwam.checkpoint import (CHECKPOINTS, TRAIN_STATE, latest_checkpoint, load_model,  # noqa: F401 (re-exported)
-                                newest_intact_training_state, write_checksums, write_run_files)
+                                newest_intact_training_state, newest_readable_config, write_checksums,
+                                write_run_files)
 from fastwam.codecs import build_codec, frames_to_unit
 from fastwam.config import Config, preset
 from fastwam.data.augment import random_shift
@@ -260,15 +261,16 @@ class Trainer:
         self.data_info, self.progress = data_info or {}, progress
         t = cfg.train
         torch.manual_seed(t.seed)
+        # step_scheduler_with_optimizer=False: the schedule advances once per optimizer step on every
+        # process (accelerate would otherwise step it once per process: N times too fast on N GPUs).
         self.accelerator = Accelerator(
-            mixed_precision=t.mixed_precision, cpu=not torch.cuda.is_available(),
+            step_scheduler_with_optimizer=False, mixed_precision=t.mixed_precision, cpu=not torch.cuda.is_available(),
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=not cfg.model.variant.has_future)])
         self.model = WAM(cfg.model)
         if t.init_video and init_weights:  # not when resuming: the checkpoint replaces every weight
             load_wan_video_weights(self.model, t.init_video)
             if t.init_action == "video":
                 init_action_from_video(self.model)
-        self.ema = EMA(self.model, t.ema) if t.ema > 0 else None
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
             (no_decay if p.dim() < 2 or name.endswith("modulation") else decay).append(p)
@@ -277,6 +279,7 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, t.warmup, t.steps))
         self.codec = build_codec(cfg.data.codec) if t.augment_shift else None
         self.step_fn, self.optimizer, self.scheduler = self.accelerator.prepare(_LossStep(self.model), self.optimizer, self.scheduler)
+        self.ema = EMA(self.model, t.ema) if t.ema > 0 else None  # after prepare: on the model's device
         self.step = 0
 
     # -- loop ----------------------------------------------------------------------------------
@@ -376,10 +379,10 @@ class Trainer:
     def resume(self, allow_changes: bool = False) -> None:
         """Continue from the newest intact checkpoint (model, optimizer, schedule, EMA, step, RNG).
 
-        A newer checkpoint that is damaged is named and skipped. Hyperparameters other than
-        ``train.steps`` must be the checkpoint's (``resume_changes``) unless ``allow_changes``, and
-        then they apply (learning rate and weight decay included). ``metrics.jsonl`` loses the rows
-        past the resumed step, which the continued run writes again.
+        A newer checkpoint that is damaged is named and skipped. Training settings must be the
+        checkpoint's (``resume_changes``) unless ``allow_changes``, and then they apply (learning
+        rate and weight decay included). ``metrics.jsonl`` loses the rows past the resumed step
+        (and a line cut by the kill), which the continued run writes again.
         """
         path, state, problems = newest_intact_training_state(self.out)
         for problem in problems:
@@ -392,26 +395,25 @@ class Trainer:
         if self.ema is not None:
             if state["ema"] is None:
                 raise ValueError(f"--resume: {path} was trained without EMA, but train.ema = {self.cfg.train.ema}")
-            self.ema.shadow, self.ema.updates = state["ema"], self.step
+            device = next(self.model.parameters()).device
+            self.ema.shadow, self.ema.updates = {k: v.to(device) for k, v in state["ema"].items()}, self.step
         torch.set_rng_state(state["torch_rng"])
-        if changes:
-            self._apply_optimizer_settings()
+        self._apply_optimizer_settings()  # the configured rate at this step (train.steps may have changed)
         metrics = self.out / "metrics.jsonl"
         if metrics.is_file() and self.accelerator.is_main_process:
-            rows = [line for line in metrics.read_text().splitlines() if line.strip()]
-            kept = [line for line in rows if json.loads(line).get("step", 0) <= self.step]
+            kept = [line for line in metrics.read_text().splitlines() if _logged_step(line) <= self.step]
             metrics.write_text("".join(line + "\n" for line in kept))
 
     def _apply_optimizer_settings(self) -> None:
-        """The configured learning rate and weight decay, over what the optimizer state restored."""
+        """The configured learning rate (at this step of the configured schedule) and weight decay,
+        over what the optimizer state restored; parameter group 0 is the decayed one."""
         t = self.cfg.train
         scheduler = getattr(self.scheduler, "scheduler", self.scheduler)  # accelerate wraps it
         scheduler.base_lrs = [t.lr] * len(self.optimizer.param_groups)
         for group in self.optimizer.param_groups:
             group["initial_lr"] = t.lr
             group["lr"] = t.lr * lr_factor(self.step, t.warmup, t.steps)
-            if group["weight_decay"]:
-                group["weight_decay"] = t.weight_decay
+        self.optimizer.param_groups[0]["weight_decay"] = t.weight_decay
 
 
 class _LossStep(torch.nn.Module):
@@ -425,22 +427,35 @@ class _LossStep(torch.nn.Module):
         return self.model.loss(batch, generator=generator)
 
 
+IGNORED_ON_RESUME = ("steps", "init_video", "init_action", "log_every", "checkpoint_every")
+
+
 def resume_changes(checkpoint: Path, cfg: Config, allow: bool) -> dict[str, tuple]:
     """What ``cfg`` changes against the checkpoint's config: ``train.steps`` may change (a run is
-    extended or shortened); other training settings only when ``allow``; data settings never (the
-    model must see what it trained on; the model itself is checked when its weights load)."""
+    extended or shortened), and the initial weights and logging cadence do not matter when
+    resuming (``IGNORED_ON_RESUME``); other training settings only when ``allow``; data settings
+    never (the model must see what it trained on; the model itself is checked when its weights load)."""
     saved = Config.load(checkpoint / "config.yaml")
     if saved.model != cfg.model:
         raise ValueError(f"--resume: {checkpoint / 'config.yaml'} describes another model than the one requested")
     if saved.data != cfg.data:
         raise ValueError(f"--resume: {checkpoint / 'config.yaml'} trained on other data settings "
                          f"({_differences(saved.data, cfg.data)})")
-    changes = {f"train.{k}": v for k, v in _differences_dict(saved.train, cfg.train).items() if k != "steps"}
+    changes = {f"train.{k}": v for k, v in _differences_dict(saved.train, cfg.train).items()
+               if k not in IGNORED_ON_RESUME}
     if changes and not allow:
         listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items())
         raise ValueError(f"--resume: {checkpoint} trained with other settings than asked ({listed}); "
                          "pass --allow-changes to apply them, or drop those options")
     return changes
+
+
+def _logged_step(line: str) -> float:
+    """The step of a metrics.jsonl line; a line cut by a kill counts as past every step."""
+    try:
+        return json.loads(line).get("step", 0)
+    except json.JSONDecodeError:
+        return math.inf
 
 
 def _differences_dict(old, new) -> dict[str, tuple]:
@@ -532,9 +547,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)  # validated here, before any work
     out = Path(args.out)
     if args.allow_changes and not args.resume:
-        raise SystemExit("--allow-changes applies to --resume only")
+        raise SystemExit("fastwam train: --allow-changes applies to --resume only")
     if not args.resume and (out / CHECKPOINTS).is_dir() and any((out / CHECKPOINTS).iterdir()):
-        raise SystemExit(f"{out} already holds checkpoints: pass --resume to continue it, or choose another --out")
+        raise SystemExit(f"fastwam train: {out} already holds checkpoints: pass --resume to continue it, "
+                         "or choose another --out")
     trainer = build_trainer(cfg, args.data, out, recompute_stats=args.recompute_stats, resume=args.resume,
                             allow_changes=args.allow_changes)
     if args.resume:
@@ -556,7 +572,7 @@ def build_trainer(cfg: Config, data_dir: str | Path, out: str | Path, recompute_
     from fastwam.envs.collect import collection_info
 
     if resume:
-        resume_changes(latest_checkpoint(out), cfg, allow_changes)
+        resume_changes(newest_readable_config(out), cfg, allow_changes)
     dataset = LeRobotDataset(data_dir, require=(STATE_KEY, ACTION_KEY))
     modes = {STATE_KEY: cfg.data.state_normalization, ACTION_KEY: cfg.data.action_normalization}
     normalizer = Normalizer.from_dataset(dataset, modes, recompute=recompute_stats)

@@ -114,9 +114,11 @@ def build_features(fps: int, videos: Mapping[str, tuple[int, int]], vectors: Map
     for key, (height, width) in videos.items():
         features[camera_key(key)] = {
             "dtype": "video", "shape": [height, width, 3], "names": ["height", "width", "channels"],
+            # the keys LeRobot 0.6 writes: stream facts, the encoder settings as video.<field>, is_depth_map
             "info": {"video.height": height, "video.width": width, "video.codec": "h264" if "264" in video.codec else video.codec,
-                     "video.pix_fmt": video.pix_fmt, "video.is_depth_map": False, "video.fps": fps,
-                     "video.channels": 3, "has_audio": False},
+                     "video.pix_fmt": video.pix_fmt, "video.fps": fps, "video.channels": 3, "has_audio": False,
+                     "video.g": video.gop, "video.crf": video.crf, "video.preset": None, "video.fast_decode": 0,
+                     "video.extra_options": {}, "video.video_backend": "pyav", "is_depth_map": False},
         }
     for key, names in vectors.items():
         features[key] = {"dtype": "float32", "shape": [len(names)], "names": list(names)}
@@ -131,7 +133,8 @@ def vector_stats(x: np.ndarray, count: int | None = None) -> dict[str, np.ndarra
     accumulation); ``count`` overrides the row count (images count frames, not pixels)."""
     x64 = np.asarray(x, dtype=np.float64)
     stats = {"min": x64.min(0), "max": x64.max(0), "mean": x64.mean(0), "std": x64.std(0)}
-    stats |= {name: np.quantile(x64, q, axis=0) for name, q in QUANTILES.items()}
+    quantiles = np.quantile(x64, list(QUANTILES.values()), axis=0)  # one partial sort for all five
+    stats |= dict(zip(QUANTILES, quantiles))
     return stats | {"count": np.array([len(x64) if count is None else count])}
 
 
