@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 import msgpack
 import numpy as np
 
-from fastwam.data.lerobot import IMAGE_PREFIX
+from fastwam.data.lerobot import camera_name
 from fastwam.policy import Policy
 
 STATE, PROMPT = "state", "prompt"
@@ -131,15 +131,15 @@ class InputMap:
 class PolicyService:
     """Named inputs -> validated observation -> ``Policy.act`` -> a reply with finite actions."""
 
-    def __init__(self, policy: Policy, inputs: InputMap | None = None, guidance: float = 10.0):
+    def __init__(self, policy: Policy, renames: dict[str, str] | None = None, guidance: float = 10.0):
         if policy.history_frames:
             raise ValueError(f"serve: this checkpoint takes {policy.history_frames} past frame(s) "
                              "(model.context_frames > 1); the openpi protocol sends one observation per request")
         if not (math.isfinite(guidance) and guidance > 0):
             raise ValueError(f"--rtc-guidance: expected a finite number > 0, got {guidance}")
         self.policy, self.guidance = policy, guidance
-        self.cameras = [c.removeprefix(IMAGE_PREFIX) for c in policy.cfg.data.cameras]
-        self.inputs = inputs or InputMap.default(self.cameras)
+        self.cameras = [camera_name(c) for c in policy.cfg.data.cameras]
+        self.inputs = InputMap.default(self.cameras, renames)  # --input KEY=TARGET over the defaults
         self._lock = threading.Lock()  # one policy (noise generator, instruction cache) shared by connections
         self._limits = _state_limits(policy)
 
@@ -358,8 +358,7 @@ def service_from_args(args: argparse.Namespace) -> PolicyService:
         raise ValueError(f"--steps: expected >= 1 denoising steps, got {args.steps}")
     policy = Policy.from_checkpoint(args.checkpoint, device=args.device, steps=args.steps, seed=args.seed,
                                     noise_scale=args.noise_scale, mode=args.mode)
-    cameras = [c.removeprefix(IMAGE_PREFIX) for c in policy.cfg.data.cameras]
-    return PolicyService(policy, InputMap.default(cameras, renames), args.rtc_guidance)
+    return PolicyService(policy, renames, args.rtc_guidance)
 
 
 def run(args: argparse.Namespace) -> int:

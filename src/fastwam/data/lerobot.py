@@ -102,6 +102,11 @@ class VideoSettings:
         return options
 
 
+def camera_name(camera: str) -> str:
+    """``observation.images.wrist_image`` or ``wrist_image`` -> ``wrist_image`` (``camera_key``'s inverse)."""
+    return camera.removeprefix(IMAGE_PREFIX)
+
+
 def camera_key(camera: str) -> str:
     """``corner2`` -> ``observation.images.corner2`` (full keys pass through)."""
     return camera if camera.startswith(IMAGE_PREFIX) else IMAGE_PREFIX + camera

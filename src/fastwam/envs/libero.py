@@ -46,6 +46,8 @@ from typing import Sequence
 
 import numpy as np
 
+from fastwam.data.lerobot import camera_name
+
 MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520}  # openpi's limits
 SUITES = tuple(MAX_STEPS)
 WAIT_STEPS = 10
@@ -289,13 +291,6 @@ class LiberoEnv:
 # -- the evaluation adapter (fastwam.envs: one interface for every benchmark) ---------------------
 
 VALIDATION_SEED_OFFSET = 1_000_000  # validation layouts: fresh resets under seeds 1e6 + e (demonstrations: below)
-
-
-def camera_name(camera: str) -> str:
-    """``observation.images.wrist_image`` or ``wrist_image`` -> ``wrist_image`` (``camera_key``'s inverse)."""
-    from fastwam.data.lerobot import IMAGE_PREFIX
-
-    return camera.removeprefix(IMAGE_PREFIX)
 
 
 class LiberoBenchmark:
