@@ -9,7 +9,9 @@ def test_bench_latency_writes_documented_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["bench", "latency", "--preset", "tiny", "--variants", "fastwam,joint,idm", "--steps", "3",
                  "--calls", "2", "--warmup", "1", "--json", str(out)]) == 0
-    result = json.loads(out.read_text())
+    record = json.loads(out.read_text())
+    assert record["preset"] == "tiny" and record["steps"] == [3] and len(record["runs"]) == 1
+    result = record["runs"][0]
     assert result["preset"] == "tiny" and result["steps"] == 3 and result["dtype"] == "float32"
     assert result["device"].startswith("cpu") and result["compiled"] is False
     variants = result["variants"]
@@ -32,3 +34,23 @@ def test_bench_rejects_unknown_variant():
 
     with pytest.raises(SystemExit, match="unknown \\['dream'\\]"):
         main(["bench", "latency", "--preset", "tiny", "--variants", "fastwam,dream"])
+
+
+def test_bench_times_each_step_count_in_one_process(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "latency", "--preset", "tiny", "--variants", "fastwam", "--steps", "1,2,4",
+                 "--calls", "1", "--warmup", "0", "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["steps"] == [1, 2, 4] and [run["steps"] for run in record["runs"]] == [1, 2, 4]
+    # tiny: 4 context tokens, then chunk-4 action tokens per step
+    assert [run["variants"]["fastwam"]["tokens"] for run in record["runs"]] == [4 + 4, 4 + 2 * 4, 4 + 4 * 4]
+    assert "median ms per chunk by denoising steps" in capsys.readouterr().out
+
+
+def test_bench_rejects_bad_step_lists():
+    import pytest
+
+    for steps, message in (("1,x", "comma list of integers"), ("0,2", "distinct step counts >= 1"),
+                           ("2,2", "distinct step counts >= 1")):
+        with pytest.raises(SystemExit, match=message):
+            main(["bench", "latency", "--preset", "tiny", "--steps", steps])

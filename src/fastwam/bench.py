@@ -4,8 +4,10 @@ Each timed call is what a deployed policy does per chunk: encode the current fra
 (the codec), then ``predict_actions`` (instruction embedding cached, as a policy caches it).
 Weights are random: latency does not depend on their values.
 
-JSON keys: preset, device, dtype, steps, batch, calls, compiled, variants.<name>.{median_ms, p90_ms,
-params, tokens, video_expert_calls, warmup_s}, ratios.{idm_over_fastwam, joint_over_fastwam}, date, host.
+``--steps 1,2,10`` times every variant at each step count, in one process. JSON keys: preset, steps
+(the list), runs: one per step count, each with device, dtype, steps, batch, calls, compiled,
+variants.<name>.{median_ms, p90_ms, params, tokens, video_expert_calls, warmup_s},
+ratios.{idm_over_fastwam, joint_over_fastwam}, date, host.
 
 ``--compile`` runs ``WAM.compile_inference`` (``torch.compile`` of the prefill's layer pass and of each
 mode's whole sampling loop; the same for every variant), with inductor's ``freezing`` (weights folded
@@ -39,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("what", choices=["latency"], help="what to benchmark")
     parser.add_argument("--preset", default="small", help="model preset (tiny, small, wan22-5b) or a YAML path")
     parser.add_argument("--variants", default="fastwam,joint,idm", help="comma list of fastwam, joint, idm")
-    parser.add_argument("--steps", type=int, default=10, help="denoising steps (video and action)")
+    parser.add_argument("--steps", default="10",
+                        help="denoising steps (video and action), or a comma list timed one after another (1,2,10)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     parser.add_argument("--batch", type=int, default=1)
@@ -57,20 +60,37 @@ def run(args: argparse.Namespace) -> int:
     unknown = sorted(set(names) - set(VARIANT_NAMES))
     if unknown or not names:
         raise SystemExit(f"--variants: unknown {unknown}; expected a comma list of {list(VARIANT_NAMES)}")
-    if args.calls < 1 or args.steps < 1:
-        raise SystemExit(f"--calls and --steps must be >= 1, got {args.calls}, {args.steps}")
+    steps = parse_steps(args.steps)
+    if args.calls < 1:
+        raise SystemExit(f"--calls must be >= 1, got {args.calls}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    result = benchmark(preset(args.preset), names, steps=args.steps, device=args.device, dtype=DTYPES[args.dtype],
-                       batch=args.batch, calls=args.calls, warmup=args.warmup, codec_path=args.codec_path,
-                       compile=args.compile)
-    result["preset"] = args.preset
-    print(format_table(result))
+    runs = []
+    for count in steps:
+        result = benchmark(preset(args.preset), names, steps=count, device=args.device, dtype=DTYPES[args.dtype],
+                           batch=args.batch, calls=args.calls, warmup=args.warmup, codec_path=args.codec_path,
+                           compile=args.compile)
+        result["preset"] = args.preset
+        print(format_table(result) + "\n")
+        runs.append(result)
+    if len(runs) > 1:
+        print(format_curve(runs))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({"preset": args.preset, "steps": steps, "runs": runs}, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0
+
+
+def parse_steps(text: str) -> list[int]:
+    """'1,2,10' -> [1, 2, 10]: distinct step counts >= 1, in the order given."""
+    try:
+        steps = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise SystemExit(f"--steps: expected a comma list of integers such as 1,2,10, got {text!r}") from None
+    if not steps or min(steps) < 1 or len(set(steps)) != len(steps):
+        raise SystemExit(f"--steps: expected distinct step counts >= 1 such as 1,2,10, got {text!r}")
+    return steps
 
 
 def benchmark(cfg: Config, variants: list[str], *, steps: int, device: str, dtype: torch.dtype, batch: int = 1,
@@ -213,4 +233,13 @@ def format_table(result: dict) -> str:
                      f"{v['video_expert_calls']:>12}")
     for key, value in result.get("ratios", {}).items():
         lines.append(f"{key.replace('_over_', ' / ')}: {value:.2f}x")
+    return "\n".join(lines)
+
+
+def format_curve(runs: list[dict]) -> str:
+    """Median ms per chunk, variants by step counts."""
+    names = list(runs[0]["variants"])
+    lines = ["median ms per chunk by denoising steps", f"{'steps':>6} " + " ".join(f"{n:>10}" for n in names)]
+    for run in runs:
+        lines.append(f"{run['steps']:>6} " + " ".join(f"{run['variants'][n]['median_ms']:>10.2f}" for n in names))
     return "\n".join(lines)

@@ -266,6 +266,10 @@ class TrainConfig:
     augment_shift: int = 0  # random-shift augmentation: pixels each camera image moves at most (0 = off)
     init_video: str = ""  # Wan2.2 DiT checkpoint (file or directory) the video expert starts from ("" = random)
     init_action: Literal["random", "video"] = "random"  # video: the action expert starts from the loaded video expert
+    # A checkpoint (directory) to distil a few-step action sampler from ("" = ordinary training): the
+    # model starts as that teacher, its video expert frozen, and its action expert learns to sample
+    # in model.action_flow.steps (WAM.distillation_loss).
+    distill_from: str = ""
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 500
@@ -295,6 +299,9 @@ class Config:
         m, d = self.model, self.data
         _check(self.train.init_action in ("random", "video"),
                f"train.init_action must be random|video, got {self.train.init_action!r}")
+        _check(not self.train.distill_from or (not self.train.init_video and self.model.variant.inference != "joint"),
+               "train.distill_from: a student starts from its teacher (train.init_video must be empty) and distils an "
+               f"action-only or IDM sampler (variant.inference {self.model.variant.inference!r})")
         _check(self.train.init_action == "random" or self.train.init_video,
                "train.init_action: video starts the action expert from the Wan weights of train.init_video, "
                "which is empty (a random video expert has nothing to pass on)")

@@ -90,6 +90,7 @@ class EvalPlan:
     guidance: float = 0.0  # real-time chunking's guidance cap (0: none; with delay > 0, naive asynchronous execution)
     seed: int = 0
     steps: int | None = None  # denoising steps (None: the checkpoint's)
+    action_shift: float | None = None  # action timestep shift when sampling (None: the checkpoint's)
     noise_scale: float = 1.0  # scale of the initial action noise (Policy.noise_scale)
     mode: str = ""  # inference procedure (dual checkpoints: action_only or video_then_action; "": the variant's)
     device: str = "cpu"
@@ -166,7 +167,7 @@ def run_info(checkpoint: Path) -> dict:
 def make_plan(checkpoint: str | Path, episodes: int, tasks: str | Sequence[str] | None = None, *,
               benchmark_name: str = "metaworld", suite: str = "", allow_any_variation: bool = False,
               max_steps: int | None = None, execute: int | None = None, delay: int = 0, guidance: float = 0.0,
-              seed: int = 0, steps: int | None = None,
+              seed: int = 0, steps: int | None = None, action_shift: float | None = None,
               noise_scale: float = 1.0, mode: str = "", device: str = "cpu", threads: int = 0,
               video_episodes: int = 0, every_step: bool = False, split: str = "test",
               score_imagination: bool = False) -> EvalPlan:
@@ -185,6 +186,10 @@ def make_plan(checkpoint: str | Path, episodes: int, tasks: str | Sequence[str] 
                          f"got {episodes}, {max_steps}, {video_episodes}")
     if not (math.isfinite(noise_scale) and noise_scale >= 0):
         raise ValueError(f"--noise-scale: expected a finite number >= 0, got {noise_scale}")
+    if steps is not None and steps < 1:
+        raise ValueError(f"--steps: expected >= 1 denoising steps, got {steps}")
+    if action_shift is not None and not (math.isfinite(action_shift) and action_shift > 0):
+        raise ValueError(f"--action-shift: expected a finite number > 0, got {action_shift}")
     cfg = Config.load(path / "config.yaml")
     modes = cfg.model.variant.modes
     if score_imagination and not cfg.model.variant.has_future:
@@ -216,7 +221,8 @@ def make_plan(checkpoint: str | Path, episodes: int, tasks: str | Sequence[str] 
         cameras=tuple(cfg.data.cameras), frame_stride=cfg.data.frame_stride, benchmark=benchmark_name,
         suite=layouts.suite, env_options=layouts.env_options,
         max_steps=adapter.default_max_steps(layouts.suite) if max_steps is None else max_steps,
-        execute=execute, delay=delay, guidance=guidance, seed=seed, steps=steps, noise_scale=noise_scale, mode=mode or cfg.model.variant.inference,
+        execute=execute, delay=delay, guidance=guidance, seed=seed, steps=steps, action_shift=action_shift, noise_scale=noise_scale,
+        mode=mode or cfg.model.variant.inference,
         device=device, threads=threads,
         recorded=video_episodes, every_step=every_step, imagine=video_episodes > 0 and cfg.model.variant.has_future,
         score_imagination=score_imagination,
@@ -340,7 +346,7 @@ def _process_policy(plan: EvalPlan):
 
         _PROCESS["policy"] = Policy.from_checkpoint(plan.checkpoint, device=plan.device, steps=plan.steps,
                                                     seed=plan.seed, noise_scale=plan.noise_scale,
-                                                    mode=plan.mode or None)
+                                                    mode=plan.mode or None, action_shift=plan.action_shift)
     return _PROCESS["policy"]
 
 
@@ -443,7 +449,9 @@ def summarize(plan: EvalPlan, results: list[EpisodeResult], wall_seconds: float,
         "variant": cfg.model.variant.mask, "mode": plan.mode, "video_weight": cfg.model.variant.video_weight,
         "max_steps": plan.max_steps, "execute": plan.execute or cfg.model.chunk // 2, "chunk": cfg.model.chunk,
         "delay": plan.delay, "rtc_guidance": plan.guidance,
-        "denoise_steps": plan.steps or cfg.model.action_flow.steps, "noise_scale": plan.noise_scale, "seed": plan.seed,
+        "denoise_steps": plan.steps or cfg.model.action_flow.steps, "trained_steps": cfg.model.action_flow.steps,
+        "distilled_from": cfg.train.distill_from,
+        "action_shift": plan.action_shift or cfg.model.action_flow.shift, "noise_scale": plan.noise_scale, "seed": plan.seed,
         "split": plan.split, "benchmark_seed": plan.benchmark_seed,
         "training_benchmark_seed": plan.training_benchmark_seed, "env_options": plan.env_options,
         "variations_disjoint": all(benchmark(plan.benchmark).disjoint(plan, task) for task in plan.tasks),
@@ -455,6 +463,20 @@ def summarize(plan: EvalPlan, results: list[EpisodeResult], wall_seconds: float,
     }
 
 
+def sampler_line(summary: dict) -> str:
+    """How actions were sampled, saying so when the step count is not the one the checkpoint was
+    trained (or distilled) for."""
+    steps, trained = summary["denoise_steps"], summary.get("trained_steps", summary["denoise_steps"])
+    line = f"sampler: {summary['mode']}, {steps} action steps"
+    if "action_shift" in summary:
+        line += f", shift {summary['action_shift']:g}"
+    if summary.get("distilled_from"):
+        line += f", distilled from {summary['distilled_from']}"
+    if steps != trained:
+        line += f" (NOTE: the checkpoint was trained for {trained} steps)"
+    return line
+
+
 def format_table(summary: dict) -> str:
     width = max([28, *map(len, summary["tasks"])])
     name = {"metaworld": "MetaWorld", "libero": "LIBERO"}[summary["benchmark"]]
@@ -462,6 +484,7 @@ def format_table(summary: dict) -> str:
     lines = [f"{title} ({summary['split']} layouts): {summary['checkpoint']}, "
              f"{summary['episodes_per_task']} episodes per task, "
              f"<= {summary['max_steps']} steps, {summary['execute']} of {summary['chunk']} actions per chunk",
+             sampler_line(summary),
              f"{'task':<{width}} {'episodes':>8} {'success':>8} {'95% interval':>15} {'chunk ms':>9}"]
     for task, t in summary["tasks"].items():
         lo, hi = t["ci95"]
@@ -639,7 +662,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rtc-guidance", type=float, default=0.0,
                         help="real-time chunking: guide each chunk toward the previous one's overlap with this "
                              "weight cap (the paper's beta, e.g. 10; 0: off)")
-    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the checkpoint's)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="denoising steps (default: the checkpoint's; a distilled student's are its trained count)")
+    parser.add_argument("--action-shift", type=float, default=None,
+                        help="action timestep shift of the sampler (1: uniform steps; default: the checkpoint's)")
     parser.add_argument("--noise-scale", type=float, default=1.0,
                         help="scale of the initial action noise: 1 samples the learned distribution, 0 is deterministic")
     parser.add_argument("--mode", default="", choices=["", "action_only", "video_then_action", "joint"],
@@ -703,7 +729,8 @@ def run(args: argparse.Namespace) -> int:
                          suite=args.suite,
                          allow_any_variation=args.allow_any_variation, max_steps=args.max_steps, execute=args.execute,
                          delay=args.delay, guidance=args.rtc_guidance,
-                         seed=args.seed, steps=args.steps, noise_scale=args.noise_scale, mode=args.mode, device=device,
+                         seed=args.seed, steps=args.steps, action_shift=args.action_shift, noise_scale=args.noise_scale,
+                         mode=args.mode, device=device,
                          threads=threads,
                          video_episodes=args.video_episodes if args.video else 0, every_step=args.video_every_step,
                          split=args.split, score_imagination=alias or bool(args.imagination))

@@ -16,6 +16,7 @@ the controller below keeps them.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections import deque
@@ -35,7 +36,8 @@ from fastwam.text import build_text_encoder
 
 class Policy:
     def __init__(self, model: WAM, cfg: Config, normalizer: Normalizer, device: str | torch.device = "cpu",
-                 steps: int | None = None, seed: int = 0, noise_scale: float = 1.0, mode: str | None = None):
+                 steps: int | None = None, seed: int = 0, noise_scale: float = 1.0, mode: str | None = None,
+                 action_shift: float | None = None):
         if mode is not None and mode not in cfg.model.variant.modes:
             raise ValueError(f"mode: this checkpoint (variant {cfg.model.variant.mask!r}) runs "
                              f"{' or '.join(cfg.model.variant.modes)}, got {mode!r}")
@@ -43,6 +45,12 @@ class Policy:
             raise ValueError(f"noise_scale: expected a finite number >= 0, got {noise_scale}")
         if steps is not None and steps < 1:
             raise ValueError(f"steps: expected >= 1 denoising steps, got {steps}")
+        if action_shift is not None:
+            if not (math.isfinite(action_shift) and action_shift > 0):
+                raise ValueError(f"action_shift: expected a finite number > 0, got {action_shift}")
+            # A sampling choice: the action sigmas visited (flow.sampling_sigmas); the weights are unchanged.
+            flow = dataclasses.replace(model.cfg.action_flow, shift=action_shift)
+            model.cfg = dataclasses.replace(model.cfg, action_flow=flow)
         self.model, self.cfg, self.normalizer = model.eval(), cfg, normalizer
         self.device = torch.device(device)
         self.codec = build_codec(cfg.data.codec, device=self.device)

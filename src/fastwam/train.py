@@ -32,7 +32,7 @@ from fastwam.checkpoint import (CHECKPOINTS, TRAIN_STATE, latest_checkpoint, loa
                                 newest_intact_training_state, newest_readable_config, write_checksums,
                                 write_run_files)
 from fastwam.codecs import build_codec, frames_to_unit
-from fastwam.config import Config, preset
+from fastwam.config import Config, TrainConfig, preset
 from fastwam.data.augment import random_shift
 from fastwam.data.lerobot import DatasetError, LeRobotDataset
 from fastwam.data.normalize import Normalizer
@@ -271,14 +271,21 @@ class Trainer:
             load_wan_video_weights(self.model, t.init_video)
             if t.init_action == "video":
                 init_action_from_video(self.model)
+        teacher = load_teacher(cfg, self.accelerator.device) if t.distill_from else None
+        if teacher is not None:
+            if init_weights:
+                self.model.load_state_dict(teacher.state_dict())
+            self.model.video.requires_grad_(False)  # the teacher's video expert, prefill and cache, unchanged
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
-            (no_decay if p.dim() < 2 or name.endswith("modulation") else decay).append(p)
+            if p.requires_grad:
+                (no_decay if p.dim() < 2 or name.endswith("modulation") else decay).append(p)
         self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
                                             {"params": no_decay, "weight_decay": 0.0}], lr=t.lr, betas=(0.9, 0.95))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, t.warmup, t.steps))
         self.codec = build_codec(cfg.data.codec) if t.augment_shift else None
-        self.step_fn, self.optimizer, self.scheduler = self.accelerator.prepare(_LossStep(self.model), self.optimizer, self.scheduler)
+        self.step_fn, self.optimizer, self.scheduler = self.accelerator.prepare(_LossStep(self.model, teacher), self.optimizer,
+                                                                                self.scheduler)
         self.ema = EMA(self.model, t.ema) if t.ema > 0 else None  # after prepare: on the model's device
         self.step = 0
 
@@ -417,14 +424,36 @@ class Trainer:
 
 
 class _LossStep(torch.nn.Module):
-    """The model's loss as ``forward``, so accelerate/DDP wrap the call that produces gradients."""
+    """The model's loss as ``forward``, so accelerate/DDP wrap the call that produces gradients
+    (with a frozen ``teacher``: the few-step distillation loss)."""
 
-    def __init__(self, model: WAM):
+    def __init__(self, model: WAM, teacher: WAM | None = None):
         super().__init__()
-        self.model = model
+        self.model, self.teacher = model, teacher
 
     def forward(self, batch: Batch, generator: torch.Generator):
+        if self.teacher is not None:
+            return self.model.distillation_loss(batch, self.teacher, generator=generator)
         return self.model.loss(batch, generator=generator)
+
+
+def load_teacher(cfg: Config, device: torch.device) -> WAM:
+    """The frozen teacher of ``train.distill_from``; its model and data settings must be the
+    student's but for the sampling step count (``student_config``)."""
+    teacher, teacher_cfg = load_model(cfg.train.distill_from, device)
+    expected = student_config(teacher_cfg, cfg.model.action_flow.steps)
+    if (cfg.model, cfg.data) != (expected.model, expected.data):
+        raise ValueError(f"train.distill_from: {cfg.train.distill_from} is another model or data setup than the student's "
+                         f"(model: {_differences(expected.model, cfg.model) or 'same'}; "
+                         f"data: {_differences(expected.data, cfg.data) or 'same'})")
+    return teacher.requires_grad_(False).eval()
+
+
+def student_config(teacher: Config, steps: int, train: TrainConfig | None = None) -> Config:
+    """The config of a student of ``teacher`` sampling in ``steps`` action steps (model and data are
+    the teacher's; ``train``, if given, replaces the teacher's training settings)."""
+    flow = dataclasses.replace(teacher.model.action_flow, steps=steps)
+    return teacher.replace(model=dataclasses.replace(teacher.model, action_flow=flow), train=train or teacher.train)
 
 
 IGNORED_ON_RESUME = ("steps", "init_video", "init_action", "log_every", "checkpoint_every")
@@ -511,9 +540,9 @@ def _tensorboard(out: Path):
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="LeRobot dataset directory")
-    parser.add_argument("--preset", default="small", help="tiny, small, wan22-5b or a YAML path")
-    parser.add_argument("--variant", default="fastwam", choices=["fastwam", "joint", "idm", "dual"],
-                        help="dual: one model for Fast-WAM and IDM inference (eval --mode picks)")
+    parser.add_argument("--preset", default=None, help="tiny, small (default), wan22-5b or a YAML path")
+    parser.add_argument("--variant", default=None, choices=["fastwam", "joint", "idm", "dual"],
+                        help="fastwam (default); dual: one model for Fast-WAM and IDM inference (eval --mode picks)")
     parser.add_argument("--video-weight", type=float, default=None, help="lambda (0: no video co-training)")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the preset's)")
     parser.add_argument("--batch-size", type=int, default=None)
@@ -525,6 +554,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="start the video expert from a Wan2.2 DiT checkpoint (Wan's or diffusers' safetensors)")
     parser.add_argument("--init-action", default=None, choices=["random", "video"],
                         help="video: start the action expert from the loaded video expert, resized by interpolation")
+    parser.add_argument("--distill-from", default=None, metavar="RUN",
+                        help="few-step distillation: start from this trained run (its newest checkpoint: model, data "
+                             "settings, normalization), freeze its video expert and teach its action expert to sample "
+                             "in --student-steps steps")
+    parser.add_argument("--student-steps", type=int, default=None,
+                        help="with --distill-from: the action steps the student samples in (default 2; it is also "
+                             "taught every smaller count)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--checkpoint-every", type=int, default=None)
     parser.add_argument("--out", required=True, help="run directory")
@@ -535,12 +571,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    cfg = preset(args.preset).with_variant(args.variant, args.video_weight)
     overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "ema": args.ema,
                                    "augment_shift": args.augment_shift, "init_video": args.init_video,
                                    "init_action": args.init_action, "seed": args.seed,
                                    "checkpoint_every": args.checkpoint_every}.items() if v is not None}
-    return cfg.replace(train=dataclasses.replace(cfg.train, **overrides))
+    if args.distill_from is None:
+        if args.student_steps is not None:
+            raise ValueError("--student-steps applies to --distill-from only")
+        cfg = preset(args.preset or "small").with_variant(args.variant or "fastwam", args.video_weight)
+        return cfg.replace(train=dataclasses.replace(cfg.train, **overrides))
+    given = [name for name, value in (("--preset", args.preset), ("--variant", args.variant),
+                                      ("--video-weight", args.video_weight), ("--init-video", args.init_video),
+                                      ("--init-action", args.init_action)) if value is not None]
+    if given:
+        raise ValueError(f"--distill-from: the student is the teacher's model; {', '.join(given)} cannot change it")
+    steps = 2 if args.student_steps is None else args.student_steps
+    if steps < 1:
+        raise ValueError(f"--student-steps: expected >= 1 action steps, got {steps}")
+    teacher = latest_checkpoint(args.distill_from)
+    teacher_cfg = Config.load(teacher / "config.yaml")
+    if steps >= teacher_cfg.model.action_flow.steps:
+        raise ValueError(f"--student-steps: expected fewer than the teacher's {teacher_cfg.model.action_flow.steps} "
+                         f"action steps ({teacher}), got {steps}")
+    train = dataclasses.replace(teacher_cfg.train, **{"init_video": "", "init_action": "random", **overrides},
+                                distill_from=str(teacher.resolve()))
+    return student_config(teacher_cfg, steps, train)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -575,7 +630,12 @@ def build_trainer(cfg: Config, data_dir: str | Path, out: str | Path, recompute_
         resume_changes(newest_readable_config(out), cfg, allow_changes)
     dataset = LeRobotDataset(data_dir, require=(STATE_KEY, ACTION_KEY))
     modes = {STATE_KEY: cfg.data.state_normalization, ACTION_KEY: cfg.data.action_normalization}
-    normalizer = Normalizer.from_dataset(dataset, modes, recompute=recompute_stats)
+    if cfg.train.distill_from:  # the teacher's units: its samples are the student's targets
+        if recompute_stats:
+            raise ValueError("--recompute-stats: a distilled student keeps its teacher's normalization")
+        normalizer = Normalizer.load(Path(cfg.train.distill_from) / "stats.json")
+    else:
+        normalizer = Normalizer.from_dataset(dataset, modes, recompute=recompute_stats)
     with PartialState().main_process_first():  # one process encodes the latent cache, the others then read it
         data = load_training_data(cfg, dataset, normalizer, progress)
     try:

@@ -8,6 +8,10 @@ which spends more time at high noise for s > 1. A network may instead predict th
 (useful when a token holds more values than the network's width, as with large pixel patches);
 ``data_to_velocity`` turns that into the velocity, and the loss stays on the velocity. Sampling integrates Euler steps on u from 1 to 0:
     x <- x + (sigma_next - sigma) * v.
+
+Few-step students (``WAM.distillation_loss``) are trained on straight paths between a noise and
+the teacher's sample from it (reflow, Liu et al. 2023), at the sigmas their samplers visit
+(``student_sigmas``), so that the Euler steps above land on the teacher's sample in 1 or 2 steps.
 """
 
 from __future__ import annotations
@@ -57,3 +61,10 @@ def sampling_sigmas(steps: int, shift: float) -> list[float]:
 def euler_step(x: torch.Tensor, velocity: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
     """One Euler step from sigma to sigma_next."""
     return x + (sigma_next - sigma) * velocity
+
+
+def student_sigmas(steps: int, shift: float) -> list[float]:
+    """The sigmas an Euler sampler of 1, 2, ..., ``steps`` steps evaluates the network at (sigma = 0
+    excluded), each once: where a student trained for ``steps`` is taught, so it samples with any
+    count up to its own."""
+    return sorted({round(s, 12) for n in range(1, steps + 1) for s in sampling_sigmas(n, shift)[:-1]}, reverse=True)

@@ -163,6 +163,34 @@ class WAM(nn.Module):
         loss_v = masked_mse(pred_v, flow.velocity_target(batch.future, noise_v), ~batch.future_pad)
         return LossOutput(loss_a + variant.video_weight * loss_v, loss_a, loss_v)
 
+    def distillation_loss(self, batch: Batch, teacher: "WAM", generator: torch.Generator | None = None) -> LossOutput:
+        """Few-step action sampler: this model's action expert (the student, sampling in
+        ``action_flow.steps``) learns the straight path from a noise to ``teacher``'s sample from
+        that noise (reflow distillation), at the sigmas its sampler visits (``flow.student_sigmas``).
+
+        The video expert is the teacher's and frozen, so the teacher's prefix (context K/V, and for
+        IDM the generated future) is the student's too: one prefill per batch, action-expert
+        gradients only. Targets are whole chunks, padded steps included (the teacher's sample is
+        defined everywhere)."""
+        cfg, mode = self.cfg, self.cfg.variant.inference
+        if mode == "joint":
+            raise ValueError("distillation: joint inference denoises video with the actions; only action-only "
+                             "and IDM inference have an action sampler of their own to distil")
+        B, device = batch.actions.shape[0], batch.actions.device
+        noise = torch.randn(batch.actions.shape, device=device, generator=generator, dtype=batch.actions.dtype)
+        with torch.no_grad():
+            prefix = teacher.prefill(batch.context, batch.state, batch.text)
+            if mode == "video_then_action":
+                video_noise = torch.randn(self._future_shape(B), device=device, generator=generator, dtype=noise.dtype)
+                teacher.extend_prefix(prefix, teacher.sample_future(prefix, video_noise, teacher.cfg.video_flow.steps))
+            target = teacher.sample_actions(prefix, noise, teacher.cfg.action_flow.steps)  # (B, S, A)
+        grid = torch.tensor(flow.student_sigmas(cfg.action_flow.steps, cfg.action_flow.shift), device=device)
+        sigma = grid[torch.randint(len(grid), (B,), device=device, generator=generator)]
+        student = Prefix(prefix.cache, prefix.video_context, self.action.context_kv(batch.text, batch.state), B)
+        velocity = self.action_velocity(flow.add_noise(target, noise, sigma), sigma, student)
+        loss = (velocity.float() - flow.velocity_target(target, noise).float()).pow(2).mean()
+        return LossOutput(loss, loss, loss.new_zeros(()))
+
     def _clean_future_tokens(self, future: torch.Tensor, video_ctx: ContextKV, generator) -> Tokens:
         """IDM: the copy of the future that actions read, clean or lightly noised (config value)."""
         B, sigma = future.shape[0], self.cfg.variant.idm_future_noise
@@ -292,13 +320,15 @@ class WAM(nn.Module):
                         generator: torch.Generator | None = None, guide: ChunkGuide | None = None) -> torch.Tensor:
         """Current-frame latents (B, Tc, C, h, w), proprio (B, P), instruction (B, L, E) -> actions (B, S, A).
 
-        ``mode`` defaults to the variant's inference procedure; ``noise`` (B, S, A) fixes the
+        ``steps`` counts the action steps (default ``action_flow.steps``, which a distilled student
+        sets to its own) and, when given, the video steps of joint and IDM inference too (default
+        IDM: ``video_flow.steps``). ``mode`` defaults to the variant's inference procedure; ``noise`` (B, S, A) fixes the
         initial action noise (else drawn from ``generator``); ``guide`` continues a previous chunk
         (real-time chunking; not for joint inference, whose actions are denoised with the video).
         """
         cfg = self.cfg
         mode = cfg.variant.inference if mode is None else mode
-        steps = cfg.action_flow.steps if steps is None else steps
+        action_steps = cfg.action_flow.steps if steps is None else steps
         if mode not in MODES:
             raise ValueError(f"mode: expected one of {MODES}, got {mode!r}")
         if mode != "action_only" and not cfg.variant.has_future:
@@ -313,12 +343,13 @@ class WAM(nn.Module):
             noise = torch.randn((B, cfg.chunk, cfg.action_dim), device=device, generator=generator, dtype=dtype)
         prefix = self.prefill(context, state, text)
         if mode == "action_only":
-            return self.sample_actions(prefix, noise, steps, guide)
+            return self.sample_actions(prefix, noise, action_steps, guide)
         video_noise = torch.randn(self._future_shape(B), device=device, generator=generator, dtype=dtype)
         if mode == "joint":
-            return self.sample_joint(prefix, noise, video_noise, steps)[0]
-        self.extend_prefix(prefix, self.sample_future(prefix, video_noise, steps))
-        return self.sample_actions(prefix, noise, steps, guide)
+            return self.sample_joint(prefix, noise, video_noise, action_steps)[0]
+        video_steps = cfg.video_flow.steps if steps is None else steps
+        self.extend_prefix(prefix, self.sample_future(prefix, video_noise, video_steps))
+        return self.sample_actions(prefix, noise, action_steps, guide)
 
     @torch.no_grad()
     def imagine(self, context: torch.Tensor, state: torch.Tensor, text: torch.Tensor, *, steps: int | None = None,

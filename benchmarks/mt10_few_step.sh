@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Fast-WAM in one or two action steps on MT10 (issue #22), against the headline recipe's checkpoint
+# (TEACHER, default runs/mt10_fastwam_s0 from benchmarks/mt10_variants.sh: mt10_96px_stem.yaml, 6000
+# steps, seed 0):
+#   1. the baseline curve: validation-split success of the teacher sampled in N = 10, 5, 3, 2, 1 action
+#      steps, with the action timestep shift 5 (trained) and 1 (uniform steps);
+#   2. a student distilled from it for 2 action steps (taught 1 too; `fastwam train --distill-from`),
+#      evaluated at 1 and 2 steps on the same episodes;
+#   3. latency per chunk of the MT10 size, compiled, 2 threads, at 1, 2 and 10 steps.
+# Results: docs/results/mt10_few_step/*.json; compare with
+#   .venv/bin/python benchmarks/paired_comparison.py docs/results/mt10_few_step/teacher_n10_shift5.json \
+#       docs/results/mt10_few_step/*.json
+# A resumable queue (outputs that exist are skipped); heavy: run it alone on this 2-core machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+FW=${FW:-.venv/bin/fastwam}
+DATA=${DATA:-data/mt10_c3_96}
+TEACHER=${TEACHER:-runs/mt10_fastwam_s0}
+STUDENT=${STUDENT:-runs/mt10_student2}
+STUDENT_TRAIN_STEPS=${STUDENT_TRAIN_STEPS:-1500}
+OUT=docs/results/mt10_few_step
+mkdir -p "$OUT" logs
+
+evaluate() {  # name checkpoint [eval options...]
+  local name=$1 run=$2
+  shift 2
+  [ -f "$OUT/$name.json" ] && return
+  $FW eval metaworld --checkpoint "$run" --split validation --episodes 50 --workers 2 --quiet "$@" --json "$OUT/$name.json"
+}
+
+for shift in 5 1; do
+  for n in 10 5 3 2 1; do
+    evaluate "teacher_n${n}_shift${shift}" "$TEACHER" --steps "$n" --action-shift "$shift"
+  done
+done
+
+if [ ! -f "$STUDENT/checkpoints/step-$(printf %07d "$STUDENT_TRAIN_STEPS")/model.safetensors" ]; then
+  resume=()
+  if [ -d "$STUDENT/checkpoints" ]; then resume=(--resume); fi
+  $FW train --data "$DATA" --distill-from "$TEACHER" --student-steps 2 --steps "$STUDENT_TRAIN_STEPS" --lr 0.0001 \
+    --checkpoint-every 500 --seed 0 --out "$STUDENT" "${resume[@]}" 2>&1 | tee -a logs/mt10_student2.log
+fi
+for n in 2 1; do
+  evaluate "student2_n${n}" "$STUDENT" --steps "$n"
+done
+
+if [ ! -f "$OUT/latency.json" ]; then
+  $FW bench latency --preset benchmarks/mt10_96px_stem.yaml --variants fastwam --steps 1,2,10 --compile \
+    --threads 2 --calls 50 --json "$OUT/latency.json"
+fi
