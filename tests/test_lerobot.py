@@ -318,6 +318,13 @@ def test_inconsistent_fps_in_info(root):
         LeRobotDataset(root)
 
 
+@pytest.mark.parametrize("key, value", [("total_frames", 999), ("total_tasks", 7), ("total_episodes", 4)])
+def test_totals_in_info_are_checked_against_the_data(root, key, value):
+    edit_info(root, lambda info: info.update({key: value}))
+    with pytest.raises(DatasetError, match=rf"meta/info\.json: {key} is {value}, but .* (holds|lists) \d+"):
+        LeRobotDataset(root)
+
+
 def test_inconsistent_fps_in_video_stream(tmp_path, episodes):
     root = write_v21(tmp_path / "v21", episodes)
     frames = episodes[1][3]["observation.images.front"]

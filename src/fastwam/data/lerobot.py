@@ -755,6 +755,10 @@ class LeRobotDataset:
         task_index = self._columns["task_index"]
         if task_index.min() < 0 or task_index.max() >= len(self.tasks):
             raise DatasetError(f"{where}: task_index out of range 0..{len(self.tasks) - 1}")
+        for key, count in (("total_frames", n), ("total_tasks", len(self.tasks))):
+            total = self.info.get(key)
+            if total is not None and total != count:
+                raise DatasetError(f"{self.root / 'meta/info.json'}: {key} is {total!r}, but the dataset holds {count}")
 
     # -- video ---------------------------------------------------------------------------------
 
