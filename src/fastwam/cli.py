@@ -17,6 +17,7 @@ COMMANDS = {
     "eval": ("fastwam.evaluate", "closed-loop evaluation of a checkpoint"),
     "bench": ("fastwam.bench", "latency benchmark of the inference variants"),
     "serve": ("fastwam.serve", "serve a checkpoint's policy (openpi's websocket protocol)"),
+    "dataset": ("fastwam.data.check", "what a LeRobot dataset holds and what a preset must change to train on it"),
     "plan": ("fastwam.plan", "per-GPU training memory of a preset, and the sharding that fits"),
     "demo": ("fastwam.demo", "collect -> train -> eval -> bench on the embedded default"),
 }
