@@ -19,10 +19,10 @@ def test_bench_latency_writes_documented_json(tmp_path, capsys):
     for v in variants.values():
         assert 0 < v["median_ms"] <= v["p90_ms"]
         assert v["params"] > 0 and v["warmup_s"] >= 0
-    # tiny: 4 context tokens, chunk 4, 2 future frames of 4 tokens, 3 steps
+    # tiny: 4 context tokens, chunk 4, 2 future frames of 4 tokens, 3 action steps (IDM: 4 video steps, the preset's)
     assert variants["fastwam"]["tokens"] == 4 + 3 * 4 and variants["fastwam"]["video_expert_calls"] == 1
     assert variants["joint"]["tokens"] == 4 + 3 * (8 + 4) and variants["joint"]["video_expert_calls"] == 1 + 3
-    assert variants["idm"]["tokens"] == 4 + 3 * 8 + 8 + 3 * 4 and variants["idm"]["video_expert_calls"] == 1 + 3 + 1
+    assert variants["idm"]["tokens"] == 4 + 4 * 8 + 8 + 3 * 4 and variants["idm"]["video_expert_calls"] == 1 + 4 + 1
     ratios = result["ratios"]
     assert set(ratios) == {"idm_over_fastwam", "joint_over_fastwam"}
     assert abs(ratios["idm_over_fastwam"] - variants["idm"]["median_ms"] / variants["fastwam"]["median_ms"]) < 1e-9

@@ -75,11 +75,15 @@ def test_distillation_teaches_one_step_to_land_on_the_teachers_sample():
     assert after < 0.2 * before, (before, after)
 
 
-def test_joint_inference_has_no_action_sampler_to_distil():
-    cfg = preset("tiny").with_variant("joint").model
+@pytest.mark.parametrize("variant", ["joint", "dual"])
+def test_joint_and_dual_have_no_one_action_sampler_to_distil(variant, teacher_run, tmp_path):
+    cfg = preset("tiny").with_variant(variant).model
     model = WAM(cfg)
-    with pytest.raises(ValueError, match="joint inference denoises video with the actions"):
+    with pytest.raises(ValueError, match=f"variant {variant!r} has no one action sampler"):
         model.distillation_loss(cfg.fake_batch(2), model)
+    with pytest.raises(ValueError, match=f"train.distill_from: .*got variant {variant!r}"):
+        tiny_config().with_variant(variant).replace(
+            train=dataclasses.replace(tiny_config().train, distill_from=str(teacher_run[1])))
 
 
 def test_idm_samples_its_video_with_the_video_steps_when_the_action_steps_are_few():
@@ -100,8 +104,8 @@ def test_idm_samples_its_video_with_the_video_steps_when_the_action_steps_are_fe
     model.predict_actions(batch.context, batch.state, batch.text)
     assert calls == {"future": cfg.video_flow.steps, "action": 1}
     calls.update(future=0, action=0)
-    model.predict_actions(batch.context, batch.state, batch.text, steps=2)  # an explicit count applies to both
-    assert calls == {"future": 2, "action": 2}
+    model.predict_actions(batch.context, batch.state, batch.text, steps=2)  # an explicit count: the actions'
+    assert calls == {"future": cfg.video_flow.steps, "action": 2}
 
 
 def test_train_distill_from_makes_a_student_of_the_teacher(teacher_run, tmp_path):
@@ -129,10 +133,25 @@ def test_train_distill_from_makes_a_student_of_the_teacher(teacher_run, tmp_path
     policy = Policy.from_checkpoint(out)
     assert policy.model.cfg.action_flow.steps == 1  # samples in its trained count by default
 
-    # a resumed distillation continues with its teacher
-    assert main(["train", "--data", str(data), "--distill-from", str(teacher), "--student-steps", "1",
-                 "--steps", "6", "--out", str(out), "--resume"]) == 0
-    assert len((out / "metrics.jsonl").read_text().splitlines()) == 6
+    trainer = build_trainer(cfg, data, tmp_path / "again", progress=False)
+    trained = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert trained == {id(p) for p in trainer.model.action.parameters()}  # the video expert is not optimized
+    assert trainer.step_fn.teacher.video is trainer.model.video  # one copy of it
+
+
+def test_a_distillation_resumes_with_its_own_teacher(teacher_run, tmp_path):
+    data, teacher = teacher_run
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    args = ["train", "--data", str(data), "--distill-from", str(teacher), "--student-steps", "1", "--steps", "6"]
+    assert main([*args, "--out", str(whole)]) == 0
+    assert main([*args[:-1], "3", "--out", str(cut)]) == 0
+    # resumed without repeating the teacher: the run's config names it
+    assert main(["train", "--data", str(data), "--steps", "6", "--out", str(cut), "--resume"]) == 0
+    losses = [[json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+              for run in (whole, cut)]
+    assert losses[0] == losses[1] and len(losses[0]) == 6
+    with pytest.raises(SystemExit, match="--student-steps 2 asks otherwise"):
+        main([*args, "--student-steps", "2", "--out", str(cut), "--resume"])
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -158,6 +177,7 @@ def test_action_shift_is_a_sampling_option(teacher_run):
     _, teacher = teacher_run
     plain, uniform = Policy.from_checkpoint(teacher), Policy.from_checkpoint(teacher, action_shift=1.0)
     assert plain.model.cfg.action_flow.shift == 5.0 and uniform.model.cfg.action_flow.shift == 1.0
+    assert uniform.cfg.model == uniform.model.cfg  # what the policy reports (serve's metadata) is what it samples
     assert torch.equal(plain.model.action.head.head.weight, uniform.model.action.head.head.weight)
     batch = plain.model.cfg.fake_batch(2, generator=torch.Generator().manual_seed(0))
     noise = torch.randn(batch.actions.shape, generator=torch.Generator().manual_seed(1))

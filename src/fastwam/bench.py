@@ -42,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="small", help="model preset (tiny, small, wan22-5b) or a YAML path")
     parser.add_argument("--variants", default="fastwam,joint,idm", help="comma list of fastwam, joint, idm")
     parser.add_argument("--steps", default="10",
-                        help="denoising steps (video and action), or a comma list timed one after another (1,2,10)")
+                        help="action denoising steps (joint denoises the video in as many; IDM generates it in the "
+                             "preset's video_flow.steps), or a comma list timed one after another (1,2,10)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES))
     parser.add_argument("--batch", type=int, default=1)

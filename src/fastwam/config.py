@@ -299,9 +299,10 @@ class Config:
         m, d = self.model, self.data
         _check(self.train.init_action in ("random", "video"),
                f"train.init_action must be random|video, got {self.train.init_action!r}")
-        _check(not self.train.distill_from or (not self.train.init_video and self.model.variant.inference != "joint"),
-               "train.distill_from: a student starts from its teacher (train.init_video must be empty) and distils an "
-               f"action-only or IDM sampler (variant.inference {self.model.variant.inference!r})")
+        _check(not self.train.distill_from or (not self.train.init_video and self.model.variant.mask in ("fastwam", "idm")),
+               "train.distill_from: a student starts from its teacher (train.init_video must be empty) and distils the "
+               "one action sampler of a fastwam or idm model (joint denoises actions with the video; dual has two "
+               f"modes), got variant {self.model.variant.mask!r}")
         _check(self.train.init_action == "random" or self.train.init_video,
                "train.init_action: video starts the action expert from the Wan weights of train.init_video, "
                "which is empty (a random video expert has nothing to pass on)")

@@ -51,6 +51,7 @@ class Policy:
             # A sampling choice: the action sigmas visited (flow.sampling_sigmas); the weights are unchanged.
             flow = dataclasses.replace(model.cfg.action_flow, shift=action_shift)
             model.cfg = dataclasses.replace(model.cfg, action_flow=flow)
+            cfg = cfg.replace(model=model.cfg)
         self.model, self.cfg, self.normalizer = model.eval(), cfg, normalizer
         self.device = torch.device(device)
         self.codec = build_codec(cfg.data.codec, device=self.device)

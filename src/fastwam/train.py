@@ -276,6 +276,8 @@ class Trainer:
             if init_weights:
                 self.model.load_state_dict(teacher.state_dict())
             self.model.video.requires_grad_(False)  # the teacher's video expert, prefill and cache, unchanged
+            self.model.video.to(self.accelerator.device)
+            teacher.video = self.model.video  # one copy of the (frozen) video expert
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
             if p.requires_grad:
@@ -321,15 +323,18 @@ class Trainer:
     def train_step(self) -> dict:
         """One optimizer step on a batch drawn by the step's own generator."""
         t = self.cfg.train
-        generator = torch.Generator().manual_seed(_step_seed(t.seed, self.step, self.accelerator.process_index))
+        seed, device = _step_seed(t.seed, self.step, self.accelerator.process_index), self.accelerator.device
+        generator = torch.Generator().manual_seed(seed)
         indices = torch.randint(len(self.data), (t.batch_size,), generator=generator)
         batch = self.data.batch(indices)
         if self.codec is not None:
             batch = self._shifted(batch, generator)
-        batch = batch.to(self.accelerator.device)
+        batch = batch.to(device)
+        # the loss draws its noise where the batch is (a CPU generator cannot draw on a GPU)
+        noise = generator if device.type == "cpu" else torch.Generator(device=device).manual_seed(seed + 1)
         self.model.train()
         with self.accelerator.autocast():
-            out = self.step_fn(batch, generator)
+            out = self.step_fn(batch, noise)
         self.optimizer.zero_grad(set_to_none=True)
         self.accelerator.backward(out.total)
         grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), t.grad_clip)
@@ -575,6 +580,15 @@ def config_from_args(args: argparse.Namespace) -> Config:
                                    "augment_shift": args.augment_shift, "init_video": args.init_video,
                                    "init_action": args.init_action, "seed": args.seed,
                                    "checkpoint_every": args.checkpoint_every}.items() if v is not None}
+    saved = _saved_student(args)
+    if saved is not None:  # resuming a distillation: its teacher and step count are the run's own
+        teacher = args.distill_from and str(latest_checkpoint(args.distill_from).resolve())
+        for option, given, recorded in (("--distill-from", teacher, saved.train.distill_from),
+                                        ("--student-steps", args.student_steps, saved.model.action_flow.steps)):
+            if given and given != recorded:
+                raise ValueError(f"--resume: {args.out} distils from {saved.train.distill_from} in "
+                                 f"{saved.model.action_flow.steps} steps; {option} {given} asks otherwise")
+        return saved.replace(train=dataclasses.replace(saved.train, **overrides))
     if args.distill_from is None:
         if args.student_steps is not None:
             raise ValueError("--student-steps applies to --distill-from only")
@@ -585,6 +599,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
                                       ("--init-action", args.init_action)) if value is not None]
     if given:
         raise ValueError(f"--distill-from: the student is the teacher's model; {', '.join(given)} cannot change it")
+    if args.recompute_stats:
+        raise ValueError("--recompute-stats: a distilled student keeps its teacher's normalization")
     steps = 2 if args.student_steps is None else args.student_steps
     if steps < 1:
         raise ValueError(f"--student-steps: expected >= 1 action steps, got {steps}")
@@ -592,10 +608,18 @@ def config_from_args(args: argparse.Namespace) -> Config:
     teacher_cfg = Config.load(teacher / "config.yaml")
     if steps >= teacher_cfg.model.action_flow.steps:
         raise ValueError(f"--student-steps: expected fewer than the teacher's {teacher_cfg.model.action_flow.steps} "
-                         f"action steps ({teacher}), got {steps}")
+                         f"action steps ({teacher}), got {steps}{' (the default)' if args.student_steps is None else ''}")
     train = dataclasses.replace(teacher_cfg.train, **{"init_video": "", "init_action": "random", **overrides},
                                 distill_from=str(teacher.resolve()))
     return student_config(teacher_cfg, steps, train)
+
+
+def _saved_student(args: argparse.Namespace) -> Config | None:
+    """The config of the distillation run ``--resume`` continues (None: not resuming one)."""
+    if not args.resume or not (Path(args.out) / CHECKPOINTS).is_dir():
+        return None
+    saved = Config.load(newest_readable_config(args.out) / "config.yaml")
+    return saved if saved.train.distill_from else None
 
 
 def run(args: argparse.Namespace) -> int:

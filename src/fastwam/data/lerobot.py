@@ -26,8 +26,11 @@ Everything read is validated where it is read; every problem raises ``DatasetErr
 also an ``IndexError``) whose message names the file and the problem. Nothing is skipped or
 patched silently.
 
-Videos go through PyAV. The default codec (libx264, yuv444p, crf 0) is near-lossless: decoded
-frames differ from the written ones by at most 2 levels out of 255 (the RGB <-> YUV rounding).
+Videos go through PyAV. The default encoding is LeRobot 0.6's (AV1 by SVT-AV1, yuv420p, crf 30,
+a keyframe every 2 frames): browsers, web dataset viewers and hardware decoders play it, and it is
+lossy. ``VIDEO_ENCODINGS["lossless"]`` (H.264 High 4:4:4, crf 0) returns every pixel within 2 levels
+of 255 (the RGB <-> YUV rounding), at several times the size, and plays in ffmpeg-based tools only.
+Any of them reads back (decoding follows the file, not the settings).
 """
 
 # Why no ``lerobot`` dependency: the ``lerobot`` package pins an older torch and pulls in many
@@ -88,18 +91,24 @@ class EpisodeIndexError(DatasetError, IndexError):
 
 @dataclass(frozen=True)
 class VideoSettings:
-    """How video features are encoded. The defaults are near-lossless (max error 2/255)."""
+    """How video features are encoded; the defaults are LeRobot 0.6's (``VIDEO_ENCODINGS``)."""
 
-    codec: str = "libx264"
-    pix_fmt: str = "yuv444p"
-    crf: int = 0
-    gop: int = 64  # max frames between keyframes; every episode also starts on a keyframe
+    codec: str = "libsvtav1"
+    pix_fmt: str = "yuv420p"  # chroma at half resolution: frame sizes must be even
+    crf: int = 30
+    gop: int = 2  # max frames between keyframes; every episode also starts on a keyframe
 
     def stream_options(self) -> dict[str, str]:
         options = {"crf": str(self.crf), "g": str(self.gop)}
         if self.codec == "libx264":
             options["forced-idr"] = "1"  # forced keyframes (episode starts) are clean seek points
         return options
+
+
+# ``fastwam collect --video-encoding``. av1: LeRobot 0.6's default, what browsers and NVDEC play.
+# lossless: H.264 High 4:4:4 at crf 0, within 2/255 of the rendered frames (fastwam's default before
+# 2026-12-02, which the datasets behind docs/RESULTS.md's earlier results used).
+VIDEO_ENCODINGS = {"av1": VideoSettings(), "lossless": VideoSettings(codec="libx264", pix_fmt="yuv444p", crf=0, gop=64)}
 
 
 def camera_name(camera: str) -> str:
@@ -310,6 +319,12 @@ class LeRobotWriter:
         self.features = {**dict(features), **DEFAULT_FEATURES}
         self.video_keys = [k for k, f in self.features.items() if f["dtype"] == "video"]
         self.vector_keys = [k for k, f in self.features.items() if f["dtype"] != "video" and k not in DEFAULT_FEATURES]
+        for key in self.video_keys:
+            h, w = self.features[key]["shape"][:2]
+            if video.pix_fmt == "yuv420p" and (h % 2 or w % 2):
+                shutil.rmtree(self.tmp)
+                raise DatasetError(f"{self.root}: {key} is {h}x{w} px; {video.codec} with yuv420p needs even sizes "
+                                   "(choose an even image size, or the lossless encoding)")
         self.data_file_mb, self.video_file_mb, self.chunks_size = data_file_mb, video_file_mb, chunks_size
         self.tasks: dict[str, int] = {}
         self.episodes: list[dict] = []

@@ -32,7 +32,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from fastwam.data.lerobot import LeRobotWriter, build_features, camera_key
+from fastwam.data.lerobot import VIDEO_ENCODINGS, LeRobotWriter, build_features, camera_key
 from fastwam.envs import metaworld as mw
 
 FPS = mw.CONTROL_FPS  # MetaWorld control rate: 5 physics steps of 2.5 ms per action
@@ -53,8 +53,10 @@ class CollectSpec:
     max_steps: int = 300  # the expert must succeed within this many steps
     steps_after_success: int = 10
     shadows: bool = False
+    video_encoding: str = "av1"  # fastwam.data.lerobot.VIDEO_ENCODINGS
 
     def __post_init__(self):
+        check_video_encoding(self.video_encoding, self.image_size)
         if self.episodes < 1 or self.image_size < 8 or self.max_steps < 1 or self.steps_after_success < 0:
             raise ValueError(f"need episodes >= 1, image_size >= 8, max_steps >= 1, steps_after_success >= 0: {self}")
         for task in self.tasks:
@@ -213,9 +215,10 @@ def collect(spec: CollectSpec, out: str | Path, workers: int = 1, progress: bool
     if out.exists():
         raise FileExistsError(f"{out}: output directory already exists; choose another --out or remove it")
     start = time.perf_counter()
+    video = VIDEO_ENCODINGS[spec.video_encoding]
     features = build_features(FPS, {camera_key(c): (spec.image_size, spec.image_size) for c in spec.cameras},
-                              {"observation.state": STATE_NAMES, "action": ACTION_NAMES})
-    writer = LeRobotWriter(out, fps=FPS, features=features, robot_type="sawyer")
+                              {"observation.state": STATE_NAMES, "action": ACTION_NAMES}, video=video)
+    writer = LeRobotWriter(out, fps=FPS, features=features, robot_type="sawyer", video=video)
     episodes = []
     try:
         with _pool(min(workers, len(spec.tasks) * spec.episodes)) as pool:
@@ -304,6 +307,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shadows", action="store_true", help="render shadows and reflections (about 3x slower)")
     parser.add_argument("--antialias", action="store_true",
                         help="LIBERO: render with multisampling, as the public data was (about 1.8x slower)")
+    parser.add_argument("--video-encoding", default="av1", choices=sorted(VIDEO_ENCODINGS),
+                        help="av1 (default): LeRobot's encoding, which browsers and hardware decoders play (lossy); "
+                             "lossless: H.264 4:4:4 crf 0, frames within 2/255, several times larger")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -326,7 +332,7 @@ def run(args: argparse.Namespace) -> int:
             tasks=tuple(mw.expand_tasks(args.tasks or "mt10")), episodes=_default(args.episodes, 10),
             image_size=_default(args.image_size, 64), cameras=cameras or ("corner3",), seed=_default(args.seed, 0),
             max_steps=_default(args.max_steps, 300), steps_after_success=args.steps_after_success,
-            shadows=args.shadows)
+            shadows=args.shadows, video_encoding=args.video_encoding)
     except ValueError as e:
         raise SystemExit(f"fastwam collect: {e}") from e
     if libero:
@@ -352,7 +358,7 @@ def _libero_spec(args: argparse.Namespace, cameras: tuple[str, ...]):
     return LiberoSpec(suite=suite, tasks=tuple(tasks), episodes=_default(args.episodes, 50),
                       image_size=_default(args.image_size, 128), cameras=cameras or ("image", "wrist_image"),
                       steps_after_success=args.steps_after_success, max_failures=_default(args.max_failures, 10),
-                      antialias=args.antialias)
+                      antialias=args.antialias, video_encoding=args.video_encoding)
 
 
 def _print_table(summary: dict, out: str) -> None:
@@ -362,3 +368,12 @@ def _print_table(summary: dict, out: str) -> None:
         print(f"{task:<28} {len(variations):>8} {frames:>7} {len(summary['failed_variations'][task]):>18}")
     print(f"{len(summary['episodes'])} episodes, {summary['total_frames']} frames in {summary['collect_seconds']:.1f} s "
           f"({summary['workers']} workers) -> {out}", file=sys.stdout)
+
+
+def check_video_encoding(name: str, image_size: int) -> None:
+    """A known ``--video-encoding`` whose pixel format takes ``image_size`` (yuv420p: even sizes)."""
+    if name not in VIDEO_ENCODINGS:
+        raise ValueError(f"--video-encoding: expected one of {sorted(VIDEO_ENCODINGS)}, got {name!r}")
+    if VIDEO_ENCODINGS[name].pix_fmt == "yuv420p" and image_size % 2:
+        raise ValueError(f"--image-size {image_size}: the {name} encoding (yuv420p) needs an even size; "
+                         "choose one, or --video-encoding lossless")

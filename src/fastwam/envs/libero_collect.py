@@ -28,9 +28,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from fastwam.data.lerobot import LeRobotWriter, build_features, camera_key
+from fastwam.data.lerobot import VIDEO_ENCODINGS, LeRobotWriter, build_features, camera_key
 from fastwam.envs import libero as lb
-from fastwam.envs.collect import META_FILE, Demo, _pool, _run_jobs, record_expert
+from fastwam.envs.collect import META_FILE, Demo, _pool, _run_jobs, check_video_encoding, record_expert
 
 SAME_STATE_TOL = 1e-6  # max abs difference under which two flattened MuJoCo states are the same layout
 
@@ -47,8 +47,10 @@ class LiberoSpec:
     steps_after_success: int = 10
     max_failures: int = 10  # failed layouts after which a task keeps the demonstrations it has
     antialias: bool = False  # multisampling as the public data (1.8x the render time); evaluation renders alike
+    video_encoding: str = "av1"  # fastwam.data.lerobot.VIDEO_ENCODINGS
 
     def __post_init__(self):
+        check_video_encoding(self.video_encoding, self.image_size)
         if self.episodes < 1 or self.image_size < 8 or self.steps_after_success < 0 or self.max_failures < 1:
             raise ValueError(f"need episodes >= 1, image_size >= 8, steps_after_success >= 0, "
                              f"max_failures >= 1: {self}")
@@ -127,9 +129,10 @@ def collect(spec: LiberoSpec, out, workers: int = 1, progress: bool = True) -> d
     from tqdm import tqdm
 
     start = time.perf_counter()
+    video = VIDEO_ENCODINGS[spec.video_encoding]
     features = build_features(lb.CONTROL_FPS, {camera_key(c): (spec.image_size, spec.image_size) for c in spec.cameras},
-                              {"observation.state": lb.STATE_NAMES, "action": lb.ACTION_NAMES})
-    writer = LeRobotWriter(out, fps=lb.CONTROL_FPS, features=features, robot_type="panda")
+                              {"observation.state": lb.STATE_NAMES, "action": lb.ACTION_NAMES}, video=video)
+    writer = LeRobotWriter(out, fps=lb.CONTROL_FPS, features=features, robot_type="panda", video=video)
     used = {t: [] for t in spec.tasks}
     failed = {t: [] for t in spec.tasks}
     episodes = []

@@ -173,9 +173,10 @@ class WAM(nn.Module):
         gradients only. Targets are whole chunks, padded steps included (the teacher's sample is
         defined everywhere)."""
         cfg, mode = self.cfg, self.cfg.variant.inference
-        if mode == "joint":
-            raise ValueError("distillation: joint inference denoises video with the actions; only action-only "
-                             "and IDM inference have an action sampler of their own to distil")
+        if cfg.variant.mask not in ("fastwam", "idm"):
+            raise ValueError(f"distillation: variant {cfg.variant.mask!r} has no one action sampler of its own to distil "
+                             "(joint denoises actions with the video; dual has two modes)")
+        batch.validate(cfg)
         B, device = batch.actions.shape[0], batch.actions.device
         noise = torch.randn(batch.actions.shape, device=device, generator=generator, dtype=batch.actions.dtype)
         with torch.no_grad():
@@ -321,8 +322,8 @@ class WAM(nn.Module):
         """Current-frame latents (B, Tc, C, h, w), proprio (B, P), instruction (B, L, E) -> actions (B, S, A).
 
         ``steps`` counts the action steps (default ``action_flow.steps``, which a distilled student
-        sets to its own) and, when given, the video steps of joint and IDM inference too (default
-        IDM: ``video_flow.steps``). ``mode`` defaults to the variant's inference procedure; ``noise`` (B, S, A) fixes the
+        sets to its own); joint inference denoises the video in as many, IDM generates it in
+        ``video_flow.steps``. ``mode`` defaults to the variant's inference procedure; ``noise`` (B, S, A) fixes the
         initial action noise (else drawn from ``generator``); ``guide`` continues a previous chunk
         (real-time chunking; not for joint inference, whose actions are denoised with the video).
         """
@@ -347,8 +348,7 @@ class WAM(nn.Module):
         video_noise = torch.randn(self._future_shape(B), device=device, generator=generator, dtype=dtype)
         if mode == "joint":
             return self.sample_joint(prefix, noise, video_noise, action_steps)[0]
-        video_steps = cfg.video_flow.steps if steps is None else steps
-        self.extend_prefix(prefix, self.sample_future(prefix, video_noise, video_steps))
+        self.extend_prefix(prefix, self.sample_future(prefix, video_noise, cfg.video_flow.steps))
         return self.sample_actions(prefix, noise, action_steps, guide)
 
     @torch.no_grad()
