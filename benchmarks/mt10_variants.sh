@@ -27,7 +27,8 @@ done
 mkdir -p "$OUT" logs
 
 if [ ! -d "$DATA" ]; then
-  $FW collect metaworld --tasks mt10 --episodes 10 --cameras corner3 --image-size 96 --workers 2 --out "$DATA"
+  $FW collect metaworld --tasks mt10 --episodes 10 --cameras corner3 --image-size 96 --workers 2 \
+    --video-encoding lossless --out "$DATA"  # as the headline's data
 fi
 
 train() {  # name seed -> runs/mt10_<name>_s<seed>

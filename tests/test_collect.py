@@ -46,6 +46,9 @@ def test_smoke_metadata_records_variations(collected):
     (episode,) = info["episodes"]
     assert episode["length"] == episode["success_step"] + 3  # stopped 3 steps after success
     assert info["benchmark_seed"] == 0 and info["spec"]["image_size"] == 16
+    assert info["spec"]["video_encoding"] == "av1"  # LeRobot's default, what browsers play
+    video = json.loads((collected / "meta/info.json").read_text())["features"]["observation.images.corner3"]["info"]
+    assert (video["video.codec"], video["video.pix_fmt"], video["video.crf"], video["video.g"]) == ("av1", "yuv420p", 30, 2)
     assert json.loads((collected / "meta/info.json").read_text())["total_frames"] == episode["length"]
 
 
@@ -85,3 +88,10 @@ def test_task_lists_follow_the_dp3_split():
     with pytest.raises(ValueError, match="unknown MetaWorld task"):
         mw.expand_tasks("fly-v3")
     assert len(set(mw.INSTRUCTIONS.values())) == 50 and mw.num_variations("push") == 50
+
+
+def test_collect_refuses_an_odd_size_for_yuv420p_before_any_work(tmp_path):
+    with pytest.raises(SystemExit, match=r"--image-size 63: the av1 encoding \(yuv420p\) needs an even size"):
+        cli_main(["collect", "metaworld", "--tasks", "reach", "--episodes", "1", "--image-size", "63",
+                  "--out", str(tmp_path / "odd"), "--quiet"])
+    assert not (tmp_path / "odd").exists()

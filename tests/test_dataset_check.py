@@ -18,7 +18,7 @@ def test_a_preset_that_fits_trains_as_it_is(dot, capsys):
     assert main(["dataset", "check", str(dot), "--preset", "tiny"]) == 0
     out = capsys.readouterr().out
     assert "2 episodes, 24 frames at 10 fps, 2 task(s)" in out
-    assert "camera corner3: 16x16 px video (h264, yuv444p)" in out
+    assert "camera corner3: 16x16 px video (av1, yuv420p)" in out
     assert "vector action: float32 (4,)" in out and "q01" in out
     assert "preset tiny: trains on this dataset as it is" in out
 

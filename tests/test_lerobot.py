@@ -1,7 +1,8 @@
 """LeRobot format: v3.0 write -> read round trip, a hand-built v2.1 fixture, and bad inputs.
 
-Video tolerance: the writer's default codec (libx264, yuv444p, crf 0) returns every pixel
-within 2 levels (of 255) of what was written; parquet values come back exactly.
+Video tolerance: the lossless encoding (libx264, yuv444p, crf 0) returns every pixel within 2 levels
+(of 255) of what was written; the default (LeRobot's AV1, yuv420p, crf 30) is lossy and checked on
+smooth frames; parquet values come back exactly.
 """
 
 import json
@@ -15,8 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fastwam.data.lerobot import (DatasetError, DatasetFileNotFoundError, EpisodeIndexError, LeRobotDataset,
-                                  LeRobotWriter, build_features)
+from fastwam.data.lerobot import (VIDEO_ENCODINGS, DatasetError, DatasetFileNotFoundError, EpisodeIndexError,
+                                  LeRobotDataset, LeRobotWriter, VideoSettings, build_features)
 
 FPS = 10
 H, W = 16, 24
@@ -38,10 +39,12 @@ def make_episodes(seed=0):
     return episodes
 
 
-def write_dataset(root, episodes, **writer_kwargs):
-    features = build_features(FPS, {"front": (H, W), "wrist": (H, W)},
-                              {"observation.state": ["x", "y", "z", "g"], "action": ["dx", "dy", "dz"]})
-    with LeRobotWriter(root, fps=FPS, features=features, robot_type="test", **writer_kwargs) as writer:
+def write_dataset(root, episodes, video=VIDEO_ENCODINGS["lossless"], **writer_kwargs):
+    """Lossless by default: most tests here check values exactly (the default encoding: ``test_av1_*``)."""
+    h, w = next(iter(episodes[0][3].values())).shape[1:3]
+    features = build_features(FPS, {"front": (h, w), "wrist": (h, w)},
+                              {"observation.state": ["x", "y", "z", "g"], "action": ["dx", "dy", "dz"]}, video=video)
+    with LeRobotWriter(root, fps=FPS, features=features, robot_type="test", video=video, **writer_kwargs) as writer:
         for task, state, action, frames in episodes:
             writer.add_episode(task, {"observation.state": state, "action": action}, frames)
     return Path(root)
@@ -106,6 +109,45 @@ def test_video_frames_round_trip_within_tolerance(root, episodes):
             assert read.dtype == np.uint8 and read.shape == written.shape
             assert np.abs(read.astype(int) - written).max() <= VIDEO_TOLERANCE
     assert ds.episode_frames(1, "front").shape == (LENGTHS[1], H, W, 3)  # camera name works as key too
+
+
+def smooth_episodes(size, lengths=LENGTHS):
+    """Episodes of moving colour gradients (what lossy codecs keep well), frames (T, size, size, 3)."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    episodes = []
+    for e, length in enumerate(lengths):
+        frames = {key: np.stack([np.stack([(xx * 3 + t * 5 + off) % 200, (yy * 3 + e * 20) % 200, (xx + yy) * 2 % 200], -1)
+                                 for t in range(length)]).astype(np.uint8)
+                  for key, off in (("observation.images.front", 0), ("observation.images.wrist", 40))}
+        episodes.append((TASKS[e % 2], np.zeros((length, 4), np.float32), np.zeros((length, 3), np.float32), frames))
+    return episodes
+
+
+@pytest.mark.parametrize("video", [VideoSettings(), VideoSettings(codec="libx264", pix_fmt="yuv420p", crf=18, gop=2)],
+                         ids=["av1-default", "h264-yuv420p"])
+def test_lossy_browser_encodings_read_back_episode_by_episode(tmp_path, video):
+    episodes = smooth_episodes(32)
+    root = write_dataset(tmp_path / "ds", episodes, video=video)
+    info = json.loads((root / "meta/info.json").read_text())["features"]["observation.images.front"]["info"]
+    assert (info["video.codec"], info["video.pix_fmt"], info["video.crf"], info["video.g"]) == (
+        "h264" if video.codec == "libx264" else "av1", "yuv420p", video.crf, video.gop)
+    with av.open(str(next((root / "videos").rglob("*.mp4")))) as container:
+        stream = container.streams.video[0]
+        assert (stream.codec_context.name, stream.codec_context.pix_fmt) == (
+            "h264" if video.codec == "libx264" else "libdav1d", "yuv420p")
+    ds = LeRobotDataset(root)
+    for e, (_, _, _, frames) in enumerate(episodes):
+        for key, written in frames.items():
+            error = np.abs(ds.episode_frames(e, key).astype(int) - written)
+            # lossy, but each episode's own frames: a frame off by one would be 5 levels off everywhere
+            assert error.mean() < 3 and np.percentile(error, 50) <= 2, (e, key, error.mean())
+
+
+def test_yuv420p_refuses_odd_frame_sizes(tmp_path):
+    features = build_features(FPS, {"front": (15, 16)}, {"action": ["a"]})
+    with pytest.raises(DatasetError, match=r"observation.images.front is 15x16 px; libsvtav1 with yuv420p needs even sizes"):
+        LeRobotWriter(tmp_path / "odd", fps=FPS, features=features)
+    assert not (tmp_path / "odd.partial").exists()
 
 
 def test_all_frames_are_decoded_once_into_a_cache(root, episodes):
@@ -398,3 +440,20 @@ def test_stale_cache_is_not_reused(root):
     assert len(list((root / "cache").glob("frames-observation.images.front-*.npy"))) == 1
     LeRobotDataset(root).frames("front")
     assert len(list((root / "cache").glob("frames-observation.images.front-*.npy"))) == 2
+
+
+def test_video_encodings_benchmark_measures_each_encoding_against_the_source(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("video_encodings", Path(__file__).parent.parent / "benchmarks/video_encodings.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    root = write_dataset(tmp_path / "ds", smooth_episodes(32))  # lossless: the source frames within 2 levels
+    out = tmp_path / "enc.json"
+    assert bench.main([str(root), "--camera", "front", "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["frames"] == sum(LENGTHS) and set(record["encodings"]) == set(VIDEO_ENCODINGS)
+    lossless, av1 = record["encodings"]["lossless"], record["encodings"]["av1"]
+    assert lossless["max_abs_error"] <= VIDEO_TOLERANCE < av1["max_abs_error"]
+    assert av1["bytes"] > 0 and av1["decode_ms_per_frame"] > 0
+    assert "lossless" in capsys.readouterr().out

@@ -111,6 +111,9 @@ class VideoSettings:
 VIDEO_ENCODINGS = {"av1": VideoSettings(), "lossless": VideoSettings(codec="libx264", pix_fmt="yuv444p", crf=0, gop=64)}
 
 
+CODEC_NAMES = {"libx264": "h264", "libsvtav1": "av1", "libaom-av1": "av1"}  # encoder -> the stream's codec (info.json)
+
+
 def camera_name(camera: str) -> str:
     """``observation.images.wrist_image`` or ``wrist_image`` -> ``wrist_image`` (``camera_key``'s inverse)."""
     return camera.removeprefix(IMAGE_PREFIX)
@@ -129,7 +132,7 @@ def build_features(fps: int, videos: Mapping[str, tuple[int, int]], vectors: Map
         features[camera_key(key)] = {
             "dtype": "video", "shape": [height, width, 3], "names": ["height", "width", "channels"],
             # the keys LeRobot 0.6 writes: stream facts, the encoder settings as video.<field>, is_depth_map
-            "info": {"video.height": height, "video.width": width, "video.codec": "h264" if "264" in video.codec else video.codec,
+            "info": {"video.height": height, "video.width": width, "video.codec": CODEC_NAMES.get(video.codec, video.codec),
                      "video.pix_fmt": video.pix_fmt, "video.fps": fps, "video.channels": 3, "has_audio": False,
                      "video.g": video.gop, "video.crf": video.crf, "video.preset": None, "video.fast_decode": 0,
                      "video.extra_options": {}, "video.video_backend": "pyav", "is_depth_map": False},
@@ -254,6 +257,7 @@ class _VideoFile:
     def __init__(self, path: Path, fps: int, height: int, width: int, settings: VideoSettings):
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path, self.frames = path, 0
+        os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its settings at every file otherwise (1: errors only)
         self.container = av.open(str(path), mode="w")
         self.stream = self.container.add_stream(settings.codec, rate=fps)
         self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, settings.pix_fmt
