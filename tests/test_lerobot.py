@@ -457,3 +457,70 @@ def test_video_encodings_benchmark_measures_each_encoding_against_the_source(tmp
     assert lossless["max_abs_error"] <= VIDEO_TOLERANCE < av1["max_abs_error"]
     assert av1["bytes"] > 0 and av1["decode_ms_per_frame"] > 0
     assert "lossless" in capsys.readouterr().out
+
+
+def with_image_feature(root, episodes, fmt="PNG", shape=None, damage=None):
+    """The dataset at ``root`` plus an ``observation.images.side`` image feature: the wrist frames
+    encoded as ``fmt`` in the parquet (HF datasets' Image struct {bytes, path}), as public LIBERO sets."""
+    import io
+
+    from PIL import Image
+
+    frames = np.concatenate([e[3]["observation.images.wrist"] for e in episodes])
+
+    def encode(image):
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format=fmt, **({"quality": 95, "subsampling": 0} if fmt == "JPEG" else {}))
+        return buffer.getvalue()
+
+    blobs = [encode(f) for f in frames]
+    if damage is not None:
+        blobs[damage] = b"not an image"
+    struct = pa.StructArray.from_arrays([pa.array(blobs, pa.binary()), pa.array([None] * len(blobs), pa.string())],
+                                        names=["bytes", "path"])
+    edit_data(root, lambda t: t.append_column("observation.images.side", struct))
+    edit_info(root, lambda info: info["features"].update({"observation.images.side": {
+        "dtype": "image", "shape": shape or [H, W, 3], "names": ["height", "width", "channel"]}}))
+    return frames
+
+
+@pytest.mark.parametrize("fmt, tolerance", [("PNG", 0), ("JPEG", 255)])  # JPEG: lossy, checked on the mean
+def test_image_features_in_the_parquet_read_as_cameras(root, episodes, fmt, tolerance):
+    frames = with_image_feature(root, episodes, fmt)
+    ds = LeRobotDataset(root)
+    assert ds.image_keys == ["observation.images.side"] and ds.cameras == ["front", "wrist", "side"]
+    start = 0
+    for e, length in enumerate(LENGTHS):
+        got = ds.episode_frames(e, "side")
+        assert got.shape == (length, H, W, 3)
+        error = np.abs(got.astype(int) - frames[start:start + length])
+        assert error.max() <= tolerance and error.mean() < 8  # a frame off by one would be ~30 off on average
+        start += length
+    cached = ds.frames("side")
+    assert np.array_equal(cached, np.concatenate([ds.episode_frames(e, "side") for e in range(len(LENGTHS))]))
+    from fastwam.data.windows import ChunkDataset
+
+    windows = ChunkDataset(ds, chunk=2, frame_stride=1, future_frames=0, cameras=["front", "side"])
+    assert windows.camera_keys == ["observation.images.front", "observation.images.side"]
+
+
+def test_image_features_declared_channels_first_read_as_height_width_channels(root, episodes):
+    frames = with_image_feature(root, episodes, shape=[3, H, W])
+    ds = LeRobotDataset(root)
+    assert ds.features["observation.images.side"]["shape"] == [H, W, 3]
+    assert np.array_equal(ds.episode_frames(0, "side"), frames[:LENGTHS[0]])
+
+
+def test_bad_images_in_the_parquet_are_named(root, episodes):
+    with_image_feature(root, episodes, damage=LENGTHS[0] + 1)
+    ds = LeRobotDataset(root)
+    ds.episode_frames(0, "side")  # the damaged row is the second episode's
+    with pytest.raises(DatasetError, match=r"file-000\.parquet: observation\.images\.side row 6: undecodable image"):
+        ds.episode_frames(1, "side")
+
+
+def test_images_of_another_size_than_declared_are_named(root, episodes):
+    with_image_feature(root, episodes, shape=[H + 2, W, 3])
+    with pytest.raises(DatasetError, match=rf"observation\.images\.side row 0 is a \({H}, {W}, 3\) image, info\.json "
+                                           rf"declares \({H + 2}, {W}, 3\)"):
+        LeRobotDataset(root).episode_frames(0, "side")

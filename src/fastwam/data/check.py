@@ -48,14 +48,15 @@ def describe(dataset: LeRobotDataset) -> str:
         lines.append(f"  task: {task}")
     if len(dataset.tasks) > 3:
         lines.append(f"  ... {len(dataset.tasks) - 3} more")
-    for key in dataset.video_keys:
+    for key in dataset.camera_keys:
         feature = dataset.features[key]
         h, w, _ = feature["shape"]
         info = feature.get("info") or {}
         encoding = ", ".join(str(info[k]) for k in ("video.codec", "video.pix_fmt") if info.get(k)) or "encoding not recorded"
-        lines.append(f"camera {camera_name(key)}: {h}x{w} px video ({encoding})")
+        kind = "images in the parquet" if key in dataset.image_keys else f"video ({encoding})"
+        lines.append(f"camera {camera_name(key)}: {h}x{w} px {kind}")
     for key, feature in dataset.features.items():
-        if feature["dtype"] != "video" and key not in DEFAULT_FEATURES:
+        if feature["dtype"] not in ("video", "image") and key not in DEFAULT_FEATURES:
             names = feature.get("names")
             named = f" {names}" if isinstance(names, list) and len(names) <= 12 else ""
             lines.append(f"vector {key}: {feature['dtype']} {tuple(feature['shape'])}{named}")
@@ -81,7 +82,7 @@ def needed_changes(cfg: Config, dataset: LeRobotDataset, cameras: Sequence[str] 
                    ) -> tuple[list[tuple[str, object, object]], str | None]:
     """The (config key, current, needed) changes for ``cfg`` to train on ``dataset``, and the error
     the changed config still raises (None: valid)."""
-    have = [camera_name(k) for k in dataset.video_keys]
+    have = dataset.cameras
     if cameras is None:
         cameras = list(cfg.data.cameras) if all(c in have for c in cfg.data.cameras) else have
     unknown = [c for c in cameras if c not in have]

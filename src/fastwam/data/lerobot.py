@@ -40,6 +40,7 @@ Any of them reads back (decoding follows the file, not the settings).
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 import os
@@ -534,8 +535,9 @@ class Episode:
 class LeRobotDataset:
     """A LeRobot dataset on disk (v3.0 or v2.1), tabular data loaded eagerly and validated.
 
-    Attributes: ``root``, ``version``, ``fps``, ``features`` (info.json), ``video_keys``,
-    ``tasks`` (instruction per task_index), ``episodes`` (list of ``Episode``), ``num_frames``.
+    Attributes: ``root``, ``version``, ``fps``, ``features`` (info.json), ``video_keys`` (mp4),
+    ``image_keys`` (PNG/JPEG bytes in the parquet, dtype ``image``), ``camera_keys`` (both, info.json
+    order), ``tasks`` (instruction per task_index), ``episodes`` (list of ``Episode``), ``num_frames``.
     Numeric columns: ``column(name)`` -> (N, *shape) in global row order (index features: (N,)).
     Frames: ``episode_frames(e, key)`` -> uint8 (T, H, W, 3); ``frames(key)`` -> all N frames,
     decoded once and cached as ``cache/frames-<key>-<fingerprint>.npy`` (memory-mapped).
@@ -556,11 +558,14 @@ class LeRobotDataset:
         self.features: dict[str, dict] = self.info.get("features") or {}
         self._check_features(require)
         self.video_keys = [k for k, f in self.features.items() if f["dtype"] == "video"]
+        self.image_keys = [k for k, f in self.features.items() if f["dtype"] == "image"]  # frames in the parquet
+        self.camera_keys = [k for k, f in self.features.items() if f["dtype"] in ("video", "image")]
         if self.version == "v3.0":
             self.tasks, self.episodes, data_files = self._load_meta_v3()
         else:
             self.tasks, self.episodes, data_files = self._load_meta_v2()
         self.num_frames = sum(e.length for e in self.episodes)
+        self._data_files = data_files
         self._columns = self._load_data(data_files)
         self._check_rows()
         self._task_index = self._columns["task_index"]
@@ -573,8 +578,8 @@ class LeRobotDataset:
 
     @property
     def cameras(self) -> list[str]:
-        """Camera names of the video keys (``observation.images.corner2`` -> ``corner2``)."""
-        return [k[len(IMAGE_PREFIX):] if k.startswith(IMAGE_PREFIX) else k for k in self.video_keys]
+        """Camera names of the video and image keys (``observation.images.corner2`` -> ``corner2``)."""
+        return [camera_name(k) for k in self.camera_keys]
 
     def episode(self, index: int) -> Episode:
         if not (isinstance(index, (int, np.integer)) and 0 <= index < len(self.episodes)):
@@ -596,7 +601,10 @@ class LeRobotDataset:
         episode = self.episode(index)
         key = self._video_key(key)
         out = np.empty((episode.length, *self.features[key]["shape"]), dtype=np.uint8)
-        _decode_span(episode.videos[key], self.fps, out, f"episode {episode.index}")
+        if key in self.image_keys:
+            self._decode_images(key, episode.start, out)
+        else:
+            _decode_span(episode.videos[key], self.fps, out, f"episode {episode.index}")
         return out
 
     def frames(self, key: str, cache: bool = True, progress: bool = False) -> np.ndarray:
@@ -653,7 +661,13 @@ class LeRobotDataset:
                 video_fps = (feature.get("info") or {}).get("video.fps", self.fps)
                 if not math.isclose(video_fps, self.fps, rel_tol=1e-6):
                     raise DatasetError(f"{where}: inconsistent fps: {key} has video.fps {video_fps}, dataset fps {self.fps}")
-            elif feature["dtype"] in ("image", "string"):
+            elif feature["dtype"] == "image":
+                shape = list(feature["shape"])
+                if len(shape) != 3 or 3 not in (shape[0], shape[2]):
+                    raise DatasetError(f"{where}: image feature {key!r} must have shape (H, W, 3), got {shape}")
+                if shape[0] == 3 and shape[2] != 3:  # (C, H, W), as some converted datasets declare
+                    feature["shape"] = [shape[1], shape[2], 3]
+            elif feature["dtype"] == "string":
                 raise DatasetError(f"{where}: feature {key!r} has dtype {feature['dtype']!r}, which this reader does not support")
 
     def _load_meta_v3(self) -> tuple[list[str], list[Episode], list[Path]]:
@@ -727,7 +741,7 @@ class LeRobotDataset:
     # -- data ----------------------------------------------------------------------------------
 
     def _load_data(self, paths: list[Path]) -> dict[str, np.ndarray]:
-        keys = [k for k, f in self.features.items() if f["dtype"] != "video"]
+        keys = [k for k, f in self.features.items() if f["dtype"] not in ("video", "image")]
         parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
         for path in paths:
             table = _read_parquet(path)
@@ -782,29 +796,65 @@ class LeRobotDataset:
     # -- video ---------------------------------------------------------------------------------
 
     def _video_key(self, key: str) -> str:
-        full = key if key in self.video_keys else camera_key(key)
-        if full not in self.video_keys:
-            raise DatasetError(f"{self.root}: no video feature {key!r}; available: {self.video_keys}")
+        full = key if key in self.camera_keys else camera_key(key)
+        if full not in self.camera_keys:
+            raise DatasetError(f"{self.root}: no video or image feature {key!r}; available: {self.camera_keys}")
         return full
 
     def _fingerprint(self, key: str) -> str:
         h = hashlib.sha1(json.dumps(self.info, sort_keys=True).encode())
+        if key in self.image_keys:
+            for path in self._data_files:
+                stat = path.stat()
+                h.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+            return h.hexdigest()[:16]
         for e in self.episodes:
             span = e.videos[key]
             stat = span.path.stat() if span.path.exists() else None
             h.update(f"{e.index}:{e.length}:{span.path.name}:{span.start}:{stat and stat.st_size}:{stat and stat.st_mtime_ns}".encode())
         return h.hexdigest()[:16]
 
+    def _decode_images(self, key: str, start: int, out: np.ndarray, advance=None) -> None:
+        """Decode the encoded images (PNG/JPEG bytes, HF datasets' Image struct) of rows
+        [start, start + len(out)) of an image feature into ``out`` (T, H, W, 3)."""
+        from PIL import Image
+
+        want, row = tuple(self.features[key]["shape"]), 0
+        for path in self._data_files:
+            rows = pq.read_metadata(path).num_rows
+            lo, hi = max(start - row, 0), min(start + len(out) - row, rows)
+            if lo < hi:
+                column = _read_parquet_column(path, key)
+                data = column.field("bytes") if pa.types.is_struct(column.type) else column
+                for i in range(lo, hi):
+                    encoded = data[i].as_py()
+                    if encoded is None:
+                        raise DatasetError(f"{path}: {key} row {i} holds no image bytes (images stored by path "
+                                           "only are not supported)")
+                    try:
+                        image = np.asarray(Image.open(io.BytesIO(encoded)).convert("RGB"))
+                    except OSError as e:
+                        raise DatasetError(f"{path}: {key} row {i}: undecodable image ({e})") from e
+                    if image.shape != want:
+                        raise DatasetError(f"{path}: {key} row {i} is a {image.shape} image, info.json declares {want}")
+                    out[row + i - start] = image
+                if advance is not None:
+                    advance(hi - lo)
+            row += rows
+
     def _decode_to_cache(self, key: str, path: Path, progress: bool) -> None:
-        """Decode every file of a video key once, in order, into a new .npy (published atomically)."""
+        """Decode every file of a video or image key once, in order, into a new .npy (published atomically)."""
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(self.num_frames, *self.features[key]["shape"]))
         by_file: dict[Path, list] = {}
-        for e in self.episodes:
-            by_file.setdefault(e.videos[key].path, []).append((e.videos[key], out[e.start:e.stop], f"episode {e.index}"))
+        if key not in self.image_keys:
+            for e in self.episodes:
+                by_file.setdefault(e.videos[key].path, []).append((e.videos[key], out[e.start:e.stop], f"episode {e.index}"))
         bar = _frame_bar(self.num_frames, f"decode {key}") if progress else None
         try:
+            if key in self.image_keys:
+                self._decode_images(key, 0, out, advance=bar.update if bar else None)
             for file, parts in by_file.items():
                 _decode_spans(file, self.fps, parts, advance=bar.update if bar else None)
             out.flush()
@@ -821,6 +871,15 @@ def _frame_bar(total: int, desc: str):
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="frame")
+
+
+def _read_parquet_column(path: Path, key: str) -> pa.Array:
+    """One column of a parquet file (read alone), or the error naming the file and key."""
+    try:
+        table = pq.read_table(path, columns=[key])
+    except (pa.ArrowInvalid, OSError, KeyError) as e:
+        raise DatasetError(f"{path}: cannot read column {key!r} ({e})") from e
+    return table.column(key).combine_chunks()
 
 
 def _without_stats(table: pa.Table) -> pa.Table:

@@ -55,10 +55,10 @@ class ChunkDataset(Dataset):
             dataset = LeRobotDataset(dataset, require=(STATE_KEY, ACTION_KEY))
         self.dataset, self.chunk, self.frame_stride = dataset, chunk, frame_stride
         self.context_frames, self.future_frames = context_frames, future_frames
-        self.camera_keys = [camera_key(c) for c in (cameras if cameras is not None else dataset.video_keys)]
-        unknown = [k for k in self.camera_keys if k not in dataset.video_keys]
+        self.camera_keys = [camera_key(c) for c in (cameras if cameras is not None else dataset.camera_keys)]
+        unknown = [k for k in self.camera_keys if k not in dataset.camera_keys]
         if unknown or not self.camera_keys:
-            raise DatasetError(f"{dataset.root}: cameras {unknown or '(none)'} not among video features {dataset.video_keys}")
+            raise DatasetError(f"{dataset.root}: cameras {unknown or '(none)'} not among video or image features {dataset.camera_keys}")
         self.state = _float_column(dataset, STATE_KEY)  # (N, D)
         self.actions = _float_column(dataset, ACTION_KEY)  # (N, A)
         self.task_index = dataset.column("task_index")
