@@ -266,6 +266,22 @@ def test_v21_dataset_reads_correctly(tmp_path, episodes):
     np.testing.assert_allclose(stats["min"], action.min(0), rtol=1e-6)
 
 
+def test_v20_dataset_reads_with_its_global_stats(tmp_path, episodes):
+    """v2.0: the v2.1 layout with one meta/stats.json instead of per-episode stats."""
+    root = write_v21(tmp_path / "v20", episodes)
+    edit_info(root, lambda info: info.update(codebase_version="v2.0"))
+    (root / "meta/episodes_stats.jsonl").unlink()
+    action = np.concatenate([e[2] for e in episodes]).astype(np.float64)
+    (root / "meta/stats.json").write_text(json.dumps({"action": {
+        "mean": action.mean(0).tolist(), "std": action.std(0).tolist(), "min": action.min(0).tolist(),
+        "max": action.max(0).tolist()}}))
+    ds = LeRobotDataset(root, require=("observation.state", "action"))
+    assert (ds.version, ds.num_episodes, ds.num_frames) == ("v2.0", 3, sum(LENGTHS))
+    np.testing.assert_array_equal(ds.column("action"), action.astype(np.float32))
+    assert np.abs(ds.episode_frames(2, "front").astype(int) - episodes[2][3]["observation.images.front"]).max() <= VIDEO_TOLERANCE
+    np.testing.assert_allclose(ds.stats["action"]["mean"], action.mean(0))
+
+
 # ----------------------------------------------------------------------------------------------
 # Bad input: each raises, naming the file and the problem
 # ----------------------------------------------------------------------------------------------

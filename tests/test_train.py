@@ -123,7 +123,15 @@ def test_checkpoints_load_strictly(dataset, tmp_path):
 
 def test_wrong_image_size_is_named(dataset, tmp_path):
     cfg = preset("small")
-    with pytest.raises(ValueError, match=r"frames are 16x16 px, config data.image_size is 64"):
+    with pytest.raises(ValueError, match=r"frames are 16x16 px, config data.image_size is 64; set data.image_size "
+                                         r"and model.latent_height/latent_width .*fastwam dataset check"):
+        build_trainer(cfg, dataset, tmp_path / "run", progress=False)
+
+
+def test_wrong_action_dim_names_the_config_key(dataset, tmp_path):
+    cfg = tiny_config()
+    cfg = cfg.replace(model=dataclasses.replace(cfg.model, action_dim=7))
+    with pytest.raises(ValueError, match=r"feature 'action' has shape \(4,\), the model expects \(7,\): set model.action_dim"):
         build_trainer(cfg, dataset, tmp_path / "run", progress=False)
 
 

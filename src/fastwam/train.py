@@ -126,7 +126,9 @@ def _camera_frames(cfg: Config, dataset: LeRobotDataset, windows: ChunkDataset) 
     size = cfg.data.image_size
     if frames[0].shape[1:3] != (size, size):
         raise DatasetError(f"{dataset.root}: frames are {frames[0].shape[1]}x{frames[0].shape[2]} px, "
-                           f"config data.image_size is {size}; record with --image-size {size} or change the preset")
+                           f"config data.image_size is {size}; set data.image_size and model.latent_height/"
+                           f"latent_width to the dataset's (`fastwam dataset check {dataset.root} --preset ...` "
+                           f"lists the values), or record it with --image-size {size}")
     return frames
 
 
@@ -215,7 +217,9 @@ def _check_vectors(dataset: LeRobotDataset, m) -> None:
     for key, dim in ((ACTION_KEY, m.action_dim), (STATE_KEY, m.state_dim)):
         got = dataset.column(key).shape[1:]
         if got != (dim,):
-            raise DatasetError(f"{dataset.root}: feature {key!r} has shape {got}, the model expects ({dim},)")
+            field = "action_dim" if key == ACTION_KEY else "state_dim"
+            raise DatasetError(f"{dataset.root}: feature {key!r} has shape {got}, the model expects ({dim},): "
+                               f"set model.{field} (`fastwam dataset check {dataset.root}` lists what to change)")
 
 
 # -- schedule, EMA -----------------------------------------------------------------------------
