@@ -156,6 +156,22 @@ def test_fresh_layouts_are_reproducible_and_never_an_evaluation_init_state(env):
         check_fresh(env)
 
 
+def test_init_noise_spreads_the_arm_of_fresh_layouts_as_the_official_init_states(env):
+    """The official init states' 7 arm joints spread by ~0.02 rad (robosuite's default noise); a fresh
+    reset without noise starts every episode in one pose, with it they spread alike."""
+    joints = slice(1, 8)  # the flattened state: time, then the arm's qpos
+    official = lb.init_states(SUITE, TASK)[:, joints]
+    assert 0.01 < official.std(axis=0).mean() < 0.03
+    plain = np.stack([env.layout_state(lb.Layout("fresh", s))[joints] for s in range(8)])
+    assert plain.std(axis=0).max() == 0
+    with lb.LiberoEnv(SUITE, TASK, image_size=8, init_noise=lb.INIT_NOISE) as noisy:
+        spread = np.stack([noisy.layout_state(lb.Layout("fresh", s))[joints] for s in range(8)])
+        assert 0.01 < spread.std(axis=0).mean() < 0.04
+        assert np.array_equal(noisy.layout_state(lb.Layout("fresh", 3)), noisy.layout_state(lb.Layout("fresh", 3)))
+    with pytest.raises(ValueError, match="init_noise: expected a finite number >= 0"):
+        lb.LiberoEnv(SUITE, TASK, image_size=8, init_noise=-1.0)
+
+
 _spec = importlib.util.spec_from_file_location("libero_failures",
                                               Path(__file__).parents[1] / "benchmarks" / "libero_failures.py")
 failures = importlib.util.module_from_spec(_spec)
@@ -248,6 +264,7 @@ def test_eval_runs_on_the_official_init_states_and_writes_the_shared_schema(run_
 
 def test_validation_split_uses_fresh_layouts_the_demonstrations_did_not(run_dir):
     plan = make_plan(run_dir, episodes=3, benchmark_name="libero", split="validation")
+    assert plan.env_options["init_noise"] == lb.INIT_NOISE  # the arm starts as in the official init states
     offset = lb.VALIDATION_SEED_OFFSET
     assert plan.variations == {TASK: (f"fresh:{offset}", f"fresh:{offset + 1}", f"fresh:{offset + 2}")}
     assert plan.max_steps == lb.MAX_STEPS[SUITE] and plan.suite == SUITE
@@ -262,11 +279,12 @@ def test_evaluation_renders_as_the_demonstrations_were(collected, tmp_path):
             info["spec"]["antialias"] = recorded
         run = write_checkpoint(tmp_path / f"run_{recorded}", libero_config(), info, stats=LIBERO_STATS)
         plan = make_plan(run, episodes=1, benchmark_name="libero")
-        assert plan.env_options == {"antialias": expected}
+        assert plan.env_options == {"antialias": expected, "init_noise": 0.0}  # test split: init states set the arm
         with lb.LiberoBenchmark.make_env(plan, TASK) as env:
             assert env.antialias is expected
     public = write_checkpoint(tmp_path / "public", libero_config(), {}, stats=LIBERO_STATS)  # no collection record
-    assert make_plan(public, episodes=1, benchmark_name="libero", suite=SUITE).env_options == {"antialias": True}
+    assert make_plan(public, episodes=1, benchmark_name="libero", suite=SUITE).env_options == {"antialias": True,
+                                                                                              "init_noise": 0.0}
 
 
 def test_a_validation_layout_the_demonstrations_used_is_refused(collected, tmp_path):

@@ -307,13 +307,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shadows", action="store_true", help="render shadows and reflections (about 3x slower)")
     parser.add_argument("--antialias", action="store_true",
                         help="LIBERO: render with multisampling, as the public data was (about 1.8x slower)")
+    parser.add_argument("--init-noise", type=float, default=None,
+                        help="libero: arm joint noise (rad, Gaussian) of the fresh layouts; default 0.02, robosuite's, "
+                             "which the official init states carry (0: every episode starts the arm in one pose)")
     parser.add_argument("--video-encoding", default="av1", choices=sorted(VIDEO_ENCODINGS),
                         help="av1 (default): LeRobot's encoding, which browsers and hardware decoders play (lossy); "
                              "lossless: H.264 4:4:4 crf 0, frames within 2/255, several times larger")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-ONLY_FOR = {"metaworld": ("seed", "max_steps", "shadows"), "libero": ("suite", "max_failures", "antialias")}
+ONLY_FOR = {"metaworld": ("seed", "max_steps", "shadows"), "libero": ("suite", "max_failures", "antialias", "init_noise")}
 
 
 def _default(value, default):
@@ -358,7 +361,8 @@ def _libero_spec(args: argparse.Namespace, cameras: tuple[str, ...]):
     return LiberoSpec(suite=suite, tasks=tuple(tasks), episodes=_default(args.episodes, 50),
                       image_size=_default(args.image_size, 128), cameras=cameras or ("image", "wrist_image"),
                       steps_after_success=args.steps_after_success, max_failures=_default(args.max_failures, 10),
-                      antialias=args.antialias, video_encoding=args.video_encoding)
+                      antialias=args.antialias, video_encoding=args.video_encoding,
+                      init_noise=_default(args.init_noise, lb.INIT_NOISE))
 
 
 def _print_table(summary: dict, out: str) -> None:

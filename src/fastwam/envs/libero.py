@@ -34,6 +34,7 @@ simulator state (object poses) is read only by the scripted expert
 
 from __future__ import annotations
 
+import math
 import os
 
 os.environ.setdefault("MUJOCO_GL", "egl")
@@ -164,18 +165,26 @@ class LiberoEnv:
 
     suite, task: a suite of ``SUITES`` and one of its task names (or index); image_size: S
     (square, per camera); cameras: dataset names from ``CAMERAS``; max_steps: episode limit
-    (default: the suite's); antialias: render with multisampling (as the public data was).
+    (default: the suite's); antialias: render with multisampling (as the public data was);
+    init_noise: the standard deviation (rad) of the Gaussian noise on the arm's 7 joint angles at a
+    fresh reset. The official init states carry robosuite's default, ``INIT_NOISE`` (their joints
+    spread 0.015-0.025 rad, the gripper starting a median 15 mm from the noise-free pose); LIBERO's
+    own env wrapper, and so a fresh reset, has none unless asked. Init-state layouts set the joints
+    themselves.
     """
 
     def __init__(self, suite: str, task: str | int, image_size: int = 128,
                  cameras: Sequence[str] = ("image", "wrist_image"), max_steps: int | None = None,
-                 antialias: bool = True):
+                 antialias: bool = True, init_noise: float = 0.0):
         self.suite, self.task = suite, canonical_task(suite, task)
         unknown = [c for c in cameras if c not in CAMERAS]
         if image_size < 8 or not cameras or unknown:
             raise ValueError(f"LIBERO cameras: expected some of {list(CAMERAS)} and image_size >= 8, "
                              f"got {list(cameras)}, {image_size}")
+        if not (math.isfinite(init_noise) and init_noise >= 0):
+            raise ValueError(f"init_noise: expected a finite number >= 0 (rad), got {init_noise}")
         self.image_size, self.cameras, self.antialias = image_size, tuple(cameras), bool(antialias)
+        self.init_noise = float(init_noise)
         self.max_steps = MAX_STEPS[suite] if max_steps is None else max_steps
         if self.max_steps < 1:
             raise ValueError(f"max_steps: expected >= 1, got {self.max_steps}")
@@ -188,7 +197,9 @@ class LiberoEnv:
             # off: a reset only re-samples placements (0.1 s instead of 2.8 s).
             self._env = OffScreenRenderEnv(bddl_file_name=bddl_file(suite, self.task), use_camera_obs=False,
                                            has_offscreen_renderer=True, camera_heights=image_size,
-                                           camera_widths=image_size, hard_reset=False)
+                                           camera_widths=image_size, hard_reset=False,
+                                           initialization_noise={"magnitude": self.init_noise, "type": "gaussian"}
+                                           if self.init_noise else None)
         self._obs: dict | None = None
         self.layout: Layout | None = None
         self.start_state: np.ndarray | None = None  # the flattened state the episode started from
@@ -290,6 +301,7 @@ class LiberoEnv:
 
 # -- the evaluation adapter (fastwam.envs: one interface for every benchmark) ---------------------
 
+INIT_NOISE = 0.02  # rad: robosuite's default joint noise, which the official init states carry
 VALIDATION_SEED_OFFSET = 1_000_000  # validation layouts: fresh resets under seeds 1e6 + e (demonstrations: below)
 
 
@@ -346,8 +358,10 @@ class LiberoBenchmark:
                                for t in task_list}
         # Render as the demonstrations were: public data (no collection record) with multisampling.
         antialias = bool(collection.get("spec", {}).get("antialias", True)) if collection else True
+        # Validation layouts start the arm as the official init states (the test layouts) do.
+        init_noise = INIT_NOISE if split == "validation" else 0.0
         return EpisodeLayouts(tasks=tuple(task_list), episodes=episode_layouts, training=used, suite=suite,
-                              env_options={"antialias": antialias})
+                              env_options={"antialias": antialias, "init_noise": init_noise})
 
     @staticmethod
     def disjoint(plan, task: str) -> bool:
@@ -357,4 +371,5 @@ class LiberoBenchmark:
     @staticmethod
     def make_env(plan, task: str) -> "LiberoEnv":
         return LiberoEnv(plan.suite, task, plan.image_size, [camera_name(c) for c in plan.cameras],
-                         max_steps=plan.max_steps, antialias=plan.env_options.get("antialias", True))
+                         max_steps=plan.max_steps, antialias=plan.env_options.get("antialias", True),
+                         init_noise=plan.env_options.get("init_noise", 0.0))

@@ -48,9 +48,12 @@ class LiberoSpec:
     max_failures: int = 10  # failed layouts after which a task keeps the demonstrations it has
     antialias: bool = False  # multisampling as the public data (1.8x the render time); evaluation renders alike
     video_encoding: str = "av1"  # fastwam.data.lerobot.VIDEO_ENCODINGS
+    init_noise: float = lb.INIT_NOISE  # arm joint noise of the fresh layouts (rad): as the official init states
 
     def __post_init__(self):
         check_video_encoding(self.video_encoding, self.image_size)
+        if not (np.isfinite(self.init_noise) and self.init_noise >= 0):
+            raise ValueError(f"--init-noise: expected a finite number >= 0 (rad), got {self.init_noise}")
         if self.episodes < 1 or self.image_size < 8 or self.steps_after_success < 0 or self.max_failures < 1:
             raise ValueError(f"need episodes >= 1, image_size >= 8, steps_after_success >= 0, "
                              f"max_failures >= 1: {self}")
@@ -75,12 +78,12 @@ _ENV: dict[tuple, lb.LiberoEnv] = {}
 
 
 def _env_for(spec: LiberoSpec, task: str) -> lb.LiberoEnv:
-    key = (spec.suite, task, spec.image_size, spec.cameras, spec.antialias)
+    key = (spec.suite, task, spec.image_size, spec.cameras, spec.antialias, spec.init_noise)
     if key not in _ENV:
         close_envs()
         _ENV[key] = lb.LiberoEnv(spec.suite, task, spec.image_size, spec.cameras,
                                  max_steps=lb.MAX_STEPS[spec.suite] + spec.steps_after_success,
-                                 antialias=spec.antialias)
+                                 antialias=spec.antialias, init_noise=spec.init_noise)
     return _ENV[key]
 
 
