@@ -258,7 +258,7 @@ def test_eval_runs_on_the_official_init_states_and_writes_the_shared_schema(run_
     lo, hi = task["ci95"]
     assert 0 <= lo <= task["success_rate"] <= hi <= 1 and task["mean_chunk_ms"] > 0
     assert result["max_steps"] == 4 and result["benchmark_seed"] is None
-    assert result["env_options"] == {"antialias": False}  # rendered as the demonstrations were
+    assert result["env_options"] == {"antialias": False, "init_noise": 0.0}  # rendered as the demonstrations were
     assert [os.path.basename(v) for v in result["videos"]] == ["eval.mp4", "eval_imagined.mp4"]
 
 

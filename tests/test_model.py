@@ -158,8 +158,11 @@ def test_fastwam_inference_runs_video_expert_once_on_context_only():
 
 
 def test_idm_and_joint_run_video_expert_every_step():
-    for variant, expected_calls in [("joint", 5), ("idm", 5 + 1)]:
+    # joint: the 5 steps asked for; IDM: its video_flow.steps (the tiny preset's 4; `steps` counts the
+    # action steps), then the prefill of the generated future
+    for variant, expected_calls in [("joint", 5), ("idm", 4 + 1)]:
         cfg = tiny(variant)
+        assert cfg.video_flow.steps == 4
         model, batch = randomized(cfg), cfg.fake_batch(2)
         calls = _count_video_calls(model)
         model.predict_actions(batch.context, batch.state, batch.text, steps=5)
