@@ -28,11 +28,7 @@ evaluate() {  # name checkpoint [eval options...]
   $FW eval metaworld --checkpoint "$run" --split validation --episodes 50 --workers 2 --quiet "$@" --json "$OUT/$name.json"
 }
 
-for shift in 5 1; do
-  for n in 10 5 3 2 1; do
-    evaluate "teacher_n${n}_shift${shift}" "$TEACHER" --steps "$n" --action-shift "$shift"
-  done
-done
+evaluate teacher_n10_shift5 "$TEACHER" --steps 10 --action-shift 5  # the reference: the teacher as trained
 
 if [ ! -f "$STUDENT/checkpoints/step-$(printf %07d "$STUDENT_TRAIN_STEPS")/model.safetensors" ]; then
   resume=()
@@ -48,3 +44,9 @@ if [ ! -f "$OUT/latency.json" ]; then
   $FW bench latency --preset benchmarks/mt10_96px_stem.yaml --variants fastwam --steps 1,2,10 --compile \
     --threads 2 --calls 50 --json "$OUT/latency.json"
 fi
+
+for shift in ${SHIFTS:-5 1}; do  # the baseline curve (SHIFTS: some of it)
+  for n in 1 2 5 3 10; do
+    evaluate "teacher_n${n}_shift${shift}" "$TEACHER" --steps "$n" --action-shift "$shift"
+  done
+done

@@ -24,7 +24,7 @@ evaluate() {  # name [eval options...]
 }
 
 evaluate sync
-for delay in 4 2 8; do
+for delay in ${DELAYS:-4 2 8}; do  # DELAYS: some of them
   evaluate "naive_d$delay" --delay "$delay"
   evaluate "rtc_d$delay" --delay "$delay" --rtc-guidance "$GUIDANCE"
 done
