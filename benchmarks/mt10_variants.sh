@@ -8,7 +8,8 @@
 #
 # A queue for an otherwise idle CPU: every step whose output exists is skipped, a run stopped
 # mid-training resumes from its newest checkpoint, so it can be stopped and restarted at will.
-# Heavy (about 45 min of training and 8 min of evaluation per run and seed on 2 cores): run it
+# Heavy (about 45-70 min of training per run and seed on 2 cores, and over 20 min of evaluation where
+# imagination is scored): run it
 # alone, one heavy job at a time.
 #
 #   bash benchmarks/mt10_variants.sh                 # everything, seed 0 first
