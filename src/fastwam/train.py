@@ -280,7 +280,6 @@ class Trainer:
             if init_weights:
                 self.model.load_state_dict(teacher.state_dict())
             self.model.video.requires_grad_(False)  # the teacher's video expert, prefill and cache, unchanged
-            self.model.video.to(self.accelerator.device)
             teacher.video = self.model.video  # one copy of the (frozen) video expert
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():

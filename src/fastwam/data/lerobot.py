@@ -743,25 +743,26 @@ class LeRobotDataset:
     def _load_data(self, paths: list[Path]) -> dict[str, np.ndarray]:
         keys = [k for k, f in self.features.items() if f["dtype"] not in ("video", "image")]
         parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
+        self._file_rows = []  # rows per data file, in order (image features are read file by file)
         for path in paths:
             table = _read_parquet(path)
+            self._file_rows.append(len(table))
             for key in keys:
                 parts[key].append(_column_values(table, key, self.features[key], path))
         columns = {k: np.concatenate(v) for k, v in parts.items()}
         for key in NONFINITE_CHECKED:
             if key in columns and not np.all(np.isfinite(columns[key])):
                 row = int(np.argwhere(~np.isfinite(columns[key].reshape(len(columns[key]), -1)))[0, 0])
-                raise DatasetError(f"{self._file_of_row(row, paths)}: {key} contains NaN or inf "
+                raise DatasetError(f"{self._file_of_row(row)}: {key} contains NaN or inf "
                                    f"(episode {int(columns['episode_index'][row])}, frame {int(columns['frame_index'][row])})")
         return columns
 
-    def _file_of_row(self, row: int, paths: list[Path]) -> Path:
-        for path in paths:
-            rows = pq.read_metadata(path).num_rows
+    def _file_of_row(self, row: int) -> Path:
+        for path, rows in zip(self._data_files, self._file_rows):
             if row < rows:
                 return path
             row -= rows
-        return paths[-1]
+        return self._data_files[-1]
 
     def _check_rows(self) -> None:
         """Rows must be exactly the episodes' frames, in order: index 0..N-1, frame 0..T-1."""
@@ -820,8 +821,7 @@ class LeRobotDataset:
         from PIL import Image
 
         want, row = tuple(self.features[key]["shape"]), 0
-        for path in self._data_files:
-            rows = pq.read_metadata(path).num_rows
+        for path, rows in zip(self._data_files, self._file_rows):
             lo, hi = max(start - row, 0), min(start + len(out) - row, rows)
             if lo < hi:
                 column = _read_parquet_column(path, key)
