@@ -16,21 +16,30 @@ def wan():
     cfg = preset("wan22-5b")
     with torch.device("meta"):
         model = WAM(cfg.model)
-    return cfg, sum(p.numel() for p in model.parameters())
+    return cfg, model
 
 
 def test_the_exact_terms_are_the_meta_models(wan):
-    cfg, P = wan
+    cfg, model = wan
+    P = sum(p.numel() for p in model.parameters())
     ddp = plan(cfg, "wan22-5b", 8, 80, "ddp", False)
     fsdp = plan(cfg, "wan22-5b", 8, 80, "fsdp", False)
     assert ddp.parameters == fsdp.parameters == P and 5.9e9 < P < 6.1e9
     assert ddp.terms_gb["parameters (fp32)"] == round(4 * P / 1e9, 3)
     assert fsdp.terms_gb["parameters (fp32)"] == round(4 * P / 8 / 1e9, 3)
     assert fsdp.terms_gb["AdamW moments (fp32 x 2)"] == round(8 * P / 8 / 1e9, 3)
-    assert fsdp.terms_gb["gathered blocks (2, compute dtype)"] == round(2 * 2 * P / 30 / 1e9, 3)  # bf16
+    blocks = sum(p.numel() for expert in (model.video, model.action) for p in expert.blocks.parameters())
+    assert fsdp.terms_gb["gathered root (embeddings, heads; compute dtype)"] == round(2 * (P - blocks) / 1e9, 3)  # bf16
+    assert fsdp.terms_gb["gathered blocks (2 layers, compute dtype)"] == round(2 * 2 * blocks / 30 / 1e9, 3)
+    zero2 = plan(cfg, "wan22-5b", 8, 80, "zero2", False)
+    assert zero2.terms_gb["gathered weights (whole model, compute dtype)"] == round(2 * P / 1e9, 3)
+    assert zero2.terms_gb["gradients (fp32)"] == round(4 * P / 8 / 1e9, 3)
     assert not ddp.fits and ddp.total_gb > 80  # 6 B parameters with AdamW do not fit one 80 GB GPU unsharded
     ema = cfg.replace(train=dataclasses.replace(cfg.train, ema=0.999))
-    assert plan(ema, "wan22-5b", 8, 80, "zero2", False).terms_gb["EMA (fp32, full copy)"] == round(4 * P / 1e9, 3)
+    assert plan(ema, "wan22-5b", 8, 80, "ddp", False).terms_gb["EMA (fp32, full copy)"] == round(4 * P / 1e9, 3)
+    assert plan(ema, "wan22-5b", 8, 80, "fsdp", False).terms_gb["EMA (fp32, sharded)"] == round(4 * P / 8 / 1e9, 3)
+    with pytest.raises(ValueError, match="--strategy fsdp: sharding needs several GPUs"):
+        plan(cfg, "wan22-5b", 1, 80, "fsdp", False)
 
 
 def test_the_recommendation_fits_and_checkpointing_shrinks_the_activation_estimate(wan):
@@ -40,6 +49,8 @@ def test_the_recommendation_fits_and_checkpointing_shrinks_the_activation_estima
     assert activations_gb(cfg, 8, True, 2) < activations_gb(cfg, 8, False, 2) / 5
     tight = recommend(cfg, "wan22-5b", 8, 24)
     assert (tight.strategy, tight.activation_checkpointing) == ("fsdp", True)
+    one = recommend(preset("small"), "small", 1, 2)  # one GPU: never a sharded strategy
+    assert one.strategy == "ddp"
 
 
 def test_command_line(capsys):

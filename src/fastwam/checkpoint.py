@@ -7,6 +7,8 @@ A run directory holds ``checkpoints/step-XXXXXXX/``, each complete in itself:
   (``write_run_files``);
 - ``train_state.pt``: what resuming needs (step, weights, optimizer, schedule, EMA, RNG), tensors
   and plain containers only, loaded with ``torch.load(weights_only=True)``: never unpickled code;
+  sharded training (``train.strategy`` zero2/fsdp) writes one per process instead,
+  ``train_state.shard-RRRRR-of-WWWWW.pt``, each holding that process's shards;
 - ``checksums.json``: the SHA-256 of every file above, written last and verified on load, so a
   damaged or truncated file is named instead of loading silently (checkpoints written before
   checksums existed have none and load unverified).
@@ -17,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -112,15 +115,25 @@ def load_model(checkpoint: str | Path, device: str | torch.device = "cpu"):
     return model.to(device).eval(), cfg
 
 
-def load_training_state(path: Path) -> dict:
-    """A checkpoint's verified training state (tensors and plain containers only)."""
-    verify(path, TRAIN_STATE, "config.yaml")
+def load_training_state(path: Path, name: str = TRAIN_STATE) -> dict:
+    """A checkpoint's verified training state ``name`` (tensors and plain containers only)."""
+    if not (path / name).is_file():
+        raise CheckpointError(f"{path / name}: missing{_layout_hint(path, name)}")
+    verify(path, name, "config.yaml")
     try:
-        return torch.load(path / TRAIN_STATE, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path / TRAIN_STATE}: missing") from None
+        return torch.load(path / name, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated or foreign files: torch raises several kinds
-        raise CheckpointError(f"{path / TRAIN_STATE}: unreadable ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+        raise CheckpointError(f"{path / name}: unreadable ({type(e).__name__}: {str(e).splitlines()[0]})") from None
+
+
+def _layout_hint(path: Path, name: str) -> str:
+    """What training-state files ``path`` holds instead of ``name`` (another strategy or process count)."""
+    found = sorted(p.name for p in path.glob("train_state*.pt"))
+    if not found:
+        return ""
+    return (f" (it holds {found[0]}{' ...' if len(found) > 1 else ''}: saved by {len(found)} process(es) with "
+            f"{'a sharded' if 'shard' in found[0] else 'the ddp'} strategy; resume with the same train.strategy and "
+            "number of processes)")
 
 
 def newest_readable_config(run: Path) -> Path:
@@ -138,13 +151,21 @@ def newest_readable_config(run: Path) -> Path:
     raise CheckpointError(f"{run}: no checkpoint to resume from ({'; '.join(problems) or 'none written'})")
 
 
-def newest_intact_training_state(run: Path) -> tuple[Path, dict, list[str]]:
-    """The newest checkpoint whose training state loads -> (path, state, what was wrong with newer ones)."""
+def newest_intact_training_state(run: Path, name: str = TRAIN_STATE,
+                                 agree: Callable[[bool], bool] | None = None) -> tuple[Path, dict, list[str]]:
+    """The newest checkpoint whose training state ``name`` loads -> (path, state, what was wrong with
+    newer ones). ``agree(ok) -> all ok``: processes that each load their own shard pick the same one."""
     problems = []
     for path in reversed(checkpoints(run)):
         try:
-            return path, load_training_state(path), problems
+            state, problem = load_training_state(path, name), None
         except CheckpointError as e:
-            problems.append(str(e))
+            state, problem = None, str(e)
+        if agree is not None and not agree(state is not None):
+            problems.append(problem or f"{path}: another process's training-state shard is damaged or missing")
+            continue
+        if state is not None:
+            return path, state, problems
+        problems.append(problem)
     detail = "; ".join(problems) or "none written"
     raise CheckpointError(f"{run}: no checkpoint to resume from ({detail})")

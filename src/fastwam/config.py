@@ -19,6 +19,7 @@ PRESET_DIR = Path(__file__).parent / "configs"
 
 MaskRule = Literal["fastwam", "joint", "idm", "dual"]
 InferenceMode = Literal["action_only", "joint", "video_then_action"]
+STRATEGIES = ("ddp", "zero2", "fsdp")  # train.strategy: how several training processes split the model
 # mask rule -> the inference modes a model trained under it supports, its default first
 TRAINED_MODES = {"fastwam": ("action_only",), "joint": ("joint",), "idm": ("video_then_action",),
                  "dual": ("action_only", "video_then_action")}
@@ -274,9 +275,16 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 500
     mixed_precision: Literal["no", "bf16"] = "no"
+    # Several processes (accelerate launch): ddp replicates the model; zero2 and fsdp shard parameters,
+    # gradients, AdamW moments and EMA across them (fastwam.parallel; `fastwam plan` sizes each).
+    strategy: Literal["ddp", "zero2", "fsdp"] = "ddp"
+    activation_checkpointing: bool = False  # recompute each layer in the backward pass: activations ~1/layers
+    # Micro-batches of batch_size per process whose gradients one optimizer step averages (an N-process
+    # run is repeated by one process with accumulate N: the same samples, noise and losses).
+    accumulate: int = 1
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "log_every", "checkpoint_every"):
+        for name in ("steps", "batch_size", "log_every", "checkpoint_every", "accumulate"):
             value = getattr(self, name)
             _check(isinstance(value, int) and value >= 1, f"train.{name} must be an integer >= 1, got {value!r}")
         _check(math.isfinite(self.lr) and self.lr > 0, f"train.lr must be a finite number > 0, got {self.lr}")
@@ -287,6 +295,9 @@ class TrainConfig:
         _check(0 <= self.ema < 1, f"train.ema must be in [0, 1) (0: no EMA; a decay such as 0.999), got {self.ema}")
         _check(self.seed >= 0, f"train.seed must be >= 0, got {self.seed}")
         _check(self.mixed_precision in ("no", "bf16"), f"train.mixed_precision must be no|bf16, got {self.mixed_precision!r}")
+        _check(self.strategy in STRATEGIES, f"train.strategy must be {'|'.join(STRATEGIES)}, got {self.strategy!r}")
+        _check(isinstance(self.activation_checkpointing, bool),
+               f"train.activation_checkpointing must be true|false, got {self.activation_checkpointing!r}")
 
 
 @dataclass(frozen=True)

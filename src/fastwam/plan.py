@@ -1,22 +1,25 @@
 """``fastwam plan``: will a preset train on N GPUs of M GB, and with which sharding?
 
 Per GPU, in bytes, for AdamW training with fp32 master weights (``train.mixed_precision: bf16``
-computes in bf16 from them):
+computes in bf16 from them), for the strategies ``fastwam train`` runs (``train.strategy``,
+``fastwam.parallel``):
 
-- parameters 4 P, gradients 4 P, AdamW moments 8 P, divided by the number of GPUs where the
-  strategy shards them: ``ddp`` none, ``zero2`` gradients and moments, ``fsdp`` (ZeRO-3, full
-  shard) all three; ``fsdp`` also gathers each block's weights in the compute dtype (2 blocks in
-  flight: the current one and the prefetched next); the EMA (``train.ema`` > 0) is a full fp32
-  copy on every GPU, 4 P, whatever the strategy (``train.EMA`` keeps it so);
+- parameters 4 P, gradients 4 P, AdamW moments 8 P and, with ``train.ema`` > 0, the EMA 4 P:
+  whole on every GPU under ``ddp``, divided by the number of GPUs under ``zero2`` and ``fsdp``;
+- weights gathered for compute, in the compute dtype: ``zero2`` holds the whole model gathered
+  from the forward pass to the end of the backward pass; ``fsdp`` holds the root unit (embeddings,
+  heads: everything outside the blocks, exact) plus two layers' blocks (the current and the
+  prefetched next);
 - activations, an **estimate**, for ``train.batch_size`` samples per GPU (each process draws a
   batch of its own): per sample, every token of each expert keeps about
   (16 width + 3 ffn) values of the compute dtype per layer for the backward pass (attention by
-  SDPA/flash, so no token x token scores); with activation checkpointing per block only the
-  block inputs (width values) per layer, plus one block's full set while it is recomputed.
+  SDPA/flash, so no token x token scores); with activation checkpointing per layer only the
+  layer inputs (width values) per layer, plus one layer's full set while it is recomputed.
 
-P and the widths come from the model built on PyTorch's meta device (exact, no memory); the
-recommendation is the first strategy that fits with ``HEADROOM`` spare, trying
-ddp, zero2, fsdp, then fsdp with activation checkpointing.
+P, the root's share and the widths come from the model built on PyTorch's meta device (exact, no
+memory); the recommendation is the first plan that fits with ``HEADROOM`` spare, trying ddp, ddp
+with activation checkpointing and, on several GPUs, zero2, fsdp, then fsdp with activation
+checkpointing.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import json
 import math
 from dataclasses import asdict, dataclass
 
-STRATEGIES = ("ddp", "zero2", "fsdp")
+from fastwam.config import STRATEGIES
+
 HEADROOM = 0.10  # of GPU memory kept free for the allocator, CUDA context, fragmentation
 GB = 1e9
 
@@ -45,15 +49,18 @@ class Plan:
     fits: bool
 
 
-def parameter_count(cfg) -> int:
-    """P of the model ``cfg`` describes, built on the meta device (exact, no memory)."""
+def parameter_count(cfg) -> tuple[int, int]:
+    """P of the model ``cfg`` describes and the part of it outside the blocks (FSDP's root unit),
+    built on the meta device (exact, no memory)."""
     import torch
 
     from fastwam.model import WAM
 
     with torch.device("meta"):
         model = WAM(cfg.model)
-    return sum(p.numel() for p in model.parameters())
+    total = sum(p.numel() for p in model.parameters())
+    blocks = sum(p.numel() for expert in (model.video, model.action) for p in expert.blocks.parameters())
+    return total, total - blocks
 
 
 def _tokens(m) -> dict[str, int]:
@@ -86,21 +93,26 @@ def plan(cfg, preset_name: str, gpus: int, gpu_memory_gb: float, strategy: str, 
     batch = cfg.train.batch_size if batch_size is None else batch_size
     if batch < 1:
         raise ValueError(f"--batch-size: expected >= 1, got {batch}")
-    P = parameter_count(cfg)
+    if gpus == 1 and strategy != "ddp":
+        raise ValueError(f"--strategy {strategy}: sharding needs several GPUs; one trains with ddp")
+    P, root = parameter_count(cfg)
     compute_bytes = 2 if cfg.train.mixed_precision == "bf16" else 4
-    shard_all, shard_state = strategy == "fsdp", strategy in ("zero2", "fsdp")
+    shards = 1 if strategy == "ddp" else gpus
     terms = {
-        "parameters (fp32)": 4 * P / (gpus if shard_all else 1),
-        "gradients (fp32)": 4 * P / (gpus if shard_state else 1),
-        "AdamW moments (fp32 x 2)": 8 * P / (gpus if shard_state else 1),
+        "parameters (fp32)": 4 * P / shards,
+        "gradients (fp32)": 4 * P / shards,
+        "AdamW moments (fp32 x 2)": 8 * P / shards,
     }
     if cfg.train.ema > 0:
-        terms["EMA (fp32, full copy)"] = 4 * P
-    if shard_all:
-        terms["gathered blocks (2, compute dtype)"] = 2 * compute_bytes * P / cfg.model.layers
+        terms[f"EMA (fp32, {'full copy' if shards == 1 else 'sharded'})"] = 4 * P / shards
+    if strategy == "zero2":
+        terms["gathered weights (whole model, compute dtype)"] = compute_bytes * P
+    if strategy == "fsdp":
+        terms["gathered root (embeddings, heads; compute dtype)"] = compute_bytes * root
+        terms["gathered blocks (2 layers, compute dtype)"] = 2 * compute_bytes * (P - root) / cfg.model.layers
     terms = {k: v / GB for k, v in terms.items()}
     per_gpu = batch
-    label = "activations (estimate" + (", checkpointed per block)" if checkpointing else ")")
+    label = "activations (estimate" + (", checkpointed per layer)" if checkpointing else ")")
     terms[label] = activations_gb(cfg, per_gpu, checkpointing, compute_bytes)
     total = sum(terms.values())
     return Plan(preset_name, gpus, gpu_memory_gb, strategy, checkpointing, per_gpu, P,
@@ -108,8 +120,9 @@ def plan(cfg, preset_name: str, gpus: int, gpu_memory_gb: float, strategy: str, 
 
 
 def recommend(cfg, preset_name: str, gpus: int, gpu_memory_gb: float, batch_size: int | None = None) -> Plan:
-    """The first plan that fits: ddp, zero2, fsdp, then fsdp with activation checkpointing (else the last)."""
-    candidates = [(s, False) for s in STRATEGIES] + [("fsdp", True)]
+    """The first plan that fits (else the last): ddp, ddp with activation checkpointing, and on several
+    GPUs zero2, fsdp, fsdp with activation checkpointing."""
+    candidates = [("ddp", False), ("ddp", True)] + ([("zero2", False), ("fsdp", False), ("fsdp", True)] if gpus > 1 else [])
     plans = [plan(cfg, preset_name, gpus, gpu_memory_gb, s, c, batch_size) for s, c in candidates]
     return next((p for p in plans if p.fits), plans[-1])
 
@@ -131,7 +144,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpus", type=int, default=8)
     parser.add_argument("--gpu-memory", type=float, default=80.0, help="GB per GPU")
     parser.add_argument("--strategy", default="", choices=["", *STRATEGIES],
-                        help="force one (default: the first that fits of ddp, zero2, fsdp, fsdp + checkpointing)")
+                        help="force one (default: the first that fits of ddp, ddp + checkpointing, zero2, fsdp, fsdp + checkpointing)")
     parser.add_argument("--activation-checkpointing", action="store_true", help="with --strategy")
     parser.add_argument("--batch-size", type=int, default=None,
                         help="samples per GPU (train.batch_size: each process draws its own; default: the preset's)")

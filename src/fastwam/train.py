@@ -1,19 +1,23 @@
 """``fastwam train``: flow-matching training of a WAM variant on a LeRobot dataset.
 
 CPU here, GPUs through ``accelerate`` (``accelerate launch -m fastwam.cli train ...`` for several
-GPUs or nodes; bf16 via ``train.mixed_precision``). Every step draws its batch indices and its
-noise from a generator seeded by (seed, step, process), so a resumed run repeats the uninterrupted
-run's loss sequence exactly.
+GPUs or nodes; bf16 via ``train.mixed_precision``; ``train.strategy`` ddp, or zero2/fsdp sharding,
+``fastwam.parallel``). Every micro-batch (``train.accumulate`` per process and step) draws its
+batch indices and its noise from a generator seeded by (seed, step, micro-batch index across all
+processes), so a resumed run repeats the uninterrupted run's loss sequence exactly, and one process
+accumulating N micro-batches repeats an N-process run.
 
 A run directory holds ``config.yaml``, ``stats.json`` (normalization), ``data.json`` (the dataset
 and the task variations its demonstrations used), ``metrics.jsonl``, ``loss.png`` and
 ``checkpoints/step-XXXXXXX/`` (``model.safetensors``, ``config.yaml``, ``stats.json``,
-``data.json``, ``train_state.pt``), each written to a temporary directory and renamed into place.
+``data.json``, ``train_state.pt`` or one training-state shard per process), each written to a
+temporary directory and renamed into place.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -28,11 +32,12 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from fastwam import parallel
 from fastwam.checkpoint import (CHECKPOINTS, TRAIN_STATE, latest_checkpoint, load_model,  # noqa: F401 (re-exported)
                                 newest_intact_training_state, newest_readable_config, write_checksums,
                                 write_run_files)
 from fastwam.codecs import build_codec, frames_to_unit
-from fastwam.config import Config, TrainConfig, preset
+from fastwam.config import STRATEGIES, Config, TrainConfig, preset
 from fastwam.data.augment import random_shift
 from fastwam.data.lerobot import DatasetError, LeRobotDataset
 from fastwam.data.normalize import Normalizer
@@ -281,6 +286,13 @@ class Trainer:
                 self.model.load_state_dict(teacher.state_dict())
             self.model.video.requires_grad_(False)  # the teacher's video expert, prefill and cache, unchanged
             teacher.video = self.model.video  # one copy of the (frozen) video expert
+        self.model.activation_checkpointing = t.activation_checkpointing
+        self.sharded = parallel.is_sharded(t.strategy)
+        step_fn = _LossStep(self.model, teacher)
+        if self.sharded:  # before the optimizer is built: the parameters become this process's shards
+            compute = torch.bfloat16 if t.mixed_precision == "bf16" else None
+            parallel.shard(step_fn, [*self.model.video.blocks, *self.model.action.blocks], t.strategy,
+                           self.accelerator.device, compute)
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
             if p.requires_grad:
@@ -289,9 +301,12 @@ class Trainer:
                                             {"params": no_decay, "weight_decay": 0.0}], lr=t.lr, betas=(0.9, 0.95))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, t.warmup, t.steps))
         self.codec = build_codec(cfg.data.codec) if t.augment_shift else None
-        self.step_fn, self.optimizer, self.scheduler = self.accelerator.prepare(_LossStep(self.model, teacher), self.optimizer,
-                                                                                self.scheduler)
-        self.ema = EMA(self.model, t.ema) if t.ema > 0 else None  # after prepare: on the model's device
+        if self.sharded:
+            self.step_fn = step_fn
+            self.optimizer, self.scheduler = self.accelerator.prepare(self.optimizer, self.scheduler)
+        else:
+            self.step_fn, self.optimizer, self.scheduler = self.accelerator.prepare(step_fn, self.optimizer, self.scheduler)
+        self.ema = EMA(self.model, t.ema) if t.ema > 0 else None  # after prepare/shard: on the model's device, sharded alike
         self.step = 0
 
     # -- loop ----------------------------------------------------------------------------------
@@ -324,29 +339,47 @@ class Trainer:
         return logged
 
     def train_step(self) -> dict:
-        """One optimizer step on a batch drawn by the step's own generator."""
-        t = self.cfg.train
-        seed, device = _step_seed(t.seed, self.step, self.accelerator.process_index), self.accelerator.device
+        """One optimizer step on ``train.accumulate`` micro-batches, each drawn by its own generator
+        (seeded by run seed, step, and the micro-batch's index across all processes)."""
+        t, acc = self.cfg.train, self.accelerator
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        losses = []
+        for micro in range(t.accumulate):
+            last = micro == t.accumulate - 1
+            out = self._micro_step(_step_seed(t.seed, self.step, acc.process_index * t.accumulate + micro), last)
+            losses.append(torch.stack([out.total, out.action, out.video]).detach().float())
+        grad_norm = acc.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        total, action, video = acc.reduce(torch.stack(losses).mean(0), reduction="mean").tolist()  # over all processes
+        return {"loss": total, "loss_action": action, "loss_video": video,
+                "lr": self.scheduler.get_last_lr()[0], "grad_norm": parallel.scalar(grad_norm)}
+
+    def _micro_step(self, seed: int, sync: bool):
+        """Forward and backward of one micro-batch (its loss scaled by 1 / accumulate); gradients are
+        synchronized across processes only when ``sync`` (the step's last micro-batch)."""
+        device = self.accelerator.device
         generator = torch.Generator().manual_seed(seed)
-        indices = torch.randint(len(self.data), (t.batch_size,), generator=generator)
+        indices = torch.randint(len(self.data), (self.cfg.train.batch_size,), generator=generator)
         batch = self.data.batch(indices)
         if self.codec is not None:
             batch = self._shifted(batch, generator)
         batch = batch.to(device)
         # the loss draws its noise where the batch is (a CPU generator cannot draw on a GPU)
         noise = generator if device.type == "cpu" else torch.Generator(device=device).manual_seed(seed + 1)
-        self.model.train()
-        with self.accelerator.autocast():
-            out = self.step_fn(batch, noise)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.accelerator.backward(out.total)
-        grad_norm = self.accelerator.clip_grad_norm_(self.model.parameters(), t.grad_clip)
-        self.optimizer.step()
-        self.scheduler.step()
-        if self.ema is not None:
-            self.ema.update(self.model)
-        return {"loss": out.total.item(), "loss_action": out.action.item(), "loss_video": out.video.item(),
-                "lr": self.scheduler.get_last_lr()[0], "grad_norm": float(grad_norm)}
+        if self.sharded:
+            self.step_fn.set_requires_gradient_sync(sync)  # FSDP2: reduce-scatter on the last micro-batch only
+            context = contextlib.nullcontext()
+        else:
+            context = contextlib.nullcontext() if sync else self.accelerator.no_sync(self.step_fn)
+        with context:
+            with self.accelerator.autocast():
+                out = self.step_fn(batch, noise)
+            self.accelerator.backward(out.total / self.cfg.train.accumulate)
+        return out
 
     def _shifted(self, batch: Batch, generator: torch.Generator) -> Batch:
         """``batch`` with every sample's frames (context and future alike) randomly shifted in pixels."""
@@ -368,28 +401,41 @@ class Trainer:
     # -- checkpoints ---------------------------------------------------------------------------
 
     def save_checkpoint(self) -> Path:
-        """Write checkpoints/step-XXXXXXX atomically (temp dir + rename); keep the newest few."""
-        self.accelerator.wait_for_everyone()
+        """Write checkpoints/step-XXXXXXX atomically (temp dir + rename); keep the newest few.
+
+        Sharded: every process writes its own training-state shard; the weights are gathered
+        whole into ``model.safetensors`` (one tensor at a time)."""
+        acc = self.accelerator
         final = self.out / CHECKPOINTS / f"step-{self.step:07d}"
-        if not self.accelerator.is_main_process:
-            return final
         tmp = final.with_name(final.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
         weights = self.ema.shadow if self.ema is not None else self.model.state_dict()
-        save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, tmp / "model.safetensors")
-        write_run_files(tmp, self.cfg, self.normalizer, self.data_info)
-        torch.save({
-            "step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(), "ema": self.ema.shadow if self.ema is not None else None,
-            "torch_rng": torch.get_rng_state(),
-        }, tmp / TRAIN_STATE)
-        write_checksums(tmp)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for old in sorted((self.out / CHECKPOINTS).glob("step-???????"))[:-KEEP_CHECKPOINTS]:
-            shutil.rmtree(old)
+        weights = parallel.gather_full(weights, keep=acc.is_main_process)  # all processes take part
+        state = {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "ema": self.ema.shadow if self.ema is not None else None,
+                 "torch_rng": torch.get_rng_state()}
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            save_file({k: v.contiguous() for k, v in weights.items()}, tmp / "model.safetensors")
+            write_run_files(tmp, self.cfg, self.normalizer, self.data_info)
+        acc.wait_for_everyone()
+        if self.sharded or acc.is_main_process:
+            torch.save(parallel.to_local(state), tmp / self._state_file())
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            write_checksums(tmp)
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            for old in sorted((self.out / CHECKPOINTS).glob("step-???????"))[:-KEEP_CHECKPOINTS]:
+                shutil.rmtree(old)
+        acc.wait_for_everyone()
         return final
+
+    def _state_file(self) -> str:
+        """This process's training-state file: one for the run, or (sharded) one per process."""
+        acc = self.accelerator
+        return parallel.shard_file(acc.process_index, acc.num_processes) if self.sharded else TRAIN_STATE
 
     def resume(self, allow_changes: bool = False) -> None:
         """Continue from the newest intact checkpoint (model, optimizer, schedule, EMA, step, RNG).
@@ -399,19 +445,25 @@ class Trainer:
         rate and weight decay included). ``metrics.jsonl`` loses the rows past the resumed step
         (and a line cut by the kill), which the continued run writes again.
         """
-        path, state, problems = newest_intact_training_state(self.out)
+        path, state, problems = newest_intact_training_state(self.out, self._state_file(), agree=parallel.all_agree)
         for problem in problems:
-            print(f"--resume: skipping a damaged checkpoint: {problem}", file=sys.stderr)
+            if self.accelerator.is_main_process or self.sharded:
+                print(f"--resume: skipping a damaged checkpoint: {problem}", file=sys.stderr)
         changes = resume_changes(path, self.cfg, allow_changes)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.sharded:
+            parallel.load_local_model_state(self.model, state["model"])
+            parallel.load_local_optimizer_state(self.optimizer, state["optimizer"])
+        else:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
         if self.ema is not None:
             if state["ema"] is None:
                 raise ValueError(f"--resume: {path} was trained without EMA, but train.ema = {self.cfg.train.ema}")
-            device = next(self.model.parameters()).device
-            self.ema.shadow, self.ema.updates = {k: v.to(device) for k, v in state["ema"].items()}, self.step
+            current = self.model.state_dict()
+            self.ema.shadow = {k: parallel.like(v, current[k]).float() for k, v in state["ema"].items()}
+            self.ema.updates = self.step
         torch.set_rng_state(state["torch_rng"])
         self._apply_optimizer_settings()  # the configured rate at this step (train.steps may have changed)
         metrics = self.out / "metrics.jsonl"
@@ -569,6 +621,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--student-steps", type=int, default=None,
                         help="with --distill-from: the action steps the student samples in (default 2; it is also "
                              "taught every smaller count)")
+    parser.add_argument("--accumulate", type=int, default=None,
+                        help="micro-batches (of --batch-size each, per process) per optimizer step (default 1)")
+    parser.add_argument("--strategy", default=None, choices=STRATEGIES,
+                        help="with several processes (accelerate launch): ddp (default) replicates the model; zero2 and "
+                             "fsdp shard parameters, gradients, optimizer and EMA (`fastwam plan` sizes each)")
+    parser.add_argument("--activation-checkpointing", action="store_true", default=None,
+                        help="recompute each layer in the backward pass (activation memory ~1/layers)")
+    parser.add_argument("--mixed-precision", default=None, choices=["no", "bf16"], help="compute dtype (default: the preset's)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--checkpoint-every", type=int, default=None)
     parser.add_argument("--out", required=True, help="run directory")
@@ -582,7 +642,9 @@ def config_from_args(args: argparse.Namespace) -> Config:
     overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "ema": args.ema,
                                    "augment_shift": args.augment_shift, "init_video": args.init_video,
                                    "init_action": args.init_action, "seed": args.seed,
-                                   "checkpoint_every": args.checkpoint_every}.items() if v is not None}
+                                   "checkpoint_every": args.checkpoint_every, "accumulate": args.accumulate,
+                                   "strategy": args.strategy, "activation_checkpointing": args.activation_checkpointing,
+                                   "mixed_precision": args.mixed_precision}.items() if v is not None}
     saved = _saved_student(args)
     if saved is not None:  # resuming a distillation: its teacher and step count are the run's own
         teacher = args.distill_from and str(latest_checkpoint(args.distill_from).resolve())
@@ -635,11 +697,12 @@ def run(args: argparse.Namespace) -> int:
                          "or choose another --out")
     trainer = build_trainer(cfg, args.data, out, recompute_stats=args.recompute_stats, resume=args.resume,
                             allow_changes=args.allow_changes)
-    if args.resume:
+    main = trainer.accelerator.is_main_process
+    if args.resume and main:
         print(f"resumed {out} at step {trainer.step}")
     trainer.run()
-    final = latest_checkpoint(out)
-    print(f"checkpoint: {final}\nloss curve: {out / 'loss.png'}\nmetrics:    {out / 'metrics.jsonl'}")
+    if main:
+        print(f"checkpoint: {latest_checkpoint(out)}\nloss curve: {out / 'loss.png'}\nmetrics:    {out / 'metrics.jsonl'}")
     return 0
 
 
@@ -663,7 +726,7 @@ def build_trainer(cfg: Config, data_dir: str | Path, out: str | Path, recompute_
         normalizer = Normalizer.load(Path(cfg.train.distill_from) / "stats.json")
     else:
         normalizer = Normalizer.from_dataset(dataset, modes, recompute=recompute_stats)
-    with PartialState().main_process_first():  # one process encodes the latent cache, the others then read it
+    with PartialState(cpu=not torch.cuda.is_available()).main_process_first():  # one process encodes the latent cache, the others then read it
         data = load_training_data(cfg, dataset, normalizer, progress)
     try:
         collection = collection_info(data_dir)

@@ -77,6 +77,10 @@ class ExpertBlock(nn.Module):
         self.cross_attn = CrossAttention(dim, attn_dim, heads)
         self.ffn = FeedForward(dim, ffn)
 
+    def context_kv(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embedded instruction + proprio (B, L, D) -> this layer's cross-attention keys, values (B, H, L, K)."""
+        return self.cross_attn.context_kv(context)
+
     def attention_inputs(self, t: Tokens) -> tuple[torch.Tensor, ...]:
         """Modulated pre-norm, then q, k, v (B, H, N, K) for the shared attention."""
         shift, scale = (self.modulation[:, :2] + t.mod[:, :, :2]).unbind(2)
@@ -104,7 +108,7 @@ class Expert(nn.Module):
     def context_kv(self, text: torch.Tensor, state: torch.Tensor) -> ContextKV:
         """Instruction (B, L, E) and proprio (B, S) -> cross-attention keys/values for every layer."""
         context = self.condition(text, state)
-        return [block.cross_attn.context_kv(context) for block in self.blocks]
+        return [block.context_kv(context) for block in self.blocks]
 
     def _tokens(self, x: torch.Tensor, sigma: torch.Tensor, rope: torch.Tensor, kind: int, context: ContextKV) -> Tokens:
         """x (B, N, D) embedded inputs, sigma (B,) one flow time shared by all N tokens."""

@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from fastwam.model.experts import Tokens
@@ -52,12 +53,14 @@ def run_layers(
     cache: KVCache | None = None,
     store: bool = False,
     idm_samples: torch.Tensor | None = None,
+    checkpoint: bool = False,
 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Run all layers; returns final hidden states (video (B, Nv, Dv), action (B, Na, Da)), None if absent.
 
     With ``cache``, queries also attend to the cached prefix. With ``store``, this call's keys and
     values are appended to ``cache`` (prefill); otherwise the cache is read only (denoising steps).
     ``idm_samples`` (B,) bool: dual-mode training, the rule per sample (``masks.dual_mask``).
+    ``checkpoint``: activation checkpointing per layer when gradients are on (training memory).
     """
     streams = [(blocks, t) for blocks, t in ((video_blocks, video), (action_blocks, action)) if t is not None]
     if not streams:
@@ -71,10 +74,12 @@ def run_layers(
     else:
         mask = dual_mask(query_layout, key_layout, idm_samples)
     lengths = [t.length for _, t in streams]
-    current = [t for _, t in streams]
+    inputs = [t for _, t in streams]
 
-    for i in range(len(video_blocks)):
-        qkv = [blocks[i].attention_inputs(t) for (blocks, _), t in zip(streams, current)]
+    def layer(i: int, *xs: torch.Tensor) -> list[torch.Tensor]:
+        """Layer i on the streams' hidden states xs -> their new hidden states."""
+        tokens = [dataclasses.replace(t, x=x) for t, x in zip(inputs, xs)]
+        qkv = [blocks[i].attention_inputs(t) for (blocks, _), t in zip(streams, tokens)]
         q, k, v = qkv[0] if len(qkv) == 1 else (torch.cat(parts, dim=2) for parts in zip(*qkv))  # (B, H, N, K)
         past = cache.layer(i) if cache is not None else None
         if past is not None:
@@ -82,11 +87,16 @@ def run_layers(
         if store:
             cache.set_layer(i, k, v)
         out = attend(q, k, v, mask).split(lengths, dim=2)
-        current = [dataclasses.replace(t, x=blocks[i].attention_output(t, o, i))
-                   for (blocks, _), t, o in zip(streams, current, out)]
+        return [blocks[i].attention_output(t, o, i) for (blocks, _), t, o in zip(streams, tokens, out)]
+
+    xs = [t.x for t in inputs]
+    recompute = checkpoint and torch.is_grad_enabled() and not store
+    for i in range(len(video_blocks)):
+        # activation checkpointing: keep only each layer's inputs, recompute the rest in the backward pass
+        xs = torch.utils.checkpoint.checkpoint(layer, i, *xs, use_reentrant=False) if recompute else layer(i, *xs)
 
     if store:
         cache.layout = key_layout
-    video_x = current[0].x if video is not None else None
-    action_x = current[-1].x if action is not None else None
+    video_x = xs[0] if video is not None else None
+    action_x = xs[-1] if action is not None else None
     return video_x, action_x

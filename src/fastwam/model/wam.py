@@ -95,6 +95,7 @@ class WAM(nn.Module):
         self.cfg = cfg
         self.video = VideoExpert(cfg)
         self.action = ActionExpert(cfg)
+        self.activation_checkpointing = False  # training memory: recompute each layer in the backward pass
         self.initialize_weights()
 
     # -- structure ---------------------------------------------------------------------------
@@ -120,7 +121,7 @@ class WAM(nn.Module):
         """Both experts through all layers under the variant's mask -> final hidden states.
         ``idm_samples`` (B,) bool: dual training, the samples whose actions read the clean future."""
         return run_layers(self.video.blocks, self.action.blocks, video, action, self.cfg.variant.mask, cache, store,
-                          idm_samples)
+                          idm_samples, checkpoint=self.activation_checkpointing)
 
     def contexts(self, text: torch.Tensor, state: torch.Tensor) -> tuple[ContextKV, ContextKV]:
         return self.video.context_kv(text, state), self.action.context_kv(text, state)
