@@ -39,7 +39,7 @@ def write_run_files(directory: Path, cfg, normalizer, data_info: dict) -> None:
     (directory / "data.json").write_text(json.dumps(data_info, indent=1))
 
 
-def _sha256(path: Path) -> str:
+def sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(1 << 20):
@@ -47,9 +47,12 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_checksums(directory: Path) -> None:
-    """checksums.json for every other file of a checkpoint directory."""
-    sums = {p.name: _sha256(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != CHECKSUMS}
+def write_checksums(directory: Path, known: dict[str, str] | None = None) -> None:
+    """checksums.json for every other file of a checkpoint directory (``known``: digests already
+    taken, e.g. by the processes that wrote their own shards)."""
+    known = known or {}
+    sums = {p.name: known.get(p.name) or sha256(p) for p in sorted(directory.iterdir())
+            if p.is_file() and p.name != CHECKSUMS}
     (directory / CHECKSUMS).write_text(json.dumps(sums, indent=1) + "\n")
 
 
@@ -68,7 +71,7 @@ def verify(directory: Path, *names: str) -> None:
             raise CheckpointError(f"{path}: missing")
         if name not in sums:
             raise CheckpointError(f"{path}: not in {sums_path} (written after the checkpoint)")
-        got = _sha256(path)
+        got = sha256(path)
         if got != sums[name]:
             raise CheckpointError(f"{path}: damaged (SHA-256 {got[:12]}..., {CHECKSUMS} records {sums[name][:12]}...)")
 
@@ -127,13 +130,15 @@ def load_training_state(path: Path, name: str = TRAIN_STATE) -> dict:
 
 
 def _layout_hint(path: Path, name: str) -> str:
-    """What training-state files ``path`` holds instead of ``name`` (another strategy or process count)."""
-    found = sorted(p.name for p in path.glob("train_state*.pt"))
-    if not found:
-        return ""
-    return (f" (it holds {found[0]}{' ...' if len(found) > 1 else ''}: saved by {len(found)} process(es) with "
-            f"{'a sharded' if 'shard' in found[0] else 'the ddp'} strategy; resume with the same train.strategy and "
-            "number of processes)")
+    """What training state ``path`` holds instead of ``name`` (the other kind of strategy, or
+    another number of processes)."""
+    shards = sorted(p.name for p in path.glob("train_state.shard-*.pt"))
+    if shards:
+        return (f" (it holds {len(shards)} shards, {shards[0]} ...: resume with train.strategy zero2 or fsdp "
+                f"in {len(shards)} processes)")
+    if (path / TRAIN_STATE).is_file():
+        return f" (it holds {TRAIN_STATE}, unsharded: resume with train.strategy ddp, in any number of processes)"
+    return ""
 
 
 def newest_readable_config(run: Path) -> Path:
@@ -159,7 +164,7 @@ def newest_intact_training_state(run: Path, name: str = TRAIN_STATE,
     for path in reversed(checkpoints(run)):
         try:
             state, problem = load_training_state(path, name), None
-        except CheckpointError as e:
+        except (CheckpointError, OSError) as e:  # every process must reach ``agree``
             state, problem = None, str(e)
         if agree is not None and not agree(state is not None):
             problems.append(problem or f"{path}: another process's training-state shard is damaged or missing")

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -34,7 +35,7 @@ from tqdm import tqdm
 
 from fastwam import parallel
 from fastwam.checkpoint import (CHECKPOINTS, TRAIN_STATE, latest_checkpoint, load_model,  # noqa: F401 (re-exported)
-                                newest_intact_training_state, newest_readable_config, write_checksums,
+                                newest_intact_training_state, newest_readable_config, sha256, write_checksums,
                                 write_run_files)
 from fastwam.codecs import build_codec, frames_to_unit
 from fastwam.config import STRATEGIES, Config, TrainConfig, preset
@@ -286,13 +287,16 @@ class Trainer:
                 self.model.load_state_dict(teacher.state_dict())
             self.model.video.requires_grad_(False)  # the teacher's video expert, prefill and cache, unchanged
             teacher.video = self.model.video  # one copy of the (frozen) video expert
+        if self.accelerator.num_processes * t.accumulate > MICRO_BATCH_SEEDS:
+            raise ValueError(f"train.accumulate {t.accumulate} x {self.accelerator.num_processes} processes: at most "
+                             f"{MICRO_BATCH_SEEDS} micro-batches a step (each draws its own seed)")
         self.model.activation_checkpointing = t.activation_checkpointing
         self.sharded = parallel.is_sharded(t.strategy)
         step_fn = _LossStep(self.model, teacher)
         if self.sharded:  # before the optimizer is built: the parameters become this process's shards
             compute = torch.bfloat16 if t.mixed_precision == "bf16" else None
-            parallel.shard(step_fn, [*self.model.video.blocks, *self.model.action.blocks], t.strategy,
-                           self.accelerator.device, compute)
+            blocks = [*self.model.video.blocks, *self.model.action.blocks, *(teacher.action.blocks if teacher else [])]
+            parallel.shard(step_fn, blocks, t.strategy, self.accelerator.device, compute)
         decay, no_decay = [], []
         for name, p in self.model.named_parameters():
             if p.requires_grad:
@@ -359,8 +363,8 @@ class Trainer:
                 "lr": self.scheduler.get_last_lr()[0], "grad_norm": parallel.scalar(grad_norm)}
 
     def _micro_step(self, seed: int, sync: bool):
-        """Forward and backward of one micro-batch (its loss scaled by 1 / accumulate); gradients are
-        synchronized across processes only when ``sync`` (the step's last micro-batch)."""
+        """Forward and backward of one micro-batch (its loss scaled by 1 / accumulate); ``sync``: the
+        step's last micro-batch, after which DDP synchronizes gradients across processes."""
         device = self.accelerator.device
         generator = torch.Generator().manual_seed(seed)
         indices = torch.randint(len(self.data), (self.cfg.train.batch_size,), generator=generator)
@@ -370,11 +374,8 @@ class Trainer:
         batch = batch.to(device)
         # the loss draws its noise where the batch is (a CPU generator cannot draw on a GPU)
         noise = generator if device.type == "cpu" else torch.Generator(device=device).manual_seed(seed + 1)
-        if self.sharded:
-            self.step_fn.set_requires_gradient_sync(sync)  # FSDP2: reduce-scatter on the last micro-batch only
-            context = contextlib.nullcontext()
-        else:
-            context = contextlib.nullcontext() if sync else self.accelerator.no_sync(self.step_fn)
+        # DDP all-reduces on the last micro-batch only; FSDP reduce-scatters every one (parallel: memory)
+        context = contextlib.nullcontext() if sync or self.sharded else self.accelerator.no_sync(self.step_fn)
         with context:
             with self.accelerator.autocast():
                 out = self.step_fn(batch, noise)
@@ -413,18 +414,21 @@ class Trainer:
         state = {"step": self.step, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "ema": self.ema.shadow if self.ema is not None else None,
                  "torch_rng": torch.get_rng_state()}
-        acc.wait_for_everyone()
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             save_file({k: v.contiguous() for k, v in weights.items()}, tmp / "model.safetensors")
             write_run_files(tmp, self.cfg, self.normalizer, self.data_info)
         acc.wait_for_everyone()
-        if self.sharded or acc.is_main_process:
-            torch.save(parallel.to_local(state), tmp / self._state_file())
-        acc.wait_for_everyone()
+        own = {}
+        if self.sharded or acc.is_main_process:  # each process writes and hashes its own shard
+            name = self._state_file()
+            torch.save(parallel.local_state(state), tmp / name)
+            own = {name: sha256(tmp / name)}
+        if self.sharded:
+            own = parallel.all_checksums(*own.popitem())
         if acc.is_main_process:
-            write_checksums(tmp)
+            write_checksums(tmp, known=own)
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             for old in sorted((self.out / CHECKPOINTS).glob("step-???????"))[:-KEEP_CHECKPOINTS]:
@@ -445,7 +449,8 @@ class Trainer:
         rate and weight decay included). ``metrics.jsonl`` loses the rows past the resumed step
         (and a line cut by the kill), which the continued run writes again.
         """
-        path, state, problems = newest_intact_training_state(self.out, self._state_file(), agree=parallel.all_agree)
+        agree = functools.partial(parallel.all_agree, device=self.accelerator.device)
+        path, state, problems = newest_intact_training_state(self.out, self._state_file(), agree=agree)
         for problem in problems:
             if self.accelerator.is_main_process or self.sharded:
                 print(f"--resume: skipping a damaged checkpoint: {problem}", file=sys.stderr)
@@ -462,7 +467,7 @@ class Trainer:
             if state["ema"] is None:
                 raise ValueError(f"--resume: {path} was trained without EMA, but train.ema = {self.cfg.train.ema}")
             current = self.model.state_dict()
-            self.ema.shadow = {k: parallel.like(v, current[k]).float() for k, v in state["ema"].items()}
+            self.ema.shadow = {k: parallel.shard_like(v, current[k], f"ema {k}").float() for k, v in state["ema"].items()}
             self.ema.updates = self.step
         torch.set_rng_state(state["torch_rng"])
         self._apply_optimizer_settings()  # the configured rate at this step (train.steps may have changed)
@@ -516,7 +521,7 @@ def student_config(teacher: Config, steps: int, train: TrainConfig | None = None
     return teacher.replace(model=dataclasses.replace(teacher.model, action_flow=flow), train=train or teacher.train)
 
 
-IGNORED_ON_RESUME = ("steps", "init_video", "init_action", "log_every", "checkpoint_every")
+IGNORED_ON_RESUME = ("steps", "init_video", "init_action", "log_every", "checkpoint_every", "activation_checkpointing")
 
 
 def resume_changes(checkpoint: Path, cfg: Config, allow: bool) -> dict[str, tuple]:
@@ -556,8 +561,11 @@ def _differences(old, new) -> str:
     return ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in _differences_dict(old, new).items())
 
 
-def _step_seed(seed: int, step: int, process: int) -> int:
-    return (seed * 1_000_003 + step) * 1009 + process
+MICRO_BATCH_SEEDS = 1009  # micro-batches a step can draw without reusing the next step's seeds
+
+
+def _step_seed(seed: int, step: int, micro: int) -> int:
+    return (seed * 1_000_003 + step) * MICRO_BATCH_SEEDS + micro
 
 
 def plot_losses(metrics_path: Path, out: Path) -> None:
@@ -626,7 +634,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strategy", default=None, choices=STRATEGIES,
                         help="with several processes (accelerate launch): ddp (default) replicates the model; zero2 and "
                              "fsdp shard parameters, gradients, optimizer and EMA (`fastwam plan` sizes each)")
-    parser.add_argument("--activation-checkpointing", action="store_true", default=None,
+    parser.add_argument("--activation-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                         help="recompute each layer in the backward pass (activation memory ~1/layers)")
     parser.add_argument("--mixed-precision", default=None, choices=["no", "bf16"], help="compute dtype (default: the preset's)")
     parser.add_argument("--seed", type=int, default=None)
@@ -697,11 +705,11 @@ def run(args: argparse.Namespace) -> int:
                          "or choose another --out")
     trainer = build_trainer(cfg, args.data, out, recompute_stats=args.recompute_stats, resume=args.resume,
                             allow_changes=args.allow_changes)
-    main = trainer.accelerator.is_main_process
-    if args.resume and main:
+    is_main = trainer.accelerator.is_main_process
+    if args.resume and is_main:
         print(f"resumed {out} at step {trainer.step}")
     trainer.run()
-    if main:
+    if is_main:
         print(f"checkpoint: {latest_checkpoint(out)}\nloss curve: {out / 'loss.png'}\nmetrics:    {out / 'metrics.jsonl'}")
     return 0
 
