@@ -68,8 +68,9 @@ def shard(root: nn.Module, blocks: list[nn.Module], strategy: str, device: torch
     if strategy not in STRATEGIES or not is_sharded(strategy):
         raise ValueError(f"train.strategy: expected zero2 or fsdp to shard, got {strategy!r}")
     if not dist.is_initialized() or dist.get_world_size() < 2:
-        raise ValueError(f"train.strategy {strategy}: sharding needs several processes (e.g. `accelerate launch "
-                         "--num_processes 8 -m fastwam.cli train ...`); one process trains with ddp")
+        raise ValueError(f"train.strategy {strategy}: sharding needs several processes (GPUs: `accelerate launch "
+                         "--num_processes N -m fastwam.cli train ...`; CPU: `torchrun --nproc-per-node N -m fastwam.cli "
+                         "train ...`); one process trains with ddp")
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
     # cast_forward_inputs=False: batches, noise, targets, residual streams and RoPE stay fp32
     policy = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32 if compute_dtype else None,
