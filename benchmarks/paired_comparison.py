@@ -72,6 +72,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'run':<60} {'mean':>6} {'diff':>6} {'paired 95%':>14} {'unpaired 95%':>14} {'corr':>5}")
     for run, path in zip(runs[1:], args.runs[1:]):
         check_same_episodes(ref, run, ref_path, path)
+        if run.get("checkpoint") == ref.get("checkpoint") and None not in (
+                ref.get("weights_sha256"), run.get("weights_sha256")) and run["weights_sha256"] != ref["weights_sha256"]:
+            print(f"NOTE {path}: checkpoint {run['checkpoint']} holds other weights than in {ref_path} (weights_sha256 "
+                  f"{run['weights_sha256'][:12]}... vs {ref['weights_sha256'][:12]}...): a retrained run, not the same model")
         b = episode_outcomes(run)
         r = paired_difference(a, b)
         lo, hi = r["difference"] - r["paired_half"], r["difference"] + r["paired_half"]

@@ -9,6 +9,7 @@ import os
 os.environ.setdefault("MUJOCO_GL", "egl")  # before mujoco is imported
 
 import dataclasses
+import hashlib
 import json
 
 import av
@@ -63,6 +64,8 @@ def evaluated(run_dir, tmp_path_factory):
 def test_json_schema_and_ranges(evaluated, run_dir):
     result, _ = evaluated
     assert result["checkpoint"].endswith("step-0000001") and result["episodes_per_task"] == 2
+    weights = run_dir / "checkpoints" / "step-0000001" / "model.safetensors"
+    assert result["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert list(result["tasks"]) == ["reach-v3"]
     task = result["tasks"]["reach-v3"]
     assert task["episodes"] == 2 and 0 <= task["success_rate"] <= 1

@@ -56,3 +56,13 @@ def test_command_prints_each_run_against_the_reference(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "mean 50.0 % over 4 episodes" in out
     assert "75.0%" in out and "+25.0" in out
+
+
+def test_a_retrained_checkpoint_under_the_same_path_is_named(tmp_path, capsys):
+    files = []
+    for name, weights in [("ref", "a" * 64), ("same", "a" * 64), ("retrained", "b" * 64)]:
+        files.append(tmp_path / f"{name}.json")
+        files[-1].write_text(json.dumps({**run([1, 0, 1, 0]), "checkpoint": "runs/x/step-1", "weights_sha256": weights}))
+    paired.main([str(f) for f in files])
+    notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("NOTE")]
+    assert len(notes) == 1 and "retrained.json: checkpoint runs/x/step-1 holds other weights" in notes[0]

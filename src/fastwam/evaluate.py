@@ -20,7 +20,8 @@ within ``--max-steps``.
 
 Episodes run in this process or on ``--workers`` spawned processes, one env and one policy each.
 
-JSON keys: benchmark, suite, checkpoint, episodes_per_task, tasks.<task>.{success_rate, ci95
+JSON keys: benchmark, suite, checkpoint, weights_sha256 (of its model.safetensors: which weights, even
+when a run was retrained under the same path), episodes_per_task, tasks.<task>.{success_rate, ci95
 (Wilson 95 % interval), episodes, successes, mean_chunk_ms, mean_boundary_jump and max_boundary_jump
 (the L2 change of the action where execution switches to a new chunk), mean_jerk (the mean L2 norm
 of the executed actions' second difference), mean_steps, mean_episode_seconds,
@@ -419,6 +420,7 @@ def summarize(plan: EvalPlan, results: list[EpisodeResult], wall_seconds: float,
     """The JSON record of an evaluation (keys in the module docstring)."""
     import torch
 
+    from fastwam.checkpoint import sha256
     from fastwam.config import Config
 
     cfg = Config.load(Path(plan.checkpoint) / "config.yaml")
@@ -443,6 +445,7 @@ def summarize(plan: EvalPlan, results: list[EpisodeResult], wall_seconds: float,
     wins, n = sum(t["successes"] for t in tasks.values()), sum(t["episodes"] for t in tasks.values())
     return {
         "benchmark": plan.benchmark, "suite": plan.suite, "checkpoint": plan.checkpoint,
+        "weights_sha256": sha256(Path(plan.checkpoint) / "model.safetensors"),
         "episodes_per_task": plan.episodes, "tasks": tasks,
         "mean_success_rate": float(np.mean([t["success_rate"] for t in tasks.values()])),
         "mean_ci95": list(wilson_interval(wins, n)),
