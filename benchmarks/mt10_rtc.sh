@@ -13,8 +13,9 @@ cd "$(dirname "$0")/.."
 FW=${FW:-.venv/bin/fastwam}
 RUN=${RUN:-runs/mt10_fastwam_s0}
 GUIDANCE=${GUIDANCE:-10}
-OUT=docs/results/mt10_rtc
+OUT=${OUT:-docs/results/mt10_rtc}  # another directory for another checkpoint (RUN)
 mkdir -p "$OUT"
+${PY:-.venv/bin/python} benchmarks/same_weights.py "$OUT/sync.json" "$RUN"  # never two models in one table
 
 evaluate() {  # name [eval options...]
   local name=$1

@@ -1,5 +1,6 @@
 """benchmarks/paired_comparison.py: the paired difference of two runs' success rates on the same episodes."""
 
+import hashlib
 import importlib.util
 import json
 from pathlib import Path
@@ -66,3 +67,25 @@ def test_a_retrained_checkpoint_under_the_same_path_is_named(tmp_path, capsys):
     paired.main([str(f) for f in files])
     notes = [line for line in capsys.readouterr().out.splitlines() if line.startswith("NOTE")]
     assert len(notes) == 1 and "retrained.json: checkpoint runs/x/step-1 holds other weights" in notes[0]
+
+
+_spec_sw = importlib.util.spec_from_file_location(
+    "same_weights", Path(__file__).parents[1] / "benchmarks" / "same_weights.py")
+same_weights = importlib.util.module_from_spec(_spec_sw)
+_spec_sw.loader.exec_module(same_weights)
+
+
+def test_a_queue_refuses_rows_of_other_weights(tmp_path, capsys):
+    step = tmp_path / "run" / "checkpoints" / "step-0000010"
+    step.mkdir(parents=True)
+    (step / "model.safetensors").write_bytes(b"weights of the run")
+    ref = tmp_path / "sync.json"
+    assert same_weights.main([str(ref), str(tmp_path / "run")]) == 0  # no rows yet: nothing to mix
+    ref.write_text(json.dumps({"weights_sha256": hashlib.sha256(b"weights of the run").hexdigest()}))
+    assert same_weights.main([str(ref), str(tmp_path / "run")]) == 0
+    ref.write_text(json.dumps({"weights_sha256": hashlib.sha256(b"the run before retraining").hexdigest()}))
+    assert same_weights.main([str(ref), str(tmp_path / "run")]) == 1
+    assert "sync.json: measured weights_sha256" in capsys.readouterr().err
+    ref.write_text(json.dumps({"mean_success_rate": 0.5}))
+    assert same_weights.main([str(ref), str(tmp_path / "run")]) == 1
+    assert "records no weights_sha256" in capsys.readouterr().err
