@@ -59,13 +59,26 @@ def paired_difference(ref: np.ndarray, other: np.ndarray) -> dict:
             "unpaired_half": Z95 * unpaired, "correlation": float(np.corrcoef(ref, other)[0, 1]) if both_vary else math.nan}
 
 
+def read_run(path: Path) -> dict:
+    """An eval JSON, or a one-line exit naming the file and what is wrong with it."""
+    try:
+        run = json.loads(path.read_text())
+    except OSError as e:
+        raise SystemExit(f"{path}: cannot read ({e.strerror})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise SystemExit(f"{path}: not JSON ({e})") from None
+    if not isinstance(run, dict) or not isinstance(run.get("tasks"), dict):
+        raise SystemExit(f"{path}: expected an eval JSON with a 'tasks' object")
+    return run
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("runs", nargs="+", type=Path, help="eval JSON files; the first is the reference")
     args = ap.parse_args(argv)
     if len(args.runs) < 2:
         raise SystemExit("need a reference and at least one other eval JSON")
-    runs = [json.loads(p.read_text()) for p in args.runs]
+    runs = [read_run(p) for p in args.runs]
     ref, ref_path = runs[0], args.runs[0]
     a = episode_outcomes(ref)
     print(f"reference: {ref_path}  mean {a.mean() * 100:.1f} % over {len(a)} episodes ({split(ref)} split)")

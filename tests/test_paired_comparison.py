@@ -89,3 +89,16 @@ def test_a_queue_refuses_rows_of_other_weights(tmp_path, capsys):
     ref.write_text(json.dumps({"mean_success_rate": 0.5}))
     assert same_weights.main([str(ref), str(tmp_path / "run")]) == 1
     assert "records no weights_sha256" in capsys.readouterr().err
+
+
+def test_unreadable_files_are_named(tmp_path):
+    good = tmp_path / "ref.json"
+    good.write_text(json.dumps(run([1, 0, 1, 0])))
+    with pytest.raises(SystemExit, match=r"missing.json: cannot read \(No such file or directory\)"):
+        paired.main([str(good), str(tmp_path / "missing.json")])
+    (tmp_path / "bad.json").write_text("{")
+    with pytest.raises(SystemExit, match="bad.json: not JSON"):
+        paired.main([str(good), str(tmp_path / "bad.json")])
+    (tmp_path / "list.json").write_text("[]")
+    with pytest.raises(SystemExit, match="list.json: expected an eval JSON with a 'tasks' object"):
+        paired.main([str(good), str(tmp_path / "list.json")])
