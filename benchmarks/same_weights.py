@@ -22,7 +22,10 @@ def mismatch(reference: Path, run: Path) -> str | None:
     """Why REFERENCE's rows were not measured with RUN's weights, or None when they were (or none exist yet)."""
     if not reference.is_file():
         return None
-    recorded = json.loads(reference.read_text()).get("weights_sha256")
+    try:
+        recorded = json.loads(reference.read_text()).get("weights_sha256")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as e:
+        return f"{reference}: not an eval JSON ({e}); expected its weights_sha256"
     weights = latest_checkpoint(run) / "model.safetensors"
     if recorded is None:
         return (f"{reference}: records no weights_sha256 (written before it existed), so its rows cannot be "

@@ -89,6 +89,9 @@ def test_a_queue_refuses_rows_of_other_weights(tmp_path, capsys):
     ref.write_text(json.dumps({"mean_success_rate": 0.5}))
     assert same_weights.main([str(ref), str(tmp_path / "run")]) == 1
     assert "records no weights_sha256" in capsys.readouterr().err
+    ref.write_text("{")
+    assert same_weights.main([str(ref), str(tmp_path / "run")]) == 1
+    assert "sync.json: not an eval JSON" in capsys.readouterr().err
 
 
 def test_unreadable_files_are_named(tmp_path):
