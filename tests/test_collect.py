@@ -75,6 +75,23 @@ def test_env_wrapper_render_step_and_expert():
         mw.MetaWorldEnv("reach", cameras=("nope",))
 
 
+def test_an_episode_starts_the_same_whatever_ran_before():
+    """A reused env (evaluation workers run many episodes each) resets to what a fresh one shows:
+    MetaWorld left the goal marker where the previous episode put it in the first frame."""
+    def start(env):
+        env.reset(7)
+        return env.render(), env._env.data.site_xpos.copy(), env.proprio()
+
+    with mw.MetaWorldEnv("push", image_size=64, seed=1000) as env:
+        fresh = start(env)
+        env.reset(3)
+        for _ in range(150):
+            env.step(env.expert_action())
+        reused = start(env)
+    for a, b in zip(fresh, reused):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_task_lists_follow_the_dp3_split():
     import metaworld
 

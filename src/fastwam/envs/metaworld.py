@@ -218,6 +218,11 @@ class MetaWorldEnv:
         if variation is not None:
             self.set_variation(variation)
         self._obs, _ = self._env.reset()
+        # MetaWorld places its goal markers by writing data.site_xpos after every step; its reset leaves
+        # there what a fresh model or the previous episode put (push: the marker on the table, or sunk
+        # below it), so an episode's first frame depended on the episode before. Place them as step does.
+        for site, position in self._env._target_site_config:
+            self._env._set_pos_site(site, position)
         self.steps = 0
         return {"state": self.proprio()}
 
