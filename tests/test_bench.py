@@ -2,6 +2,7 @@
 
 import json
 
+import fastwam
 from fastwam.cli import main
 
 
@@ -14,6 +15,7 @@ def test_bench_latency_writes_documented_json(tmp_path, capsys):
     result = record["runs"][0]
     assert result["preset"] == "tiny" and result["steps"] == 3 and result["dtype"] == "float32"
     assert result["device"].startswith("cpu") and result["compiled"] is False
+    assert result["code"] == fastwam.code_version()
     variants = result["variants"]
     assert set(variants) == {"fastwam", "joint", "idm"}
     for v in variants.values():

@@ -11,12 +11,15 @@ os.environ.setdefault("MUJOCO_GL", "egl")  # before mujoco is imported
 import dataclasses
 import hashlib
 import json
+import re
+from pathlib import Path
 
 import av
 import numpy as np
 import pytest
 from safetensors.torch import save_file
 
+import fastwam
 from fastwam.cli import main as cli_main
 from fastwam.config import preset
 from fastwam.data.normalize import Normalizer
@@ -66,6 +69,7 @@ def test_json_schema_and_ranges(evaluated, run_dir):
     assert result["checkpoint"].endswith("step-0000001") and result["episodes_per_task"] == 2
     weights = run_dir / "checkpoints" / "step-0000001" / "model.safetensors"
     assert result["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
+    assert result["code"] == fastwam.code_version()
     assert list(result["tasks"]) == ["reach-v3"]
     task = result["tasks"]["reach-v3"]
     assert task["episodes"] == 2 and 0 <= task["success_rate"] <= 1
@@ -247,3 +251,14 @@ def test_imagined_panels_pair_each_imagined_frame_with_the_real_one_at_its_time(
     assert [bottom[0, 4 * c, 0] for c in range(3)] == [0, 20, 40]  # now, real step 2, real step 4
     bottom = second[22:26]
     assert [bottom[0, 4 * c, 0] for c in range(3)] == [40, 60, 90]  # step 8 is past the end: gray
+
+
+def test_code_version_names_the_commit_in_a_checkout_and_the_version_without_git(monkeypatch):
+    import subprocess
+
+    here = Path(fastwam.__file__).parent
+    head = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    if head.returncode == 0:
+        assert re.fullmatch(rf"{re.escape(fastwam.__version__)}\+{head.stdout.strip()}(\+dirty)?", fastwam.code_version())
+    monkeypatch.setenv("PATH", "/nonexistent")  # no git to ask
+    assert fastwam.code_version() == fastwam.__version__

@@ -81,6 +81,8 @@ def test_eval_imagination_writes_the_record_beside_an_unchanged_evaluation(run_d
     record = json.loads((tmp_path / "imagination.json").read_text())
     alias = json.loads((tmp_path / "alias.json").read_text())
     assert record["benchmark"] == alias["benchmark"] == "metaworld" and record["mode"] == "action_only"
+    evaluation = json.loads((tmp_path / "eval.json").read_text())
+    assert record["weights_sha256"] == evaluation["weights_sha256"] and record["code"] == evaluation["code"]
     assert record["horizons"] == [2, 4] and record["pairs"] > 0 and len(record["episodes"]) == 2
     for metric in ("psnr", "ssim"):
         assert set(record[metric]["tasks"]) == {"reach-v3"} and record[metric]["overall"] > 0

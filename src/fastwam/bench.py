@@ -30,6 +30,7 @@ from pathlib import Path
 
 import torch
 
+from fastwam import code_version
 from fastwam.codecs import build_codec
 from fastwam.config import Config, preset
 
@@ -130,6 +131,7 @@ def benchmark(cfg: Config, variants: list[str], *, steps: int, device: str, dtyp
         out["ratios"] = {f"{n}_over_fastwam": v[n]["median_ms"] / v["fastwam"]["median_ms"] for n in v if n != "fastwam"}
     out["date"] = datetime.date.today().isoformat()
     out["host"] = f"{platform.node()} ({torch.get_num_threads()} threads)"
+    out["code"] = code_version()
     return out
 
 

@@ -32,7 +32,7 @@ delay, rtc_guidance (asynchronous execution and real-time chunking), denoise_ste
 noise_scale, seed, split, benchmark_seed (MetaWorld: of the layouts evaluated; else null),
 training_benchmark_seed, env_options (how the env rendered, as the demonstrations were: MetaWorld
 ``shadows``, LIBERO ``antialias``), variations_disjoint, workers, wall_seconds, seconds_per_episode,
-videos, date, machine.
+videos, date, machine, code (fastwam's version and git commit: ``fastwam.code_version``).
 
 ``--video OUT.mp4`` writes the first episode of each task (up to ``--video-episodes``) from the
 frames the policy observed; for variants trained with video it also writes
@@ -420,6 +420,7 @@ def summarize(plan: EvalPlan, results: list[EpisodeResult], wall_seconds: float,
     """The JSON record of an evaluation (keys in the module docstring)."""
     import torch
 
+    from fastwam import code_version
     from fastwam.checkpoint import sha256
     from fastwam.config import Config
 
@@ -460,7 +461,7 @@ def summarize(plan: EvalPlan, results: list[EpisodeResult], wall_seconds: float,
         "variations_disjoint": all(benchmark(plan.benchmark).disjoint(plan, task) for task in plan.tasks),
         "workers": workers, "wall_seconds": round(wall_seconds, 2),
         "seconds_per_episode": round(float(np.mean([r.seconds for r in results])), 3), "videos": [],
-        "date": datetime.datetime.now().isoformat(timespec="seconds"),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"), "code": code_version(),
         "machine": f"{platform.node()}: {plan.device}, {platform.processor() or platform.machine()}, "
                    f"{os.cpu_count()} cpus, {plan.threads or torch.get_num_threads()} torch threads per process",
     }
@@ -710,7 +711,7 @@ def imagination_record(plan: EvalPlan, results: list[EpisodeResult], summary: di
     episodes = [{"task": r.task, "index": r.index, "variation": r.variation, "success": r.success,
                  "pairs": r.imagination} for r in results]
     keys = ("benchmark", "suite", "checkpoint", "episodes_per_task", "variant", "mode", "split", "seed",
-            "denoise_steps", "mean_success_rate", "date", "machine")
+            "denoise_steps", "mean_success_rate", "date", "machine", "weights_sha256", "code")
     return {**{k: summary[k] for k in keys}, **imagination.summarize(episodes, plan.frame_stride),
             "episodes": episodes}
 
