@@ -138,6 +138,26 @@ def test_reset_waits_then_steps_count_to_the_limit(env):
         env.reset("init:50")
 
 
+def test_an_episode_starts_the_same_whatever_ran_before(env):
+    """Evaluation workers reuse their env: an episode after another (which ended with the gripper
+    closing) is the same, step for step, as in a fresh env."""
+    def run(e):
+        e.reset("init:3")
+        first = e.render(), e.sim_state()
+        rng = np.random.default_rng(1)
+        for _ in range(20):
+            e.step(np.r_[rng.uniform(-0.5, 0.5, 6), -1.0])
+        return (*first, e.sim_state())
+
+    with lb.LiberoEnv(SUITE, TASK, image_size=32) as fresh:
+        expected = run(fresh)
+    env.reset("init:5")
+    for _ in range(30):
+        env.step(np.r_[np.zeros(6), 1.0])  # close the gripper
+    for want, got in zip(expected, run(env)):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_fresh_layouts_are_reproducible_and_never_an_evaluation_init_state(env):
     from fastwam.envs.libero_collect import check_fresh
 

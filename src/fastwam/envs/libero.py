@@ -238,6 +238,12 @@ class LiberoEnv:
         if layout.kind == INIT:
             self._env.reset()  # clears robosuite's episode bookkeeping; the state is overwritten next
         self._obs = self._env.set_init_state(state)
+        # What a state does not hold, reset as a fresh env has it, so that an episode does not depend on
+        # the one before (evaluation workers and collection reuse their env): robosuite's gripper
+        # command, which ramps from its last value (0.01 per physics step), and MuJoCo's solver warm start.
+        for robot in self.problem.robots:
+            robot.gripper.current_action = np.zeros(robot.gripper.dof)
+        self.sim.data.qacc_warmstart[:] = 0
         for _ in range(WAIT_STEPS):
             self._obs, _, _, _ = self._env.step(NOOP)
         self.layout, self.start_state, self.steps = layout, np.array(state), 0
