@@ -129,3 +129,12 @@ def test_umt5_accepts_pipeline_root(tmp_path, tiny_umt5_dir):
     (tmp_path / "text_encoder").symlink_to(tiny_umt5_dir, target_is_directory=True)
     (tmp_path / "tokenizer").symlink_to(tiny_umt5_dir, target_is_directory=True)
     assert build_text_encoder(TextConfig(name="umt5", path=str(tmp_path)), tokens=8).encode(["open"]).shape == (1, 8, 16)
+
+
+def test_loading_minilm_prints_no_progress_bar_and_leaves_the_setting_alone(capfd):
+    from transformers.utils import logging
+
+    assert logging.is_progress_bar_enabled()
+    build_text_encoder(TextConfig(name="minilm"), tokens=1)
+    assert "Loading weights" not in capfd.readouterr().err  # eval workers each load one: quiet means quiet
+    assert logging.is_progress_bar_enabled()

