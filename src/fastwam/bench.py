@@ -103,7 +103,7 @@ def benchmark(cfg: Config, variants: list[str], *, steps: int, device: str, dtyp
         codec = build_codec(_with_codec_path(cfg, path).data.codec, device=device, dtype=dtype)
         frame = _frame(cfg, batch, device)
         out = {"device": _device_name(device), "dtype": str(dtype).removeprefix("torch."), "steps": steps,
-               "batch": batch, "calls": calls, "compiled": compile, "variants": {}}
+               "batch": batch, "calls": calls, "compiled": compile, "code": code_version(), "variants": {}}
         for name in variants:
             model_cfg = cfg.with_variant(name).model
             torch.manual_seed(0)
@@ -131,7 +131,6 @@ def benchmark(cfg: Config, variants: list[str], *, steps: int, device: str, dtyp
         out["ratios"] = {f"{n}_over_fastwam": v[n]["median_ms"] / v["fastwam"]["median_ms"] for n in v if n != "fastwam"}
     out["date"] = datetime.date.today().isoformat()
     out["host"] = f"{platform.node()} ({torch.get_num_threads()} threads)"
-    out["code"] = code_version()
     return out
 
 

@@ -100,6 +100,7 @@ class EvalPlan:
     every_step: bool = False  # video frames at every step, not only at replans
     imagine: bool = False  # also record imagined future frames (variants trained with video)
     score_imagination: bool = False  # score every episode's imagined frames against the real ones (fastwam.imagination)
+    code: str = ""  # the code evaluating (fastwam.code_version), taken when the plan is made: before any edit
 
     def episode_list(self) -> list["Episode"]:
         """All episodes, task by task; the first ``recorded`` in (episode, task) order are recorded."""
@@ -173,6 +174,7 @@ def make_plan(checkpoint: str | Path, episodes: int, tasks: str | Sequence[str] 
               video_episodes: int = 0, every_step: bool = False, split: str = "test",
               score_imagination: bool = False) -> EvalPlan:
     """Resolve the checkpoint, the tasks and each episode's layout; validate the numbers."""
+    from fastwam import code_version
     from fastwam.config import Config
     from fastwam.checkpoint import latest_checkpoint
 
@@ -226,7 +228,7 @@ def make_plan(checkpoint: str | Path, episodes: int, tasks: str | Sequence[str] 
         mode=mode or cfg.model.variant.inference,
         device=device, threads=threads,
         recorded=video_episodes, every_step=every_step, imagine=video_episodes > 0 and cfg.model.variant.has_future,
-        score_imagination=score_imagination,
+        score_imagination=score_imagination, code=code_version(),
     )
     seen = [t for t in plan.tasks if not adapter.disjoint(plan, t)]
     if seen:
@@ -420,7 +422,6 @@ def summarize(plan: EvalPlan, results: list[EpisodeResult], wall_seconds: float,
     """The JSON record of an evaluation (keys in the module docstring)."""
     import torch
 
-    from fastwam import code_version
     from fastwam.checkpoint import sha256
     from fastwam.config import Config
 
@@ -461,7 +462,7 @@ def summarize(plan: EvalPlan, results: list[EpisodeResult], wall_seconds: float,
         "variations_disjoint": all(benchmark(plan.benchmark).disjoint(plan, task) for task in plan.tasks),
         "workers": workers, "wall_seconds": round(wall_seconds, 2),
         "seconds_per_episode": round(float(np.mean([r.seconds for r in results])), 3), "videos": [],
-        "date": datetime.datetime.now().isoformat(timespec="seconds"), "code": code_version(),
+        "date": datetime.datetime.now().isoformat(timespec="seconds"), "code": plan.code,
         "machine": f"{platform.node()}: {plan.device}, {platform.processor() or platform.machine()}, "
                    f"{os.cpu_count()} cpus, {plan.threads or torch.get_num_threads()} torch threads per process",
     }
