@@ -90,9 +90,11 @@ def table(runs: dict, imagination: dict, split: str) -> str:
         lines += ["", "| task | " + " | ".join(LABELS[r] for r in ROWS) + " |", "|---|" + "---|" * len(ROWS)]
         for task in tasks:
             cells = []
-            for row in ROWS:
-                rates = [runs[row, s]["tasks"][task]["success_rate"] for s in SEEDS if (row, s) in runs]
-                cells.append(f"{100 * np.mean(rates):.0f} %" if len(rates) == len(SEEDS) else "—")
+            for row in ROWS:  # the mean over seeds; a row not yet run with every seed names its seeds
+                seeds = [s for s in SEEDS if (row, s) in runs]
+                rate = np.mean([runs[row, s]["tasks"][task]["success_rate"] for s in seeds]) if seeds else None
+                partial = "" if len(seeds) == len(SEEDS) else f" (seed {', '.join(map(str, seeds))})"
+                cells.append("—" if rate is None else f"{100 * rate:.0f} %{partial}")
             lines.append(f"| {task} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -40,3 +40,6 @@ def test_rows_pool_seeds_and_pair_against_fastwam(tmp_path):
     assert variants.row_cells(runs, imagination, "joint", (0, 1))[0] == "not run"
     text = variants.table(runs, imagination, "test")
     assert "| IDM | pooled | 62.5 %" in text and "| push | 25 % | — | 50 % |" in text
+    (tmp_path / "idm_s1_test.json").unlink()  # a row measured with one seed so far: its tasks say which
+    text = variants.table(*variants.load(tmp_path, "test"), "test")
+    assert "| push | 25 % | — | 50 % (seed 0) |" in text and "| IDM | pooled | not run" in text
