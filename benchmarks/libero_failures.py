@@ -21,6 +21,7 @@ import argparse
 import json
 import multiprocessing as mp
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 
@@ -130,7 +131,10 @@ def main() -> int:
     for (task, other), n in wrong.most_common():
         print(f"  {task}: lifted {other} instead ({n})")
     if args.json:
-        record = {"checkpoint": plan.checkpoint, "split": args.split, "episodes_per_task": args.episodes,
+        from fastwam.checkpoint import sha256
+
+        record = {"checkpoint": plan.checkpoint, "weights_sha256": sha256(Path(plan.checkpoint) / "model.safetensors"),
+                  "code": plan.code, "split": args.split, "episodes_per_task": args.episodes,
                   "lift_threshold_m": LIFT, "outcomes": {t: dict(c) for t, c in table.items()},
                   "total": dict(total), "episodes": rows}
         with open(args.json, "w") as f:

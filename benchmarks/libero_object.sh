@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# LIBERO-Object on this CPU (issue #17), one attempt end to end, as docs/RESULTS.md records them:
+# scripted demonstrations (50 per task, fresh layouts, the arm's start jittered as the official init
+# states), one language-conditioned Fast-WAM (benchmarks/libero_object_128px.yaml), what it does on
+# fresh layouts (validation, 10 per task: success and what the failures did; choose settings here),
+# then the official init states once (test, 20 per task, rollout videos). About 65 min of collection,
+# 80 min of training (3000 steps), 5 + 10 min of evaluation on 2 cores.
+# A resumable queue: outputs that exist are skipped, a training stopped mid-way resumes from its
+# newest checkpoint. Heavy: run it alone on this 2-core machine.
+#
+#   NAME=attempt3 bash benchmarks/libero_object.sh                 # runs/libero_object_attempt3, its files
+#   NAME=steps6000 STEPS=6000 bash benchmarks/libero_object.sh     # another recipe, other files
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ -z "${NAME:-}" ]; then
+  echo "NAME: expected a name for this attempt (its run and result files), e.g. NAME=attempt3" >&2
+  exit 2
+fi
+FW=${FW:-.venv/bin/fastwam}
+PY=${PY:-.venv/bin/python}
+DATA=${DATA:-data/libero_object_128_50n}
+PRESET=${PRESET:-benchmarks/libero_object_128px.yaml}
+STEPS=${STEPS:-3000}
+SEED=${SEED:-0}
+RUN=${RUN:-runs/libero_object_$NAME}
+OUT=docs/results/libero_object_$NAME
+make libero  # the optional extra, when missing
+
+if [ ! -d "$DATA" ]; then
+  $FW collect libero --suite libero_object --episodes 50 --out "$DATA" --image-size 128 --workers 2 \
+    --video-encoding lossless
+fi
+
+if [ ! -f "$RUN/checkpoints/step-$(printf %07d "$STEPS")/model.safetensors" ]; then
+  resume=()
+  if [ -d "$RUN/checkpoints" ]; then resume=(--resume); fi
+  $FW train --data "$DATA" --preset "$PRESET" --variant fastwam --steps "$STEPS" --ema 0.999 \
+    --checkpoint-every 500 --seed "$SEED" --out "$RUN" "${resume[@]}"
+fi
+
+for reference in "${OUT}_failures.json" "$OUT.json"; do  # never two models under one name
+  $PY benchmarks/same_weights.py "$reference" "$RUN"
+done
+if [ ! -f "${OUT}_failures.json" ]; then
+  $PY benchmarks/libero_failures.py --checkpoint "$RUN" --split validation --episodes 10 --workers 2 \
+    --json "${OUT}_failures.json"
+fi
+if [ ! -f "$OUT.json" ]; then
+  $FW eval libero --checkpoint "$RUN" --episodes 20 --workers 2 --quiet --json "$OUT.json" \
+    --video "${OUT}_rollouts.mp4" --video-episodes 4
+fi
