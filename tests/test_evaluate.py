@@ -262,3 +262,23 @@ def test_code_version_names_the_commit_in_a_checkout_and_the_version_without_git
         assert re.fullmatch(rf"{re.escape(fastwam.__version__)}\+{head.stdout.strip()}(\+dirty)?", fastwam.code_version())
     monkeypatch.setenv("PATH", "/nonexistent")  # no git to ask
     assert fastwam.code_version() == fastwam.__version__
+
+
+def test_code_version_of_a_copy_another_checkout_ignores_is_the_version_alone(tmp_path):
+    """An installed copy inside some project's git checkout (a venv there) does not take its commit."""
+    import importlib.util
+    import shutil
+    import subprocess
+
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / ".gitignore").write_text(".venv/\n")
+    subprocess.run([*git, "add", ".gitignore"], check=True)
+    subprocess.run([*git, "commit", "-qm", "project"], check=True)
+    copy = tmp_path / ".venv" / "fastwam" / "__init__.py"
+    copy.parent.mkdir(parents=True)
+    shutil.copy(fastwam.__file__, copy)
+    spec = importlib.util.spec_from_file_location("fastwam_copy", copy)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.code_version() == fastwam.__version__

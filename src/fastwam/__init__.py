@@ -11,7 +11,9 @@ def code_version() -> str:
     from pathlib import Path
 
     here = Path(__file__).resolve().parent
-    try:
+    try:  # this file tracked by the repository around it: a wheel inside some other checkout is not
+        subprocess.run(["git", "-C", str(here), "ls-files", "--error-unmatch", "__init__.py"], capture_output=True,
+                       timeout=10, check=True)
         commit = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"], capture_output=True,
                                 text=True, timeout=10, check=True).stdout.strip()
         dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--", "."], capture_output=True,
