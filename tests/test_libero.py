@@ -221,6 +221,33 @@ def test_scripted_expert_succeeds_through_the_wrapper(env):
     assert max(r for n, r in tracked.rise.items() if n != tracked.object) < failures.LIFT
 
 
+def test_noise_injection_executes_noisy_actions_and_records_the_experts(monkeypatch):
+    """--action-noise (DART): the env executes the expert's action plus noise on the 6 arm dims, the
+    dataset keeps the expert's own action; the expert still succeeds, and a seed records one demo."""
+    from fastwam.envs.libero_collect import LiberoSpec, close_envs, record_demo
+
+    executed, step = [], lb.LiberoEnv.step
+    monkeypatch.setattr(lb.LiberoEnv, "step", lambda self, a: executed.append(np.array(a)) or step(self, a))
+    spec = LiberoSpec(suite=SUITE, tasks=(TASK,), image_size=16, cameras=("image",), steps_after_success=0,
+                      action_noise=0.1)
+    try:
+        demo = record_demo(spec, TASK, 3)
+        assert demo is not None, "the expert failed under noise 0.1"
+        ran = np.stack(executed)
+        assert ran.shape == demo.action.shape
+        np.testing.assert_array_equal(ran[:, 6], demo.action[:, 6])  # the gripper command untouched
+        noise = (ran - demo.action)[:, :6]
+        inside = np.abs(ran[:, :6]) < 1  # where clipping left the noise whole
+        assert 0.08 < noise[inside].std() < 0.12 and abs(noise[inside].mean()) < 0.02
+        assert np.all(np.abs(demo.action) <= 1)  # the labels are the expert's, clipped as it clips
+        executed.clear()
+        again = record_demo(spec, TASK, 3)
+        np.testing.assert_array_equal(again.action, demo.action)  # reproducible per layout seed
+        np.testing.assert_array_equal(np.stack(executed), ran)
+    finally:
+        close_envs()
+
+
 @pytest.fixture(scope="module")
 def collected(tmp_path_factory):
     out = tmp_path_factory.mktemp("libero") / "lo"
@@ -346,6 +373,10 @@ def test_bad_suite_task_or_checkpoint_is_refused_naming_the_mismatch(run_dir, tm
         cli_main(["collect", "metaworld", "--suite", SUITE, "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="need episodes >= 1"):
         cli_main(["collect", "metaworld", "--episodes", "0", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="--action-noise applies to `collect libero` only"):
+        cli_main(["collect", "metaworld", "--action-noise", "0.1", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="--action-noise: expected a finite number >= 0, got -0.1"):
+        cli_main(["collect", "libero", "--suite", SUITE, "--action-noise", "-0.1", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="--allow-any-variation applies to MetaWorld only"):
         cli_main(["eval", "libero", "--checkpoint", str(run_dir), "--allow-any-variation", "--episodes", "1"])
     assert not (tmp_path / "x").exists()

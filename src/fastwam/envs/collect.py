@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from multiprocessing.pool import Pool
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -136,10 +136,12 @@ def plan_task(spec: CollectSpec, task: str) -> TaskPlan:
 
 
 def record_expert(env, act, cameras: Sequence[str], max_steps: int, steps_after_success: int,
-                  task: str, layout) -> Demo | None:
+                  task: str, layout, perturb: Callable[[np.ndarray], np.ndarray] | None = None) -> Demo | None:
     """Run ``act()`` (the expert) from the env's reset state with rendering, recording the views,
     proprio and action before every step, until ``steps_after_success`` steps past the first
-    success; None when there is no success within ``max_steps`` steps."""
+    success; None when there is no success within ``max_steps`` steps. ``perturb``: what the env
+    executes instead of the expert's action, which stays the recorded label (noise injection, DART:
+    the expert's corrections from states its own errors reach)."""
     frames, states, actions = [], [], []
     success_step = None
     while success_step is None or env.steps < success_step + steps_after_success:
@@ -148,7 +150,7 @@ def record_expert(env, act, cameras: Sequence[str], max_steps: int, steps_after_
         frames.append(env.render_views())
         states.append(env.proprio())
         actions.append(act())
-        _, success, _ = env.step(actions[-1])
+        _, success, _ = env.step(actions[-1] if perturb is None else perturb(actions[-1]))
         if success and success_step is None:
             success_step = env.steps
     views = {camera_key(c): np.stack([f[i] for f in frames]) for i, c in enumerate(cameras)}
@@ -310,13 +312,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init-noise", type=float, default=None,
                         help="libero: arm joint noise (rad, Gaussian) of the fresh layouts; default 0.02, robosuite's, "
                              "which the official init states carry (0: every episode starts the arm in one pose)")
+    parser.add_argument("--action-noise", type=float, default=None,
+                        help="libero: std of Gaussian noise on the 6 arm dims of the action the env executes; the "
+                             "recorded action stays the expert's, who corrects from where the noise led (DART); "
+                             "default 0")
     parser.add_argument("--video-encoding", default="av1", choices=sorted(VIDEO_ENCODINGS),
                         help="av1 (default): LeRobot's encoding, which browsers and hardware decoders play (lossy); "
                              "lossless: H.264 4:4:4 crf 0, frames within 2/255, several times larger")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-ONLY_FOR = {"metaworld": ("seed", "max_steps", "shadows"), "libero": ("suite", "max_failures", "antialias", "init_noise")}
+ONLY_FOR = {"metaworld": ("seed", "max_steps", "shadows"),
+            "libero": ("suite", "max_failures", "antialias", "init_noise", "action_noise")}
 
 
 def _default(value, default):
@@ -362,7 +369,7 @@ def _libero_spec(args: argparse.Namespace, cameras: tuple[str, ...]):
                       image_size=_default(args.image_size, 128), cameras=cameras or ("image", "wrist_image"),
                       steps_after_success=args.steps_after_success, max_failures=_default(args.max_failures, 10),
                       antialias=args.antialias, video_encoding=args.video_encoding,
-                      init_noise=_default(args.init_noise, lb.INIT_NOISE))
+                      init_noise=_default(args.init_noise, lb.INIT_NOISE), action_noise=_default(args.action_noise, 0.0))
 
 
 def _print_table(summary: dict, out: str) -> None:

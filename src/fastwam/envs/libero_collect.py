@@ -10,7 +10,9 @@ failures it saves. Failed seeds are noted and replaced by the next seeds until `
 successes per task, or until ``--max-failures`` failures, when the task keeps the demonstrations
 it has (the table and ``expert_success`` say so); only successful episodes are written, each
 ``--steps-after-success`` steps past the first success (the release, for object tasks that
-succeed while the object is held).
+succeed while the object is held). ``--action-noise`` (DART, Laskey et al. 2017) executes the expert's
+action plus Gaussian noise on its arm dims while recording the expert's own: the demonstrations then
+show corrections from states the policy's own errors lead to, which clean ones never visit.
 
 Recorded per step t, in the public LeRobot LIBERO conventions: ``observation.images.image`` and
 ``observation.images.wrist_image`` (rotated 180°), ``observation.state`` (8), ``action`` (7, the
@@ -49,11 +51,14 @@ class LiberoSpec:
     antialias: bool = False  # multisampling as the public data (1.8x the render time); evaluation renders alike
     video_encoding: str = "av1"  # fastwam.data.lerobot.VIDEO_ENCODINGS
     init_noise: float = lb.INIT_NOISE  # arm joint noise of the fresh layouts (rad): as the official init states
+    action_noise: float = 0.0  # std of the noise on the executed arm action; the label stays the expert's (DART)
 
     def __post_init__(self):
         check_video_encoding(self.video_encoding, self.image_size)
         if not (np.isfinite(self.init_noise) and self.init_noise >= 0):
             raise ValueError(f"--init-noise: expected a finite number >= 0 (rad), got {self.init_noise}")
+        if not (np.isfinite(self.action_noise) and self.action_noise >= 0):
+            raise ValueError(f"--action-noise: expected a finite number >= 0, got {self.action_noise}")
         if self.episodes < 1 or self.image_size < 8 or self.steps_after_success < 0 or self.max_failures < 1:
             raise ValueError(f"need episodes >= 1, image_size >= 8, steps_after_success >= 0, "
                              f"max_failures >= 1: {self}")
@@ -112,7 +117,20 @@ def record_demo(spec: LiberoSpec, task: str, seed: int) -> Demo | None:
     check_fresh(env)
     expert = LiberoExpert(env)
     expert.reset()
-    return record_expert(env, expert.act, spec.cameras, lb.MAX_STEPS[spec.suite], spec.steps_after_success, task, seed)
+    perturb = arm_noise(spec.action_noise, np.random.default_rng(seed)) if spec.action_noise else None
+    return record_expert(env, expert.act, spec.cameras, lb.MAX_STEPS[spec.suite], spec.steps_after_success, task, seed,
+                         perturb)
+
+
+def arm_noise(std: float, rng: np.random.Generator):
+    """(7,) action -> the action plus Gaussian noise of ``std`` on its 6 arm dims, clipped to [-1, 1];
+    the gripper command is left alone (its sign is all robosuite reads)."""
+    def perturb(action: np.ndarray) -> np.ndarray:
+        noisy = np.array(action, dtype=np.float64)
+        noisy[:6] = np.clip(noisy[:6] + rng.normal(0.0, std, 6), -1.0, 1.0)
+        return noisy
+
+    return perturb
 
 
 def _record_job(args: tuple[LiberoSpec, str, int]) -> tuple[str, int, Demo | None]:
