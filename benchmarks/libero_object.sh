@@ -10,6 +10,7 @@
 #
 #   NAME=attempt3 bash benchmarks/libero_object.sh                 # runs/libero_object_attempt3, its files
 #   NAME=steps6000 STEPS=6000 bash benchmarks/libero_object.sh     # another recipe, other files
+#   NAME=dart DATA=data/libero_object_128_50_dart COLLECT_ARGS="--action-noise 0.1" bash benchmarks/libero_object.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${NAME:-}" ]; then
@@ -19,6 +20,7 @@ fi
 FW=${FW:-.venv/bin/fastwam}
 PY=${PY:-.venv/bin/python}
 DATA=${DATA:-data/libero_object_128_50n}
+COLLECT_ARGS=${COLLECT_ARGS:-}  # more `collect libero` options for a new DATA (e.g. --action-noise 0.1)
 PRESET=${PRESET:-benchmarks/libero_object_128px.yaml}
 STEPS=${STEPS:-3000}
 SEED=${SEED:-0}
@@ -28,7 +30,7 @@ make libero  # the optional extra, when missing
 
 if [ ! -d "$DATA" ]; then
   $FW collect libero --suite libero_object --episodes 50 --out "$DATA" --image-size 128 --workers 2 \
-    --video-encoding lossless
+    --video-encoding lossless $COLLECT_ARGS
 fi
 
 if [ ! -f "$RUN/checkpoints/step-$(printf %07d "$STEPS")/model.safetensors" ]; then
