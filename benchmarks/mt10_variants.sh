@@ -14,12 +14,17 @@
 #
 #   bash benchmarks/mt10_variants.sh                 # everything, seed 0 first
 #   bash benchmarks/mt10_variants.sh joint idm       # some variants
+#   SEEDS=1 bash benchmarks/mt10_variants.sh fastwam # some seeds
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FW=${FW:-.venv/bin/fastwam}
 DATA=${DATA:-data/mt10_c3_96}
 OUT=docs/results/mt10_variants
 STEPS=6000
+read -r -a SEEDS <<<"${SEEDS:-0 1}"
+for seed in "${SEEDS[@]}"; do
+  case $seed in 0|1) ;; *) echo "SEEDS: expected 0 and/or 1, got $seed" >&2; exit 2 ;; esac
+done
 NAMES=("${@:-fastwam joint idm lambda0 dual}")
 read -r -a NAMES <<<"${NAMES[*]}"
 for name in "${NAMES[@]}"; do
@@ -59,7 +64,7 @@ evaluate() {  # row seed run [mode]: both splits; imagination on validation for 
   done
 }
 
-for seed in 0 1; do
+for seed in "${SEEDS[@]}"; do
   for name in "${NAMES[@]}"; do
     train "$name" "$seed"
     run=runs/mt10_${name}_s${seed}

@@ -3,7 +3,8 @@
 difference against Fast-WAM with its paired 95 % interval (``paired_comparison.py``: the same
 episodes), policy latency per chunk from the same eval runs, and imagination PSNR/SSIM (validation
 episodes) — per seed and pooled over seeds (episodes of both seeds together, each paired with
-Fast-WAM's of its seed); then the per-task breakdown. Missing files are shown as not run.
+Fast-WAM's of its seed); then the per-task breakdown. Missing files are shown as not run; rows
+trained on different datasets (``training_data_sha256``) are named in a note under the table.
 
     .venv/bin/python benchmarks/variants_table.py [--dir docs/results/mt10_variants] [--split test]
 """
@@ -78,6 +79,17 @@ def row_cells(runs: dict, imagination: dict, row: str, seeds: tuple[int, ...]) -
     return cells
 
 
+def data_note(runs: dict) -> str:
+    """Which dataset each row trained on (its training_data_sha256), when the rows record more than one."""
+    groups: dict[str, list[str]] = {}
+    for (row, seed), run in sorted(runs.items()):
+        groups.setdefault(run.get("training_data_sha256") or "not recorded", []).append(f"{row}_s{seed}")
+    if len(groups) < 2:
+        return ""
+    return "NOTE: rows trained on different data (training_data_sha256): " + "; ".join(
+        f"{key[:12]}: {', '.join(rows)}" for key, rows in groups.items())
+
+
 def table(runs: dict, imagination: dict, split: str) -> str:
     head = ("| variant | seeds | success (95 %) | paired difference vs Fast-WAM (95 %) | ms / chunk | PSNR (dB) | SSIM |\n"
             "|---|---|---|---|---|---|---|")
@@ -96,6 +108,8 @@ def table(runs: dict, imagination: dict, split: str) -> str:
                 partial = "" if len(seeds) == len(SEEDS) else f" (seed {', '.join(map(str, seeds))})"
                 cells.append("—" if rate is None else f"{100 * rate:.0f} %{partial}")
             lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    if note := data_note(runs):
+        lines += ["", note]
     return "\n".join(lines)
 
 

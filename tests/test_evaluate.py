@@ -35,13 +35,17 @@ MW_STATS = {"observation.state": {"min": [-0.5, 0.3, 0.0, 0.0], "max": [0.5, 0.9
             "action": {"min": [-1.0] * 4, "max": [1.0] * 4}}
 
 
+DATA_SHA256 = hashlib.sha256(b"the demonstrations").hexdigest()  # what data.json records of the dataset
+
+
 def write_checkpoint(directory, cfg, collection, stats=MW_STATS, tasks=("reach the goal position",)):
     """A run directory with one checkpoint of an untrained model, as fastwam.train lays it out."""
     ckpt = directory / "checkpoints" / "step-0000001"
     ckpt.mkdir(parents=True)
     model = cfg.model.build()
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, ckpt / "model.safetensors")
-    info = {"dataset": "/nonexistent/dataset", "tasks": list(tasks), "collection": collection}
+    info = {"dataset": "/nonexistent/dataset", "dataset_sha256": DATA_SHA256, "tasks": list(tasks),
+            "collection": collection}
     for d in (directory, ckpt):
         write_run_files(d, cfg, Normalizer(stats), info)
     return directory
@@ -69,7 +73,7 @@ def test_json_schema_and_ranges(evaluated, run_dir):
     assert result["checkpoint"].endswith("step-0000001") and result["episodes_per_task"] == 2
     weights = run_dir / "checkpoints" / "step-0000001" / "model.safetensors"
     assert result["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
-    assert result["code"] == fastwam.code_version()
+    assert result["code"] == fastwam.code_version() and result["training_data_sha256"] == DATA_SHA256
     assert list(result["tasks"]) == ["reach-v3"]
     task = result["tasks"]["reach-v3"]
     assert task["episodes"] == 2 and 0 <= task["success_rate"] <= 1

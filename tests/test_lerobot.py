@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fastwam.data.lerobot import (VIDEO_ENCODINGS, DatasetError, DatasetFileNotFoundError, EpisodeIndexError,
+from fastwam.data.lerobot import (COLLECTION_LOG, VIDEO_ENCODINGS, DatasetError, DatasetFileNotFoundError, EpisodeIndexError,
                                   LeRobotDataset, LeRobotWriter, VideoSettings, build_features)
 
 FPS = 10
@@ -446,6 +446,17 @@ def test_unsupported_version(root):
     edit_info(root, lambda info: info.update(codebase_version="v1.6"))
     with pytest.raises(DatasetError, match=r"info\.json: codebase_version 'v1.6' not supported"):
         LeRobotDataset(root)
+
+
+def test_content_hash_names_the_data_not_where_or_when_it_was_written(tmp_path, root, episodes):
+    ds = LeRobotDataset(root)
+    ds.frames("front")  # a frame cache and a collection log are not content
+    (root / "meta" / COLLECTION_LOG).write_text(json.dumps({"collect_seconds": 12.3}))
+    copy = write_dataset(tmp_path / "elsewhere" / "same", episodes)  # written again, another place and time
+    assert LeRobotDataset(copy).content_sha256() == ds.content_sha256()
+    episodes[1][3]["observation.images.wrist"][4, 7, 11] ^= 128  # one pixel of one frame
+    other = write_dataset(tmp_path / "other", episodes)
+    assert LeRobotDataset(other).content_sha256() != ds.content_sha256()
 
 
 def test_stale_cache_is_not_reused(root):

@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from fastwam.config import preset
-from fastwam.data.lerobot import LeRobotWriter, build_features
+from fastwam.data.lerobot import LeRobotDataset, LeRobotWriter, build_features
 from fastwam.policy import Policy, RecedingHorizonController
 from fastwam.checkpoint import write_checksums
 from fastwam.train import build_trainer, latest_checkpoint, load_model, lr_factor
@@ -17,10 +17,11 @@ from fastwam.train import build_trainer, latest_checkpoint, load_model, lr_facto
 S = 16  # the tiny preset's image size
 
 
-def write_dot_dataset(root, size: int):
-    """Two short episodes of a dot drifting right; action = its displacement, state = its position."""
+def write_dot_dataset(root, size: int, seed: int = 0):
+    """Two short episodes of a dot drifting right; action = its displacement, state = its position
+    (and a noise dimension drawn with ``seed``)."""
     features = build_features(10, {"corner3": (size, size)}, {"observation.state": list("xyzg"), "action": list("xyzg")})
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     with LeRobotWriter(root, fps=10, features=features) as writer:
         for episode, task in enumerate(["reach the goal", "push the puck"]):
             n = 12
@@ -361,6 +362,20 @@ def test_resume_refuses_changed_settings_unless_allowed_and_records_what_ran(dat
     assert (ran.lr, ran.batch_size, ran.seed, ran.steps) == (0.5, 3, 7, 4)
     row = json.loads((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()[-1])
     assert row["step"] == 4 and row["lr"] == pytest.approx(0.5 * lr_factor(4, 5, 4))  # the new rate really ran
+
+
+def test_resume_refuses_other_data(dataset, tmp_path):
+    from fastwam.cli import main
+
+    run = ["train", "--preset", "tiny", "--steps", "3", "--checkpoint-every", "1", "--batch-size", "2",
+           "--out", str(tmp_path / "r")]
+    assert main(run + ["--data", str(dataset), "--steps", "2"]) == 0
+    recorded = json.loads((latest_checkpoint(tmp_path / "r") / "data.json").read_text())["dataset_sha256"]
+    assert recorded == LeRobotDataset(dataset).content_sha256()
+    other = write_dot_dataset(tmp_path / "other", S, seed=1)  # the same frames, other noise in the vectors
+    with pytest.raises(SystemExit, match=rf"data.json trained on other data \(dataset_sha256 {recorded[:16]}"):
+        main(run + ["--data", str(other), "--resume"])
+    assert main(run + ["--data", str(dataset), "--resume"]) == 0  # its own data resumes
 
 
 @pytest.mark.parametrize("option, value, message", [

@@ -10,12 +10,13 @@ variants = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(variants)
 
 
-def write_eval(directory, row, seed, successes, ms=20.0):
+def write_eval(directory, row, seed, successes, ms=20.0, data=""):
     tasks = {}
     for task, outcomes in successes.items():
         tasks[task] = {"episode_success": outcomes, "success_rate": sum(outcomes) / len(outcomes),
                        "variations": list(range(len(outcomes))), "mean_chunk_ms": ms}
-    run = {"split": "test", "seed": 0, "benchmark_seed": 0, "episodes_per_task": 4, "max_steps": 200, "tasks": tasks}
+    run = {"split": "test", "seed": 0, "benchmark_seed": 0, "episodes_per_task": 4, "max_steps": 200, "tasks": tasks,
+           "training_data_sha256": data}
     (directory / f"{row}_s{seed}_test.json").write_text(json.dumps(run))
 
 
@@ -43,3 +44,15 @@ def test_rows_pool_seeds_and_pair_against_fastwam(tmp_path):
     (tmp_path / "idm_s1_test.json").unlink()  # a row measured with one seed so far: its tasks say which
     text = variants.table(*variants.load(tmp_path, "test"), "test")
     assert "| push | 25 % | — | 50 % (seed 0) |" in text and "| IDM | pooled | not run" in text
+
+
+def test_rows_trained_on_other_data_are_named(tmp_path):
+    outcomes = {"reach": [1, 0, 1, 0]}
+    write_eval(tmp_path, "fastwam", 0, outcomes, data="a" * 64)
+    write_eval(tmp_path, "joint", 0, outcomes, data="a" * 64)
+    assert "NOTE" not in variants.table(*variants.load(tmp_path, "test"), "test")
+    write_eval(tmp_path, "idm", 0, outcomes, data="b" * 64)
+    write_eval(tmp_path, "lambda0", 0, outcomes)  # from before the record
+    note = variants.table(*variants.load(tmp_path, "test"), "test").splitlines()[-1]
+    assert note == ("NOTE: rows trained on different data (training_data_sha256): aaaaaaaaaaaa: fastwam_s0, joint_s0; "
+                    "bbbbbbbbbbbb: idm_s0; not recorded: lambda0_s0")

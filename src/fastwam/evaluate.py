@@ -21,7 +21,8 @@ within ``--max-steps``.
 Episodes run in this process or on ``--workers`` spawned processes, one env and one policy each.
 
 JSON keys: benchmark, suite, checkpoint, weights_sha256 (of its model.safetensors: which weights, even
-when a run was retrained under the same path), episodes_per_task, tasks.<task>.{success_rate, ci95
+when a run was retrained under the same path), training_data_sha256 (the content of the dataset it
+trained on, ``LeRobotDataset.content_sha256``; "" for runs older than that record), episodes_per_task, tasks.<task>.{success_rate, ci95
 (Wilson 95 % interval), episodes, successes, mean_chunk_ms, mean_boundary_jump and max_boundary_jump
 (the L2 change of the action where execution switches to a new chunk), mean_jerk (the mean L2 norm
 of the executed actions' second difference), mean_steps, mean_episode_seconds,
@@ -101,6 +102,7 @@ class EvalPlan:
     imagine: bool = False  # also record imagined future frames (variants trained with video)
     score_imagination: bool = False  # score every episode's imagined frames against the real ones (fastwam.imagination)
     code: str = ""  # the code evaluating (fastwam.code_version), taken when the plan is made: before any edit
+    training_data_sha256: str = ""  # the demonstrations' content (data.json; "": trained before the record)
 
     def episode_list(self) -> list["Episode"]:
         """All episodes, task by task; the first ``recorded`` in (episode, task) order are recorded."""
@@ -214,7 +216,8 @@ def make_plan(checkpoint: str | Path, episodes: int, tasks: str | Sequence[str] 
         raise ValueError("--rtc-guidance: real-time chunking steers action-only steps; joint inference has none")
     try:
         adapter.check(cfg)
-        layouts = adapter.plan(run_info(path), tasks, episodes, split, suite, allow_any_variation)
+        info = run_info(path)
+        layouts = adapter.plan(info, tasks, episodes, split, suite, allow_any_variation)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from e
     plan = EvalPlan(
@@ -228,7 +231,7 @@ def make_plan(checkpoint: str | Path, episodes: int, tasks: str | Sequence[str] 
         mode=mode or cfg.model.variant.inference,
         device=device, threads=threads,
         recorded=video_episodes, every_step=every_step, imagine=video_episodes > 0 and cfg.model.variant.has_future,
-        score_imagination=score_imagination, code=code_version(),
+        score_imagination=score_imagination, code=code_version(), training_data_sha256=info.get("dataset_sha256", ""),
     )
     seen = [t for t in plan.tasks if not adapter.disjoint(plan, t)]
     if seen:
@@ -448,6 +451,7 @@ def summarize(plan: EvalPlan, results: list[EpisodeResult], wall_seconds: float,
     return {
         "benchmark": plan.benchmark, "suite": plan.suite, "checkpoint": plan.checkpoint,
         "weights_sha256": sha256(Path(plan.checkpoint) / "model.safetensors"),
+        "training_data_sha256": plan.training_data_sha256,
         "episodes_per_task": plan.episodes, "tasks": tasks,
         "mean_success_rate": float(np.mean([t["success_rate"] for t in tasks.values()])),
         "mean_ci95": list(wilson_interval(wins, n)),
@@ -712,7 +716,7 @@ def imagination_record(plan: EvalPlan, results: list[EpisodeResult], summary: di
     episodes = [{"task": r.task, "index": r.index, "variation": r.variation, "success": r.success,
                  "pairs": r.imagination} for r in results]
     keys = ("benchmark", "suite", "checkpoint", "episodes_per_task", "variant", "mode", "split", "seed",
-            "denoise_steps", "mean_success_rate", "date", "machine", "weights_sha256", "code")
+            "denoise_steps", "mean_success_rate", "date", "machine", "weights_sha256", "training_data_sha256", "code")
     return {**{k: summary[k] for k in keys}, **imagination.summarize(episodes, plan.frame_stride),
             "episodes": episodes}
 

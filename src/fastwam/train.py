@@ -7,8 +7,8 @@ batch indices and its noise from a generator seeded by (seed, step, micro-batch 
 processes), so a resumed run repeats the uninterrupted run's loss sequence exactly, and one process
 accumulating N micro-batches repeats an N-process run.
 
-A run directory holds ``config.yaml``, ``stats.json`` (normalization), ``data.json`` (the dataset
-and the task variations its demonstrations used), ``metrics.jsonl``, ``loss.png`` and
+A run directory holds ``config.yaml``, ``stats.json`` (normalization), ``data.json`` (the dataset,
+its content hash ``dataset_sha256`` and the task variations its demonstrations used), ``metrics.jsonl``, ``loss.png`` and
 ``checkpoints/step-XXXXXXX/`` (``model.safetensors``, ``config.yaml``, ``stats.json``,
 ``data.json``, ``train_state.pt`` or one training-state shard per process), each written to a
 temporary directory and renamed into place.
@@ -544,6 +544,16 @@ def resume_changes(checkpoint: Path, cfg: Config, allow: bool) -> dict[str, tupl
     return changes
 
 
+def check_same_data(checkpoint: Path, dataset_sha256: str) -> None:
+    """A resumed run goes on with the data its checkpoint trained on (data.json's ``dataset_sha256``;
+    checkpoints written before that record are not checked)."""
+    path = checkpoint / "data.json"
+    saved = json.loads(path.read_text()).get("dataset_sha256") if path.is_file() else None
+    if saved and saved != dataset_sha256:
+        raise ValueError(f"--resume: {path} trained on other data (dataset_sha256 {saved[:16]}..., this dataset "
+                         f"{dataset_sha256[:16]}...): resume with the dataset it trained on, or start a new run")
+
+
 def _logged_step(line: str) -> float:
     """The step of a metrics.jsonl line; a line cut by a kill counts as past every step."""
     try:
@@ -727,6 +737,9 @@ def build_trainer(cfg: Config, data_dir: str | Path, out: str | Path, recompute_
     if resume:
         resume_changes(newest_readable_config(out), cfg, allow_changes)
     dataset = LeRobotDataset(data_dir, require=(STATE_KEY, ACTION_KEY))
+    content = dataset.content_sha256()
+    if resume:
+        check_same_data(newest_readable_config(out), content)
     modes = {STATE_KEY: cfg.data.state_normalization, ACTION_KEY: cfg.data.action_normalization}
     if cfg.train.distill_from:  # the teacher's units: its samples are the student's targets
         if recompute_stats:
@@ -740,8 +753,9 @@ def build_trainer(cfg: Config, data_dir: str | Path, out: str | Path, recompute_
         collection = collection_info(data_dir)
     except FileNotFoundError:
         collection = {}  # recorded elsewhere: no MetaWorld variation record, nothing to keep disjoint
-    info = {"dataset": str(Path(data_dir).resolve()), "tasks": dataset.tasks, "episodes": dataset.num_episodes,
-            "frames": dataset.num_frames, "collection": collection}
+    info = {"dataset": str(Path(data_dir).resolve()), "dataset_sha256": content,
+            "tasks": dataset.tasks, "episodes": dataset.num_episodes, "frames": dataset.num_frames,
+            "collection": collection}
     Path(out).mkdir(parents=True, exist_ok=True)
     write_run_files(Path(out), cfg, normalizer, info)
     trainer = Trainer(cfg, data, normalizer, out, info, progress, init_weights=not resume)

@@ -71,6 +71,8 @@ DEFAULT_FEATURES = {
     "task_index": {"dtype": "int64", "shape": [1], "names": None},
 }
 NONFINITE_CHECKED = ("action", "observation.state")  # NaN / inf here is an error, not data
+COLLECTION_LOG = "fastwam.json"  # meta/<this>: how `fastwam collect` made a dataset (layouts, wall time), not data
+CONTENT_DIRS = ("meta", "data", "videos")  # what a dataset holds; its cache/ and any README are not content
 
 
 class DatasetError(ValueError):
@@ -595,6 +597,20 @@ class LeRobotDataset:
     def task(self, row: int) -> str:
         """Instruction of global frame ``row``."""
         return self.tasks[int(self._task_index[row])]
+
+    def content_sha256(self) -> str:
+        """sha256 over every file of meta/, data/ and videos/ (its path and bytes) but the collection log:
+        equal for two copies of the same data wherever they live, different when one frame differs
+        (the log holds wall times, which differ between two identical collections)."""
+        digest = hashlib.sha256()
+        files = sorted(p for d in CONTENT_DIRS for p in (self.root / d).rglob("*")
+                       if p.is_file() and p != self.root / "meta" / COLLECTION_LOG)
+        for path in files:
+            digest.update(f"{path.relative_to(self.root).as_posix()}\0{path.stat().st_size}\0".encode())
+            with open(path, "rb") as f:
+                while block := f.read(1 << 20):
+                    digest.update(block)
+        return digest.hexdigest()
 
     def episode_frames(self, index: int, key: str) -> np.ndarray:
         """Decoded frames of one episode: uint8 (T, H, W, 3)."""

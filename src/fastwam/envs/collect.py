@@ -32,13 +32,12 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from fastwam.data.lerobot import VIDEO_ENCODINGS, LeRobotWriter, build_features, camera_key
+from fastwam.data.lerobot import COLLECTION_LOG, VIDEO_ENCODINGS, LeRobotWriter, build_features, camera_key
 from fastwam.envs import metaworld as mw
 
 FPS = mw.CONTROL_FPS  # MetaWorld control rate: 5 physics steps of 2.5 ms per action
 STATE_NAMES = ["ee_x", "ee_y", "ee_z", "gripper_opening"]
 ACTION_NAMES = ["dx", "dy", "dz", "gripper"]
-META_FILE = "fastwam.json"
 
 
 @dataclass(frozen=True)
@@ -238,7 +237,7 @@ def collect(spec: CollectSpec, out: str | Path, workers: int = 1, progress: bool
     finally:
         _close_envs()  # in-process envs (workers <= 1); pool workers are gone already
     summary = _summary(spec, plans, episodes, time.perf_counter() - start, workers)
-    writer.finish({META_FILE: summary})
+    writer.finish({COLLECTION_LOG: summary})
     return summary
 
 
@@ -260,7 +259,7 @@ def _summary(spec: CollectSpec, plans: list[TaskPlan], episodes: list[dict], sec
 
 def collection_info(dataset_dir: str | Path) -> dict:
     """meta/fastwam.json of a collected dataset."""
-    path = Path(dataset_dir) / "meta" / META_FILE
+    path = Path(dataset_dir) / "meta" / COLLECTION_LOG
     if not path.is_file():
         raise FileNotFoundError(f"{path}: not found (dataset not made by `fastwam collect`?)")
     return json.loads(path.read_text())

@@ -30,9 +30,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from fastwam.data.lerobot import VIDEO_ENCODINGS, LeRobotWriter, build_features, camera_key
+from fastwam.data.lerobot import COLLECTION_LOG, VIDEO_ENCODINGS, LeRobotWriter, build_features, camera_key
 from fastwam.envs import libero as lb
-from fastwam.envs.collect import META_FILE, Demo, _pool, _run_jobs, check_video_encoding, record_expert
+from fastwam.envs.collect import Demo, _pool, _run_jobs, check_video_encoding, record_expert
 
 SAME_STATE_TOL = 1e-6  # max abs difference under which two flattened MuJoCo states are the same layout
 
@@ -175,7 +175,7 @@ def collect(spec: LiberoSpec, out, workers: int = 1, progress: bool = True) -> d
                     bar.update(1)
             bar.close()
         summary = _summary(spec, used, failed, episodes, time.perf_counter() - start, workers)
-        writer.finish({META_FILE: summary})  # refuses a dataset without episodes (every task failed)
+        writer.finish({COLLECTION_LOG: summary})  # refuses a dataset without episodes (every task failed)
     except BaseException:
         writer.abort()
         raise
