@@ -22,9 +22,10 @@ Episodes run in this process or on ``--workers`` spawned processes, one env and 
 
 JSON keys: benchmark, suite, checkpoint, weights_sha256 (of its model.safetensors: which weights, even
 when a run was retrained under the same path), training_data_sha256 (the content of the dataset it
-trained on, ``LeRobotDataset.content_sha256``; "" for runs older than that record), episodes_per_task, tasks.<task>.{success_rate, ci95
-(Wilson 95 % interval), episodes, successes, mean_chunk_ms, mean_boundary_jump and max_boundary_jump
-(the L2 change of the action where execution switches to a new chunk), mean_jerk (the mean L2 norm
+trained on, ``LeRobotDataset.content_sha256``; "" for runs older than that record), episodes_per_task,
+tasks.<task>.{success_rate, ci95 (Wilson 95 % interval), episodes, successes, mean_chunk_ms,
+mean_boundary_jump and max_boundary_jump (the L2 change of the action where execution switches to a
+new chunk), mean_jerk (the mean L2 norm
 of the executed actions' second difference), mean_steps, mean_episode_seconds,
 variations (each episode's layout: a MetaWorld variation index, a LIBERO ``init:i`` or
 ``fresh:seed``), training_variations, episode_success, episode_steps, episode_seconds},

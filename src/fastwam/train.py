@@ -8,10 +8,10 @@ processes), so a resumed run repeats the uninterrupted run's loss sequence exact
 accumulating N micro-batches repeats an N-process run.
 
 A run directory holds ``config.yaml``, ``stats.json`` (normalization), ``data.json`` (the dataset,
-its content hash ``dataset_sha256`` and the task variations its demonstrations used), ``metrics.jsonl``, ``loss.png`` and
-``checkpoints/step-XXXXXXX/`` (``model.safetensors``, ``config.yaml``, ``stats.json``,
-``data.json``, ``train_state.pt`` or one training-state shard per process), each written to a
-temporary directory and renamed into place.
+its content hash ``dataset_sha256`` and the task variations its demonstrations used),
+``metrics.jsonl``, ``loss.png`` and ``checkpoints/step-XXXXXXX/`` (``model.safetensors``,
+``config.yaml``, ``stats.json``, ``data.json``, ``train_state.pt`` or one training-state shard per
+process), each written to a temporary directory and renamed into place.
 """
 
 from __future__ import annotations
