@@ -74,6 +74,7 @@ def test_json_schema_and_ranges(evaluated, run_dir):
     weights = run_dir / "checkpoints" / "step-0000001" / "model.safetensors"
     assert result["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert result["code"] == fastwam.code_version() and result["training_data_sha256"] == DATA_SHA256
+    assert fastwam.cpu_name() in result["machine"]
     assert list(result["tasks"]) == ["reach-v3"]
     task = result["tasks"]["reach-v3"]
     assert task["episodes"] == 2 and 0 <= task["success_rate"] <= 1
@@ -255,6 +256,20 @@ def test_imagined_panels_pair_each_imagined_frame_with_the_real_one_at_its_time(
     assert [bottom[0, 4 * c, 0] for c in range(3)] == [0, 20, 40]  # now, real step 2, real step 4
     bottom = second[22:26]
     assert [bottom[0, 4 * c, 0] for c in range(3)] == [40, 60, 90]  # step 8 is past the end: gray
+
+
+def test_cpu_name_is_the_model_name_else_the_architecture(monkeypatch):
+    import pathlib
+    import platform
+
+    cpuinfo = "processor\t: 0\nvendor_id\t: Test\nmodel name\t: Test CPU 9000 @ 2.0GHz\n\nprocessor\t: 1\n"
+    monkeypatch.setattr(pathlib.Path, "read_text", lambda self, *a, **k: cpuinfo)
+    assert fastwam.cpu_name() == "Test CPU 9000 @ 2.0GHz"
+
+    def unreadable(self, *a, **k):
+        raise OSError("no /proc here")
+    monkeypatch.setattr(pathlib.Path, "read_text", unreadable)
+    assert fastwam.cpu_name() == (platform.processor() or platform.machine())
 
 
 def test_code_version_names_the_commit_in_a_checkout_and_the_version_without_git(monkeypatch):

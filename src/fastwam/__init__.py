@@ -21,3 +21,19 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         return __version__  # an installed wheel, or no git: the version alone
     return f"{__version__}+{commit}" + ("+dirty" if dirty else "")
+
+
+def cpu_name() -> str:
+    """The processor's model name ("AMD EPYC 7B13": /proc/cpuinfo on Linux), else its architecture.
+    Benchmark records carry it: timings compare only between runs on one kind of processor."""
+    import platform
+    from pathlib import Path
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()

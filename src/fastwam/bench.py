@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from fastwam import code_version
+from fastwam import code_version, cpu_name
 from fastwam.codecs import build_codec
 from fastwam.config import Config, preset
 
@@ -190,7 +190,7 @@ def _sync(device: torch.device) -> None:
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+    return f"cpu: {cpu_name()}, {torch.get_num_threads()} threads"
 
 
 def _frame(cfg: Config, batch: int, device: torch.device) -> torch.Tensor:

@@ -61,6 +61,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from fastwam import code_version, cpu_name
 from fastwam.envs import BENCHMARKS, benchmark
 
 Z95 = 1.959963984540054
@@ -177,7 +178,6 @@ def make_plan(checkpoint: str | Path, episodes: int, tasks: str | Sequence[str] 
               video_episodes: int = 0, every_step: bool = False, split: str = "test",
               score_imagination: bool = False) -> EvalPlan:
     """Resolve the checkpoint, the tasks and each episode's layout; validate the numbers."""
-    from fastwam import code_version
     from fastwam.config import Config
     from fastwam.checkpoint import latest_checkpoint
 
@@ -468,7 +468,7 @@ def summarize(plan: EvalPlan, results: list[EpisodeResult], wall_seconds: float,
         "workers": workers, "wall_seconds": round(wall_seconds, 2),
         "seconds_per_episode": round(float(np.mean([r.seconds for r in results])), 3), "videos": [],
         "date": datetime.datetime.now().isoformat(timespec="seconds"), "code": plan.code,
-        "machine": f"{platform.node()}: {plan.device}, {platform.processor() or platform.machine()}, "
+        "machine": f"{platform.node()}: {plan.device}, {cpu_name()}, "
                    f"{os.cpu_count()} cpus, {plan.threads or torch.get_num_threads()} torch threads per process",
     }
 
