@@ -382,6 +382,51 @@ def test_bad_suite_task_or_checkpoint_is_refused_naming_the_mismatch(run_dir, tm
     assert not (tmp_path / "x").exists()
 
 
+def test_an_interrupted_collection_resumes_and_writes_what_one_run_would(monkeypatch, tmp_path, capsys):
+    """Layouts recorded before an interruption are kept in <out>.recorded and not recorded again; the
+    resumed dataset is byte for byte the uninterrupted one's; another recipe is refused on resume."""
+    from fastwam.data.lerobot import camera_key
+    from fastwam.envs import libero_collect as lc
+    from fastwam.envs.collect import Demo
+
+    a, b = lb.task_names(SUITE)[:2]
+    calls, interrupt_at = [], [5]
+
+    def fake_record_demo(spec, task, seed):  # the expert without the simulator: random frames per layout
+        calls.append((task, seed))
+        if len(calls) == interrupt_at[0]:
+            raise KeyboardInterrupt
+        if (task, seed) == (a, 1):
+            return None  # a failed layout: replaced by seed 3 in the next round
+        rng = np.random.default_rng([seed, len(task)])
+        steps = 4 + seed
+        return Demo(task, seed, steps - 1, {camera_key("image"): rng.integers(0, 256, (steps, 32, 32, 3), np.uint8)},
+                    rng.normal(size=(steps, 8)).astype(np.float32), rng.uniform(-1, 1, (steps, 7)).astype(np.float32))
+
+    monkeypatch.setattr(lc, "record_demo", fake_record_demo)
+    spec = lc.LiberoSpec(SUITE, (a, b), episodes=3, image_size=32, cameras=("image",), video_encoding="lossless")
+    out, store = tmp_path / "resumed", tmp_path / "resumed.recorded"
+    with pytest.raises(KeyboardInterrupt):
+        lc.collect(spec, out, progress=False)
+    assert "the same command resumes" in capsys.readouterr().err
+    assert not out.exists() and not (tmp_path / "resumed.partial").exists()
+    assert sorted(p.stem for p in store.glob("*/*.npz")) == ["0", "0", "1", "2"]  # a0 a1(failed) a2 b0
+    with pytest.raises(ValueError, match=r"action_noise = 0.0, this collection asks 0.1"):
+        lc.collect(dataclasses.replace(spec, action_noise=0.1), out, progress=False)
+
+    calls.clear(), interrupt_at.clear(), interrupt_at.append(0)
+    summary = lc.collect(spec, out, progress=False)
+    assert calls == [(b, 1), (b, 2), (a, 3)]  # only what was missing
+    assert summary["reused_layouts"] == 4 and summary["layouts"][a] == ["fresh:0", "fresh:2", "fresh:3"]
+    assert not store.exists()
+    assert "resuming: 4 layouts already recorded" in capsys.readouterr().out
+
+    calls.clear()
+    whole = lc.collect(spec, tmp_path / "whole", progress=False)
+    assert len(calls) == 7 and whole["reused_layouts"] == 0
+    assert LeRobotDataset(out).content_sha256() == LeRobotDataset(tmp_path / "whole").content_sha256()
+
+
 def test_collection_rounds_replace_failed_seeds_and_stop_after_max_failures():
     from fastwam.envs.libero_collect import LiberoSpec, _next_round
 

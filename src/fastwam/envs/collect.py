@@ -22,6 +22,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import shutil
 import sys
 import time
 from contextlib import contextmanager
@@ -82,6 +83,64 @@ class Demo:
     frames: dict[str, np.ndarray]  # camera key -> uint8 (T, S, S, 3)
     state: np.ndarray  # float32 (T, 4)
     action: np.ndarray  # float32 (T, 4) in [-1, 1]
+
+
+class DemoStore:
+    """The demonstrations a collection has recorded so far, one file per layout under
+    ``<out>.recorded/``, so that an interrupted collection (Ctrl-C, a crash, a machine taken back)
+    loses nothing: the same command again records only what is missing, writes the dataset from all
+    of them, then removes the store.
+
+    ``recipe`` is what determines one demonstration (the spec without which tasks, how many and how
+    the dataset is encoded); a store started with another recipe is refused, naming the field. The
+    store keeps the code version that started it (shown on resume), not checked: a commit between
+    the two runs is allowed.
+    """
+
+    def __init__(self, out: Path, recipe: dict):
+        self.root = out.with_name(out.name + ".recorded")
+        recipe = json.loads(json.dumps(recipe))  # tuples -> lists, as read back
+        path = self.root / "recipe.json"
+        if path.is_file():
+            stored = json.loads(path.read_text())
+            self.started_by = stored.pop("code", "unknown")
+            for key in sorted(stored.keys() | recipe.keys()):
+                if stored.get(key) != recipe.get(key):
+                    raise ValueError(f"{self.root}: recorded with {key} = {stored.get(key)!r}, this collection asks "
+                                     f"{recipe.get(key)!r}; resume with the same options, or remove {self.root}")
+        else:
+            from fastwam import code_version
+
+            self.started_by = code_version()
+            self.root.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({**recipe, "code": self.started_by}, indent=1) + "\n")
+        self.before = {(p.parent.name, int(p.stem)) for p in self.root.glob("*/*.npz")}  # (task, seed)
+
+    def _path(self, task: str, seed: int) -> Path:
+        return self.root / task / f"{seed}.npz"
+
+    def load(self, task: str, seed: int) -> Demo | None:
+        """The stored demonstration of (task, seed); None for a layout the expert failed."""
+        with np.load(self._path(task, seed)) as f:
+            if bool(f["failed"]):
+                return None
+            frames = {k.removeprefix("frames/"): f[k] for k in f.files if k.startswith("frames/")}
+            return Demo(task, seed, int(f["success_step"]), frames, f["state"], f["action"])
+
+    def save(self, task: str, seed: int, demo: Demo | None) -> None:
+        path = self._path(task, seed)
+        path.parent.mkdir(exist_ok=True)
+        arrays = {"failed": np.bool_(demo is None)}
+        if demo is not None:
+            arrays.update(success_step=np.int64(demo.success_step), state=demo.state, action=demo.action,
+                          **{f"frames/{k}": v for k, v in demo.frames.items()})
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:  # then renamed: a half-written file is never taken for a demonstration
+            np.savez_compressed(f, **arrays)
+        os.replace(tmp, path)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root)
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,7 +351,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "the expert handles)")
     parser.add_argument("--episodes", type=int, default=None,
                         help="successful demonstrations per task (default: MetaWorld 10, LIBERO 50)")
-    parser.add_argument("--out", required=True, help="output dataset directory (must not exist)")
+    parser.add_argument("--out", required=True,
+                        help="output dataset directory (must not exist); an interrupted LIBERO collection "
+                             "resumes from the layouts it kept in <out>.recorded/")
     parser.add_argument("--image-size", type=int, default=None,
                         help="square image size per camera (default: MetaWorld 64, LIBERO 128)")
     parser.add_argument("--cameras", default="",

@@ -21,18 +21,24 @@ public data's look, 1.8x the render time, which is most of the collection's); th
 recorded and ``fastwam eval libero`` renders the same way. Episodes are written round by round of seeds, each round in task
 order, then seed order. ``meta/fastwam.json`` records the layouts used and failed
 (``collection_info``), which evaluation keeps disjoint.
+
+An hour of recording is not lost to an interruption: every layout's outcome is kept in
+``<out>.recorded/`` (``DemoStore``) as it arrives, and the same command again records only the
+layouts missing, then writes the same dataset an uninterrupted run would have written.
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import asdict, dataclass
+from typing import Iterator
 
 import numpy as np
 
 from fastwam.data.lerobot import COLLECTION_LOG, VIDEO_ENCODINGS, LeRobotWriter, build_features, camera_key
 from fastwam.envs import libero as lb
-from fastwam.envs.collect import Demo, _pool, _run_jobs, check_video_encoding, record_expert
+from fastwam.envs.collect import Demo, DemoStore, _pool, _run_jobs, check_video_encoding, record_expert
 
 SAME_STATE_TOL = 1e-6  # max abs difference under which two flattened MuJoCo states are the same layout
 
@@ -153,6 +159,9 @@ def collect(spec: LiberoSpec, out, workers: int = 1, progress: bool = True) -> d
     video = VIDEO_ENCODINGS[spec.video_encoding]
     features = build_features(lb.CONTROL_FPS, {camera_key(c): (spec.image_size, spec.image_size) for c in spec.cameras},
                               {"observation.state": lb.STATE_NAMES, "action": lb.ACTION_NAMES}, video=video)
+    store = DemoStore(out, recipe(spec))
+    if store.before:
+        print(f"resuming: {len(store.before)} layouts already recorded in {store.root} (by {store.started_by})")
     writer = LeRobotWriter(out, fps=lb.CONTROL_FPS, features=features, robot_type="panda", video=video)
     used = {t: [] for t in spec.tasks}
     failed = {t: [] for t in spec.tasks}
@@ -163,7 +172,7 @@ def collect(spec: LiberoSpec, out, workers: int = 1, progress: bool = True) -> d
         with _pool(min(workers, total)) as pool:
             bar = tqdm(total=total, desc="record", unit="ep", disable=not progress)
             while jobs := _next_round(spec, used, failed, next_seed):
-                for task, seed, demo in _run_jobs(pool, _record_job, jobs):
+                for task, seed, demo in _stored_or_recorded(pool, jobs, store):
                     if demo is None:
                         failed[task].append(seed)
                         continue
@@ -175,13 +184,35 @@ def collect(spec: LiberoSpec, out, workers: int = 1, progress: bool = True) -> d
                     bar.update(1)
             bar.close()
         summary = _summary(spec, used, failed, episodes, time.perf_counter() - start, workers)
+        summary["reused_layouts"] = len(store.before & {(t, s) for t in spec.tasks for s in used[t] + failed[t]})
         writer.finish({COLLECTION_LOG: summary})  # refuses a dataset without episodes (every task failed)
     except BaseException:
         writer.abort()
+        print(f"collection stopped: the layouts recorded so far are kept in {store.root}; the same command "
+              "resumes from them", file=sys.stderr)
         raise
     finally:
         close_envs()  # in-process envs (workers <= 1); pool workers are gone already
+    store.remove()
     return summary
+
+
+def recipe(spec: LiberoSpec) -> dict:
+    """What determines one demonstration: the spec without which tasks, how many, and the encoding."""
+    return {k: v for k, v in asdict(spec).items() if k not in ("tasks", "episodes", "max_failures", "video_encoding")}
+
+
+def _stored_or_recorded(pool, jobs: list[tuple[LiberoSpec, str, int]], store: DemoStore) -> Iterator[tuple]:
+    """(task, seed, demo or None) for jobs, in order: from the store where an earlier run recorded it,
+    else recorded now on the pool and stored."""
+    new = _run_jobs(pool, _record_job, [j for j in jobs if (j[1], j[2]) not in store.before])
+    for _, task, seed in jobs:
+        if (task, seed) in store.before:
+            yield task, seed, store.load(task, seed)
+        else:
+            result = next(new)
+            store.save(*result)
+            yield result
 
 
 def _next_round(spec: LiberoSpec, used: dict, failed: dict, next_seed: dict) -> list[tuple[LiberoSpec, str, int]]:
