@@ -5,8 +5,8 @@
 # fresh layouts (validation, 10 per task: success and what the failures did; choose settings here),
 # then the official init states once (test, 20 per task, rollout videos). About 65 min of collection,
 # 80 min of training (3000 steps), 5 + 10 min of evaluation on 2 cores.
-# A resumable queue: outputs that exist are skipped, a training stopped mid-way resumes from its
-# newest checkpoint. Heavy: run it alone on this 2-core machine.
+# A resumable queue: outputs that exist are skipped, a collection stopped mid-way resumes from the
+# layouts it recorded (DATA.recorded/), a training from its newest checkpoint. Heavy: run it alone on this 2-core machine.
 #
 #   NAME=attempt3 bash benchmarks/libero_object.sh                 # runs/libero_object_attempt3, its files
 #   NAME=steps6000 STEPS=6000 bash benchmarks/libero_object.sh     # another recipe, other files
