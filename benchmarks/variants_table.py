@@ -4,7 +4,8 @@ difference against Fast-WAM with its paired 95 % interval (``paired_comparison.p
 episodes), policy latency per chunk from the same eval runs, and imagination PSNR/SSIM (validation
 episodes) — per seed and pooled over seeds (episodes of both seeds together, each paired with
 Fast-WAM's of its seed); then the per-task breakdown. Missing files are shown as not run; rows
-trained on different datasets (``training_data_sha256``) are named in a note under the table.
+trained on different datasets (``training_data_sha256``) or timed on different machines (``machine``)
+are named in notes under the table, and a row's seeds timed on two machines are not pooled.
 
     .venv/bin/python benchmarks/variants_table.py [--dir docs/results/mt10_variants] [--split test]
 """
@@ -67,8 +68,10 @@ def row_cells(runs: dict, imagination: dict, row: str, seeds: tuple[int, ...]) -
                      f"{100 * (d['difference'] + d['paired_half']):+.1f})")
     else:
         cells.append("no Fast-WAM run")
-    ms = [t["mean_chunk_ms"] for s in seeds for t in runs[row, s]["tasks"].values()]
-    cells.append(f"{np.mean(ms):.1f}")
+    if len({runs[row, s].get("machine") for s in seeds}) > 1:
+        cells.append("other machines")  # timings of two machines do not average into one
+    else:
+        cells.append(f"{np.mean([t['mean_chunk_ms'] for s in seeds for t in runs[row, s]['tasks'].values()]):.1f}")
     source = "dual_fastwam" if row == "dual_idm" else row  # one set of weights: one imagination
     scores = [imagination[source, s] for s in seeds if (source, s) in imagination]
     if row == "lambda0" or len(scores) < len(seeds):
@@ -79,15 +82,19 @@ def row_cells(runs: dict, imagination: dict, row: str, seeds: tuple[int, ...]) -
     return cells
 
 
-def data_note(runs: dict) -> str:
-    """Which dataset each row trained on (its training_data_sha256), when the rows record more than one."""
+NOTES = {"training_data_sha256": "rows trained on different data",  # record key -> what differing values mean
+         "machine": "ms / chunk timed on different machines, comparable only within one"}
+
+
+def note(runs: dict, key: str) -> str:
+    """The rows grouped by their record's ``key`` (dataset hash, machine), when they hold more than one value."""
     groups: dict[str, list[str]] = {}
     for (row, seed), run in sorted(runs.items()):
-        groups.setdefault(run.get("training_data_sha256") or "not recorded", []).append(f"{row}_s{seed}")
+        value = run.get(key) or "not recorded"
+        groups.setdefault(value[:12] if key.endswith("sha256") else value, []).append(f"{row}_s{seed}")
     if len(groups) < 2:
         return ""
-    return "NOTE: rows trained on different data (training_data_sha256): " + "; ".join(
-        f"{key[:12]}: {', '.join(rows)}" for key, rows in groups.items())
+    return f"NOTE: {NOTES[key]} ({key}): " + "; ".join(f"{value}: {', '.join(rows)}" for value, rows in groups.items())
 
 
 def table(runs: dict, imagination: dict, split: str) -> str:
@@ -108,8 +115,9 @@ def table(runs: dict, imagination: dict, split: str) -> str:
                 partial = "" if len(seeds) == len(SEEDS) else f" (seed {', '.join(map(str, seeds))})"
                 cells.append("—" if rate is None else f"{100 * rate:.0f} %{partial}")
             lines.append(f"| {task} | " + " | ".join(cells) + " |")
-    if note := data_note(runs):
-        lines += ["", note]
+    for key in NOTES:
+        if text := note(runs, key):
+            lines += ["", text]
     return "\n".join(lines)
 
 

@@ -10,13 +10,13 @@ variants = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(variants)
 
 
-def write_eval(directory, row, seed, successes, ms=20.0, data=""):
+def write_eval(directory, row, seed, successes, ms=20.0, data="", machine="vm"):
     tasks = {}
     for task, outcomes in successes.items():
         tasks[task] = {"episode_success": outcomes, "success_rate": sum(outcomes) / len(outcomes),
                        "variations": list(range(len(outcomes))), "mean_chunk_ms": ms}
     run = {"split": "test", "seed": 0, "benchmark_seed": 0, "episodes_per_task": 4, "max_steps": 200, "tasks": tasks,
-           "training_data_sha256": data}
+           "training_data_sha256": data, "machine": machine}
     (directory / f"{row}_s{seed}_test.json").write_text(json.dumps(run))
 
 
@@ -53,6 +53,20 @@ def test_rows_trained_on_other_data_are_named(tmp_path):
     assert "NOTE" not in variants.table(*variants.load(tmp_path, "test"), "test")
     write_eval(tmp_path, "idm", 0, outcomes, data="b" * 64)
     write_eval(tmp_path, "lambda0", 0, outcomes)  # from before the record
-    note = variants.table(*variants.load(tmp_path, "test"), "test").splitlines()[-1]
+    (note,) = [line for line in variants.table(*variants.load(tmp_path, "test"), "test").splitlines() if "NOTE" in line]
     assert note == ("NOTE: rows trained on different data (training_data_sha256): aaaaaaaaaaaa: fastwam_s0, joint_s0; "
                     "bbbbbbbbbbbb: idm_s0; not recorded: lambda0_s0")
+
+
+def test_timings_of_different_machines_are_named_and_not_pooled(tmp_path):
+    outcomes = {"reach": [1, 0, 1, 0]}
+    for seed, machine, ms in ((0, "amd", 20.0), (1, "xeon", 60.0)):
+        write_eval(tmp_path, "fastwam", seed, outcomes, ms=ms, machine=machine)
+    write_eval(tmp_path, "joint", 0, outcomes, ms=80.0, machine="amd")
+    runs, imagination = variants.load(tmp_path, "test")
+    assert variants.row_cells(runs, imagination, "fastwam", (0,))[2] == "20.0"
+    assert variants.row_cells(runs, imagination, "fastwam", (0, 1))[2] == "other machines"
+    assert variants.row_cells(runs, imagination, "fastwam", (0, 1))[0].startswith("50.0 %")  # success still pools
+    (note,) = [line for line in variants.table(runs, imagination, "test").splitlines() if "NOTE" in line]
+    assert note == ("NOTE: ms / chunk timed on different machines, comparable only within one (machine): "
+                    "amd: fastwam_s0, joint_s0; xeon: fastwam_s1")
