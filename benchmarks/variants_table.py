@@ -68,8 +68,8 @@ def row_cells(runs: dict, imagination: dict, row: str, seeds: tuple[int, ...]) -
                      f"{100 * (d['difference'] + d['paired_half']):+.1f})")
     else:
         cells.append("no Fast-WAM run")
-    if len({runs[row, s].get("machine") for s in seeds}) > 1:
-        cells.append("other machines")  # timings of two machines do not average into one
+    if len(machines := {recorded(runs[row, s], "machine") for s in seeds}) > 1:
+        cells.append(f"seeds on {len(machines)} machines")  # timings of two machines do not average into one
     else:
         cells.append(f"{np.mean([t['mean_chunk_ms'] for s in seeds for t in runs[row, s]['tasks'].values()]):.1f}")
     source = "dual_fastwam" if row == "dual_idm" else row  # one set of weights: one imagination
@@ -86,11 +86,16 @@ NOTES = {"training_data_sha256": "rows trained on different data",  # record key
          "machine": "ms / chunk timed on different machines, comparable only within one"}
 
 
+def recorded(run: dict, key: str) -> str:
+    """``run[key]``, or "not recorded" for records from before the key existed."""
+    return run.get(key) or "not recorded"
+
+
 def note(runs: dict, key: str) -> str:
     """The rows grouped by their record's ``key`` (dataset hash, machine), when they hold more than one value."""
     groups: dict[str, list[str]] = {}
     for (row, seed), run in sorted(runs.items()):
-        value = run.get(key) or "not recorded"
+        value = recorded(run, key)
         groups.setdefault(value[:12] if key.endswith("sha256") else value, []).append(f"{row}_s{seed}")
     if len(groups) < 2:
         return ""

@@ -112,3 +112,35 @@ def test_collect_refuses_an_odd_size_for_yuv420p_before_any_work(tmp_path):
         cli_main(["collect", "metaworld", "--tasks", "reach", "--episodes", "1", "--image-size", "63",
                   "--out", str(tmp_path / "odd"), "--quiet"])
     assert not (tmp_path / "odd").exists()
+
+
+def test_demo_store_round_trips_and_refuses_what_it_cannot_trust(tmp_path):
+    from fastwam.envs.collect import Demo, DemoStore
+
+    recipe = {"image_size": 32, "action_noise": 0.0}
+    store = DemoStore(tmp_path / "out", recipe)
+    assert store.root == tmp_path / "out.recorded" and store.recorded_before == set()
+    demo = Demo("push", 3, 2, {"observation.images.image": np.arange(48, dtype=np.uint8).reshape(1, 4, 4, 3)},
+                np.ones((1, 8), np.float32), np.zeros((1, 7), np.float32))
+    store.save("push", 3, demo)
+    store.save("push", 4, None)  # a failed layout
+    again = DemoStore(tmp_path / "out", recipe)
+    assert again.recorded_before == {("push", 3), ("push", 4)} and again.load("push", 4) is None
+    loaded = again.load("push", 3)
+    assert loaded.success_step == 2 and loaded.frames.keys() == demo.frames.keys()
+    np.testing.assert_array_equal(loaded.frames["observation.images.image"], demo.frames["observation.images.image"])
+    np.testing.assert_array_equal(loaded.state, demo.state)
+    with pytest.raises(ValueError, match=r"recorded with --image-size 32, this collection asks --image-size 64"):
+        DemoStore(tmp_path / "out", {**recipe, "image_size": 64})
+    with pytest.raises(ValueError, match=r"recorded with no --init-noise \(code .*\), this collection asks --init-noise"):
+        DemoStore(tmp_path / "out", {**recipe, "init_noise": 0.02})  # an option the store's code did not have
+    (store.root / "push" / "3.npz").write_bytes(b"cut short")
+    with pytest.raises(ValueError, match=r"push/3.npz: unreadable .*remove it"):
+        again.load("push", 3)
+    (store.root / "push" / "notes.npz").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"notes.npz: not a recorded layout"):
+        DemoStore(tmp_path / "out", recipe)
+
+    empty = DemoStore(tmp_path / "other", recipe)  # stopped before its first layout: another recipe may start it
+    assert DemoStore(tmp_path / "other", {**recipe, "image_size": 64}).recorded_before == set()
+    assert json.loads((empty.root / "recipe.json").read_text())["image_size"] == 64

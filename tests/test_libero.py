@@ -384,7 +384,8 @@ def test_bad_suite_task_or_checkpoint_is_refused_naming_the_mismatch(run_dir, tm
 
 def test_an_interrupted_collection_resumes_and_writes_what_one_run_would(monkeypatch, tmp_path, capsys):
     """Layouts recorded before an interruption are kept in <out>.recorded and not recorded again; the
-    resumed dataset is byte for byte the uninterrupted one's; another recipe is refused on resume."""
+    resumed dataset has the uninterrupted one's content (content_sha256) and collection log, episodes
+    in the same order; a store of another recipe, or one without its recipe, is refused."""
     from fastwam.data.lerobot import camera_key
     from fastwam.envs import libero_collect as lc
     from fastwam.envs.collect import Demo
@@ -408,23 +409,32 @@ def test_an_interrupted_collection_resumes_and_writes_what_one_run_would(monkeyp
     out, store = tmp_path / "resumed", tmp_path / "resumed.recorded"
     with pytest.raises(KeyboardInterrupt):
         lc.collect(spec, out, progress=False)
-    assert "the same command resumes" in capsys.readouterr().err
+    assert "4 recorded layouts are kept" in capsys.readouterr().err
     assert not out.exists() and not (tmp_path / "resumed.partial").exists()
     assert sorted(p.stem for p in store.glob("*/*.npz")) == ["0", "0", "1", "2"]  # a0 a1(failed) a2 b0
-    with pytest.raises(ValueError, match=r"action_noise = 0.0, this collection asks 0.1"):
+    with pytest.raises(ValueError, match=r"recorded with --action-noise 0.0, this collection asks --action-noise 0.1"):
         lc.collect(dataclasses.replace(spec, action_noise=0.1), out, progress=False)
 
-    calls.clear(), interrupt_at.clear(), interrupt_at.append(0)
+    (store / a / "0.npz").unlink()  # a gap before stored layouts: the episode order must still be the rounds'
+    calls.clear()
+    interrupt_at[0] = 0
     summary = lc.collect(spec, out, progress=False)
-    assert calls == [(b, 1), (b, 2), (a, 3)]  # only what was missing
-    assert summary["reused_layouts"] == 4 and summary["layouts"][a] == ["fresh:0", "fresh:2", "fresh:3"]
+    assert calls == [(a, 0), (b, 1), (b, 2), (a, 3)]  # only what was missing
+    assert summary["resumed"]["layouts"] == 3 and summary["layouts"][a] == ["fresh:0", "fresh:2", "fresh:3"]
     assert not store.exists()
-    assert "resuming: 4 layouts already recorded" in capsys.readouterr().out
+    assert "resuming: 3 layouts already recorded" in capsys.readouterr().out
 
     calls.clear()
     whole = lc.collect(spec, tmp_path / "whole", progress=False)
-    assert len(calls) == 7 and whole["reused_layouts"] == 0
+    assert len(calls) == 7 and whole["resumed"] is None
     assert LeRobotDataset(out).content_sha256() == LeRobotDataset(tmp_path / "whole").content_sha256()
+    assert [{k: v for k, v in log.items() if k not in ("collect_seconds", "resumed")} for log in (summary, whole)] == [
+        {k: v for k, v in whole.items() if k not in ("collect_seconds", "resumed")}] * 2
+
+    (tmp_path / "orphan.recorded" / a).mkdir(parents=True)  # layouts without the recipe they were recorded with
+    (tmp_path / "orphan.recorded" / a / "0.npz").write_bytes(b"")
+    with pytest.raises(ValueError, match="1 recorded layouts but no recipe.json"):
+        lc.collect(spec, tmp_path / "orphan", progress=False)
 
 
 def test_collection_rounds_replace_failed_seeds_and_stop_after_max_failures():

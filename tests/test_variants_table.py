@@ -65,8 +65,12 @@ def test_timings_of_different_machines_are_named_and_not_pooled(tmp_path):
     write_eval(tmp_path, "joint", 0, outcomes, ms=80.0, machine="amd")
     runs, imagination = variants.load(tmp_path, "test")
     assert variants.row_cells(runs, imagination, "fastwam", (0,))[2] == "20.0"
-    assert variants.row_cells(runs, imagination, "fastwam", (0, 1))[2] == "other machines"
+    assert variants.row_cells(runs, imagination, "fastwam", (0, 1))[2] == "seeds on 2 machines"
     assert variants.row_cells(runs, imagination, "fastwam", (0, 1))[0].startswith("50.0 %")  # success still pools
     (note,) = [line for line in variants.table(runs, imagination, "test").splitlines() if "NOTE" in line]
     assert note == ("NOTE: ms / chunk timed on different machines, comparable only within one (machine): "
                     "amd: fastwam_s0, joint_s0; xeon: fastwam_s1")
+    write_eval(tmp_path, "joint", 1, outcomes, machine=None)  # from before the record
+    runs, imagination = variants.load(tmp_path, "test")
+    assert variants.row_cells(runs, imagination, "joint", (0, 1))[2] == "seeds on 2 machines"
+    assert "not recorded: joint_s1" in variants.table(runs, imagination, "test")

@@ -19,12 +19,14 @@ is stored in ``meta/fastwam.json``; ``used_variations(dataset_dir)`` reads it ba
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import multiprocessing as mp
 import os
 import shutil
 import sys
 import time
+import zipfile
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from multiprocessing.pool import Pool
@@ -92,55 +94,86 @@ class DemoStore:
     of them, then removes the store.
 
     ``recipe`` is what determines one demonstration (the spec without which tasks, how many and how
-    the dataset is encoded); a store started with another recipe is refused, naming the field. The
-    store keeps the code version that started it (shown on resume), not checked: a commit between
-    the two runs is allowed.
+    the dataset is encoded; its keys are the command's options); a store that holds layouts recorded
+    with another recipe is refused, naming the option. The store keeps the code version that started
+    it (``started_by``), not checked: a commit between the two runs is allowed, and the collection
+    log says so.
     """
 
     def __init__(self, out: Path, recipe: dict):
         self.root = out.with_name(out.name + ".recorded")
         recipe = json.loads(json.dumps(recipe))  # tuples -> lists, as read back
-        path = self.root / "recipe.json"
-        if path.is_file():
-            stored = json.loads(path.read_text())
-            self.started_by = stored.pop("code", "unknown")
+        recipe_path = self.root / "recipe.json"
+        self.recorded_before = {self._key(p) for p in self.root.glob("*/*.npz")}  # (task, seed)
+        if self.recorded_before and not recipe_path.is_file():
+            raise ValueError(f"{self.root}: {len(self.recorded_before)} recorded layouts but no recipe.json: what they "
+                             f"were recorded with is unknown; remove {self.root}")
+        if self.recorded_before:
+            try:
+                stored = json.loads(recipe_path.read_text())
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{recipe_path}: not valid JSON ({e}); remove {self.root}") from None
+            self.started_by = stored.pop("code", "not recorded")
             for key in sorted(stored.keys() | recipe.keys()):
                 if stored.get(key) != recipe.get(key):
-                    raise ValueError(f"{self.root}: recorded with {key} = {stored.get(key)!r}, this collection asks "
-                                     f"{recipe.get(key)!r}; resume with the same options, or remove {self.root}")
-        else:
+                    option = "--" + key.replace("_", "-")
+                    was = f"{option} {stored[key]!r}" if key in stored else f"no {option} (code {self.started_by})"
+                    now = f"{option} {recipe[key]!r}" if key in recipe else f"no {option}"
+                    raise ValueError(f"{self.root}: recorded with {was}, this collection asks {now}; resume with "
+                                     f"the same options, or remove {self.root}")
+        else:  # new, or stopped before its first layout: this recipe starts it
             from fastwam import code_version
 
             self.started_by = code_version()
             self.root.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({**recipe, "code": self.started_by}, indent=1) + "\n")
-        self.before = {(p.parent.name, int(p.stem)) for p in self.root.glob("*/*.npz")}  # (task, seed)
+            _write_atomically(recipe_path, (json.dumps({**recipe, "code": self.started_by}, indent=1) + "\n").encode())
+
+    @staticmethod
+    def _key(path: Path) -> tuple[str, int]:
+        if not path.stem.isdigit():
+            raise ValueError(f"{path}: not a recorded layout (expected <task>/<seed>.npz); remove it")
+        return path.parent.name, int(path.stem)
 
     def _path(self, task: str, seed: int) -> Path:
         return self.root / task / f"{seed}.npz"
 
     def load(self, task: str, seed: int) -> Demo | None:
         """The stored demonstration of (task, seed); None for a layout the expert failed."""
-        with np.load(self._path(task, seed)) as f:
-            if bool(f["failed"]):
-                return None
-            frames = {k.removeprefix("frames/"): f[k] for k in f.files if k.startswith("frames/")}
-            return Demo(task, seed, int(f["success_step"]), frames, f["state"], f["action"])
+        path = self._path(task, seed)
+        try:
+            with np.load(path) as f:
+                if bool(f["failed"]):
+                    return None
+                frames = {k.removeprefix("frames/"): f[k] for k in f.files if k.startswith("frames/")}
+                return Demo(task, seed, int(f["success_step"]), frames, f["state"], f["action"])
+        except (OSError, EOFError, KeyError, ValueError, zipfile.BadZipFile) as e:
+            raise ValueError(f"{path}: unreadable ({type(e).__name__}: {e}); remove it and that layout is "
+                             "recorded again") from None
 
     def save(self, task: str, seed: int, demo: Demo | None) -> None:
-        path = self._path(task, seed)
-        path.parent.mkdir(exist_ok=True)
+        """Store one layout's outcome (in the worker that recorded it: nothing finished is lost)."""
         arrays = {"failed": np.bool_(demo is None)}
         if demo is not None:
             arrays.update(success_step=np.int64(demo.success_step), state=demo.state, action=demo.action,
                           **{f"frames/{k}": v for k, v in demo.frames.items()})
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:  # then renamed: a half-written file is never taken for a demonstration
-            np.savez_compressed(f, **arrays)
-        os.replace(tmp, path)
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **arrays)
+        path = self._path(task, seed)
+        path.parent.mkdir(exist_ok=True)
+        _write_atomically(path, buffer.getvalue())
 
     def remove(self) -> None:
         shutil.rmtree(self.root)
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write, flush to disk, then rename: a crash leaves the old file or the new, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------------------------

@@ -23,8 +23,10 @@ order, then seed order. ``meta/fastwam.json`` records the layouts used and faile
 (``collection_info``), which evaluation keeps disjoint.
 
 An hour of recording is not lost to an interruption: every layout's outcome is kept in
-``<out>.recorded/`` (``DemoStore``) as it arrives, and the same command again records only the
-layouts missing, then writes the same dataset an uninterrupted run would have written.
+``<out>.recorded/`` (``DemoStore``) by the worker that recorded it, and the same command again
+records only the layouts missing, then writes the dataset an uninterrupted run would have written
+(its collection log adds ``resumed``: how many layouts came from the store, and which code recorded
+them; ``collect_seconds`` is the last run's).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from typing import Iterator
 
 import numpy as np
 
+from fastwam import code_version
 from fastwam.data.lerobot import COLLECTION_LOG, VIDEO_ENCODINGS, LeRobotWriter, build_features, camera_key
 from fastwam.envs import libero as lb
 from fastwam.envs.collect import Demo, DemoStore, _pool, _run_jobs, check_video_encoding, record_expert
@@ -139,9 +142,11 @@ def arm_noise(std: float, rng: np.random.Generator):
     return perturb
 
 
-def _record_job(args: tuple[LiberoSpec, str, int]) -> tuple[str, int, Demo | None]:
-    spec, task, seed = args
-    return task, seed, record_demo(spec, task, seed)
+def _record_job(args: tuple[tuple[LiberoSpec, str, int], DemoStore]) -> tuple[str, int, Demo | None]:
+    (spec, task, seed), store = args
+    demo = record_demo(spec, task, seed)
+    store.save(task, seed, demo)
+    return task, seed, demo
 
 
 # -- main side ----------------------------------------------------------------------------------
@@ -160,8 +165,9 @@ def collect(spec: LiberoSpec, out, workers: int = 1, progress: bool = True) -> d
     features = build_features(lb.CONTROL_FPS, {camera_key(c): (spec.image_size, spec.image_size) for c in spec.cameras},
                               {"observation.state": lb.STATE_NAMES, "action": lb.ACTION_NAMES}, video=video)
     store = DemoStore(out, recipe(spec))
-    if store.before:
-        print(f"resuming: {len(store.before)} layouts already recorded in {store.root} (by {store.started_by})")
+    if store.recorded_before:
+        print(f"resuming: {len(store.recorded_before)} layouts already recorded in {store.root} (code "
+              f"{store.started_by}; this is {code_version()})")
     writer = LeRobotWriter(out, fps=lb.CONTROL_FPS, features=features, robot_type="panda", video=video)
     used = {t: [] for t in spec.tasks}
     failed = {t: [] for t in spec.tasks}
@@ -184,12 +190,14 @@ def collect(spec: LiberoSpec, out, workers: int = 1, progress: bool = True) -> d
                     bar.update(1)
             bar.close()
         summary = _summary(spec, used, failed, episodes, time.perf_counter() - start, workers)
-        summary["reused_layouts"] = len(store.before & {(t, s) for t in spec.tasks for s in used[t] + failed[t]})
+        reused = store.recorded_before & {(t, s) for t in spec.tasks for s in used[t] + failed[t]}
+        summary["resumed"] = {"layouts": len(reused), "recorded_by": store.started_by} if reused else None
         writer.finish({COLLECTION_LOG: summary})  # refuses a dataset without episodes (every task failed)
     except BaseException:
         writer.abort()
-        print(f"collection stopped: the layouts recorded so far are kept in {store.root}; the same command "
-              "resumes from them", file=sys.stderr)
+        if kept := len(list(store.root.glob("*/*.npz"))):
+            print(f"collection stopped: {kept} recorded layouts are kept in {store.root}; the same command resumes "
+                  "from them", file=sys.stderr)
         raise
     finally:
         close_envs()  # in-process envs (workers <= 1); pool workers are gone already
@@ -204,15 +212,10 @@ def recipe(spec: LiberoSpec) -> dict:
 
 def _stored_or_recorded(pool, jobs: list[tuple[LiberoSpec, str, int]], store: DemoStore) -> Iterator[tuple]:
     """(task, seed, demo or None) for jobs, in order: from the store where an earlier run recorded it,
-    else recorded now on the pool and stored."""
-    new = _run_jobs(pool, _record_job, [j for j in jobs if (j[1], j[2]) not in store.before])
+    else recorded now on the pool (and stored by the worker that recorded it)."""
+    new = _run_jobs(pool, _record_job, [(j, store) for j in jobs if (j[1], j[2]) not in store.recorded_before])
     for _, task, seed in jobs:
-        if (task, seed) in store.before:
-            yield task, seed, store.load(task, seed)
-        else:
-            result = next(new)
-            store.save(*result)
-            yield result
+        yield (task, seed, store.load(task, seed)) if (task, seed) in store.recorded_before else next(new)
 
 
 def _next_round(spec: LiberoSpec, used: dict, failed: dict, next_seed: dict) -> list[tuple[LiberoSpec, str, int]]:
@@ -230,7 +233,7 @@ def _next_round(spec: LiberoSpec, used: dict, failed: dict, next_seed: dict) -> 
 
 def _summary(spec: LiberoSpec, used: dict, failed: dict, episodes: list[dict], seconds: float, workers: int) -> dict:
     return {
-        "suite": spec.suite, "benchmark": "libero",
+        "suite": spec.suite, "benchmark": "libero", "code": code_version(),
         "spec": {**asdict(spec), "tasks": list(spec.tasks), "cameras": list(spec.cameras)},
         "layouts": {t: [str(lb.Layout(lb.FRESH, s)) for s in used[t]] for t in spec.tasks},
         "failed_layouts": {t: [str(lb.Layout(lb.FRESH, s)) for s in failed[t]] for t in spec.tasks},
