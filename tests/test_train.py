@@ -65,6 +65,42 @@ def test_resume_repeats_the_uninterrupted_loss_sequence(dataset, tmp_path, shift
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_signal_checkpoints_the_step_in_progress_and_resume_continues_from_it(dataset, tmp_path, monkeypatch, capsys):
+    """SIGTERM mid-step (a scheduler's preemption): the step finishes, is checkpointed off the
+    checkpoint grid (every 3) and the run stops with 128 + 15; --resume then repeats the
+    uninterrupted run's losses. The handlers are the process's own again afterwards."""
+    import os
+    import signal
+
+    from fastwam.cli import main as cli_main
+    from fastwam.train import Trainer
+
+    args = ["train", "--data", str(dataset), "--preset", "tiny", "--steps", "6", "--batch-size", "4",
+            "--checkpoint-every", "3", "--seed", "0"]
+    assert cli_main([*args, "--out", str(tmp_path / "full")]) == 0
+    step = Trainer.train_step
+
+    def preempted_during_step_4(self):
+        if self.step == 3:  # the fourth step
+            os.kill(os.getpid(), signal.SIGTERM)
+        return step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", preempted_during_step_4)
+    before = signal.getsignal(signal.SIGTERM)
+    assert cli_main([*args, "--out", str(tmp_path / "cut")]) == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert "stopped by SIGTERM at step 4" in capsys.readouterr().err
+    assert latest_checkpoint(tmp_path / "cut").name == "step-0000004"
+    monkeypatch.setattr(Trainer, "train_step", step)
+    assert cli_main([*args, "--out", str(tmp_path / "cut"), "--resume"]) == 0
+    full, cut = ({row["step"]: row["loss"] for row in map(json.loads, lines)}
+                 for lines in ((tmp_path / run / "metrics.jsonl").read_text().splitlines() for run in ("full", "cut")))
+    assert 4 in cut and cut[5] == full[5] and cut[6] == full[6]  # the stopped step logged; then as the whole run
+    a = load_file(latest_checkpoint(tmp_path / "full") / "model.safetensors")
+    b = load_file(latest_checkpoint(tmp_path / "cut") / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_random_shift_reaches_the_loss(dataset, tmp_path):
     """Same seed, same batches and noise: only the shifted pixels can change the first loss."""
     plain = build_trainer(tiny_config(steps=1), dataset, tmp_path / "plain", progress=False).run()

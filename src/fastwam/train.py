@@ -11,7 +11,9 @@ A run directory holds ``config.yaml``, ``stats.json`` (normalization), ``data.js
 its content hash ``dataset_sha256`` and the task variations its demonstrations used),
 ``metrics.jsonl``, ``loss.png`` and ``checkpoints/step-XXXXXXX/`` (``model.safetensors``,
 ``config.yaml``, ``stats.json``, ``data.json``, ``train_state.pt`` or one training-state shard per
-process), each written to a temporary directory and renamed into place.
+process), each written to a temporary directory and renamed into place. SIGINT or SIGTERM (Ctrl-C,
+a scheduler's preemption) finish the step in progress, checkpoint it and stop (exit code 128 + the
+signal's number); ``--resume`` continues from that step.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ import json
 import math
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -259,6 +263,41 @@ class EMA:
 
 # -- the trainer -------------------------------------------------------------------------------
 
+class TrainingStopped(Exception):
+    """SIGINT or SIGTERM reached ``Trainer.run``: it finished the step in progress, checkpointed it, and stopped."""
+
+    def __init__(self, signum: int, step: int, checkpoint: Path):
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; checkpoint {checkpoint}")
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """While inside, SIGINT and SIGTERM append their number to the yielded list instead of killing the
+    process, so training can finish its step and checkpoint it (Ctrl-C, a scheduler's preemption); a
+    second signal acts as it did before. Signals the process ignores (a background job's SIGINT) stay
+    ignored; outside the main thread nothing is installed."""
+    asked: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield asked
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    previous = {s: h for s, h in previous.items() if h is not signal.SIG_IGN}
+
+    def ask(signum, frame):
+        asked.append(signum)
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+    for s in previous:
+        signal.signal(s, ask)
+    try:
+        yield asked
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
 class Trainer:
     """Owns model, optimizer, schedule, EMA and the run directory; ``run`` trains until ``cfg.train.steps``."""
 
@@ -324,23 +363,38 @@ class Trainer:
         bar = tqdm(total=t.steps, initial=self.step, desc="train", disable=not self.progress or not self.accelerator.is_main_process)
         writer = _tensorboard(self.out) if self.accelerator.is_main_process else None
         start = time.time()
-        while self.step < until:
-            metrics = self.train_step()
-            self.step += 1
-            bar.update(1)
-            bar.set_postfix(loss=f"{metrics['loss']:.4f}", act=f"{metrics['loss_action']:.4f}", vid=f"{metrics['loss_video']:.4f}")
-            if self.step % t.log_every == 0 or self.step == until:
-                metrics |= {"step": self.step, "seconds": round(time.time() - start, 2)}
-                logged.append(metrics)
-                self._log(metrics, writer)
-            if self.step % t.checkpoint_every == 0 or self.step == t.steps:
-                self.save_checkpoint()
-        bar.close()
-        if writer is not None:
-            writer.close()
+        try:
+            with stop_requests() as asked:
+                while self.step < until:
+                    metrics = self.train_step()
+                    self.step += 1
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{metrics['loss']:.4f}", act=f"{metrics['loss_action']:.4f}",
+                                    vid=f"{metrics['loss_video']:.4f}")
+                    stopping = self._any_process(asked)
+                    if self.step % t.log_every == 0 or self.step == until or stopping:
+                        metrics |= {"step": self.step, "seconds": round(time.time() - start, 2)}
+                        logged.append(metrics)
+                        self._log(metrics, writer)
+                    if self.step % t.checkpoint_every == 0 or self.step == t.steps or stopping:
+                        checkpoint = self.save_checkpoint()
+                    if stopping:
+                        raise TrainingStopped(asked[0] if asked else signal.SIGTERM, self.step, checkpoint)
+        finally:
+            bar.close()
+            if writer is not None:
+                writer.close()
         if self.step == t.steps and self.accelerator.is_main_process:
             plot_losses(self.out / "metrics.jsonl", self.out / "loss.png")
         return logged
+
+    def _any_process(self, asked: list) -> bool:
+        """Whether some process was asked to stop (all processes stop at the same step, or the
+        checkpoint's collectives would wait forever)."""
+        if self.accelerator.num_processes == 1:
+            return bool(asked)
+        flag = torch.tensor([float(bool(asked))], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="max").item())
 
     def train_step(self) -> dict:
         """One optimizer step on ``train.accumulate`` micro-batches, each drawn by its own generator
@@ -718,7 +772,12 @@ def run(args: argparse.Namespace) -> int:
     is_main = trainer.accelerator.is_main_process
     if args.resume and is_main:
         print(f"resumed {out} at step {trainer.step}")
-    trainer.run()
+    try:
+        trainer.run()
+    except TrainingStopped as stop:
+        if is_main:
+            print(f"fastwam train: {stop}; `--resume` with the same command continues it", file=sys.stderr)
+        return 128 + stop.signum  # the shell's code for a process ended by that signal
     if is_main:
         print(f"checkpoint: {latest_checkpoint(out)}\nloss curve: {out / 'loss.png'}\nmetrics:    {out / 'metrics.jsonl'}")
     return 0
