@@ -68,10 +68,7 @@ def row_cells(runs: dict, imagination: dict, row: str, seeds: tuple[int, ...]) -
                      f"{100 * (d['difference'] + d['paired_half']):+.1f})")
     else:
         cells.append("no Fast-WAM run")
-    if len(machines := {recorded(runs[row, s], "machine") for s in seeds}) > 1:
-        cells.append(f"seeds on {len(machines)} machines")  # timings of two machines do not average into one
-    else:
-        cells.append(f"{np.mean([t['mean_chunk_ms'] for s in seeds for t in runs[row, s]['tasks'].values()]):.1f}")
+    cells.append(latency_cell(runs, row, seeds))
     source = "dual_fastwam" if row == "dual_idm" else row  # one set of weights: one imagination
     scores = [imagination[source, s] for s in seeds if (source, s) in imagination]
     if row == "lambda0" or len(scores) < len(seeds):
@@ -84,6 +81,19 @@ def row_cells(runs: dict, imagination: dict, row: str, seeds: tuple[int, ...]) -
 
 NOTES = {"training_data_sha256": "rows trained on different data",  # record key -> what differing values mean
          "machine": "ms / chunk timed on different machines, comparable only within one"}
+
+
+def latency_cell(runs: dict, row: str, seeds: tuple[int, ...]) -> str:
+    """Mean policy ms per chunk over ``seeds``, with its ratio to Fast-WAM's where every seed of both
+    was timed on one machine; timings of two machines are not averaged into one."""
+    if len(machines := {recorded(runs[row, s], "machine") for s in seeds}) > 1:
+        return f"seeds on {len(machines)} machines"
+
+    def ms(name: str) -> float:
+        return float(np.mean([t["mean_chunk_ms"] for s in seeds for t in runs[name, s]["tasks"].values()]))
+
+    same_machine = all(("fastwam", s) in runs and recorded(runs["fastwam", s], "machine") in machines for s in seeds)
+    return f"{ms(row):.1f}" + (f" ({ms(row) / ms('fastwam'):.1f}x)" if row != "fastwam" and same_machine else "")
 
 
 def recorded(run: dict, key: str) -> str:

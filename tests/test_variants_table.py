@@ -35,7 +35,7 @@ def test_rows_pool_seeds_and_pair_against_fastwam(tmp_path):
     assert difference.startswith("+25.0 (")  # +2 per seed-task pair of 8 episodes
     low = float(difference.split("(")[1].split(" to ")[0])
     assert 0 < low < 25  # every paired difference >= 0: the paired interval stays above 0
-    assert pooled[2] == "80.0" and pooled[3:] == ["21.00", "0.600"]
+    assert pooled[2] == "80.0 (4.0x)" and pooled[3:] == ["21.00", "0.600"]
     assert variants.row_cells(runs, imagination, "fastwam", (0,))[1] == "reference"
     assert variants.row_cells(runs, imagination, "fastwam", (0,))[3:] == ["not run", "not run"]
     assert variants.row_cells(runs, imagination, "joint", (0, 1))[0] == "not run"
@@ -65,6 +65,12 @@ def test_timings_of_different_machines_are_named_and_not_pooled(tmp_path):
     write_eval(tmp_path, "joint", 0, outcomes, ms=80.0, machine="amd")
     runs, imagination = variants.load(tmp_path, "test")
     assert variants.row_cells(runs, imagination, "fastwam", (0,))[2] == "20.0"
+    assert variants.row_cells(runs, imagination, "joint", (0,))[2] == "80.0 (4.0x)"  # both timed on "amd"
+    write_eval(tmp_path, "idm", 0, outcomes, ms=80.0, machine="xeon")
+    runs, imagination = variants.load(tmp_path, "test")
+    assert variants.row_cells(runs, imagination, "idm", (0,))[2] == "80.0"  # Fast-WAM's seed 0 ran elsewhere: no ratio
+    (tmp_path / "idm_s0_test.json").unlink()
+    runs, imagination = variants.load(tmp_path, "test")
     assert variants.row_cells(runs, imagination, "fastwam", (0, 1))[2] == "seeds on 2 machines"
     assert variants.row_cells(runs, imagination, "fastwam", (0, 1))[0].startswith("50.0 %")  # success still pools
     (note,) = [line for line in variants.table(runs, imagination, "test").splitlines() if "NOTE" in line]
