@@ -1,7 +1,8 @@
 """The controlled comparison's table (issue #18), in the paper's form, from the files of
 ``benchmarks/mt10_variants.sh``: per variant, mean success with its 95 % interval, the paired
 difference against Fast-WAM with its paired 95 % interval (``paired_comparison.py``: the same
-episodes), policy latency per chunk from the same eval runs, and imagination PSNR/SSIM (validation
+episodes), policy latency per chunk from the same eval runs (with its ratio to Fast-WAM's where both
+were timed on one machine), and imagination PSNR/SSIM (validation
 episodes) — per seed and pooled over seeds (episodes of both seeds together, each paired with
 Fast-WAM's of its seed); then the per-task breakdown. Missing files are shown as not run; rows
 trained on different datasets (``training_data_sha256``) or timed on different machines (``machine``)
