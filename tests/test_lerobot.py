@@ -6,7 +6,11 @@ smooth frames; parquet values come back exactly.
 """
 
 import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -162,6 +166,23 @@ def test_all_frames_are_decoded_once_into_a_cache(root, episodes):
     again = LeRobotDataset(root).frames("wrist")
     assert cached[0].stat().st_mtime_ns == stamp  # reused, not decoded again
     np.testing.assert_array_equal(again, frames)
+
+
+def test_what_a_killed_decode_left_is_removed_by_the_next(root):
+    """A killed training leaves its half-written cache (GBs for real data); the next decode of the same
+    key removes this host's dead processes' leftovers, and nothing a live process or another host writes."""
+    LeRobotDataset(root).frames("wrist")
+    [cache] = (root / "cache").glob("frames-observation.images.wrist-*.npy")
+    cache.unlink()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    host = socket.gethostname().replace(".", "_")
+    left = {name: root / "cache" / f"{cache.stem}.{name}.tmp.npy"
+            for name in (f"{host}.{dead.stdout.strip()}", f"{host}.{os.getppid()}", f"otherhost.{dead.stdout.strip()}")}
+    for path in left.values():
+        path.write_bytes(b"half written")
+    LeRobotDataset(root).frames("wrist")
+    assert cache.is_file()
+    assert {name for name, path in left.items() if path.exists()} == set(list(left)[1:])
 
 
 def test_stats_json_matches_data(root, episodes):

@@ -44,7 +44,7 @@ from fastwam.checkpoint import (CHECKPOINTS, TRAIN_STATE, latest_checkpoint, loa
 from fastwam.codecs import build_codec, frames_to_unit
 from fastwam.config import STRATEGIES, Config, TrainConfig, preset
 from fastwam.data.augment import random_shift
-from fastwam.data.lerobot import DatasetError, LeRobotDataset
+from fastwam.data.lerobot import DatasetError, LeRobotDataset, cache_temp
 from fastwam.data.normalize import Normalizer
 from fastwam.data.windows import ACTION_KEY, STATE_KEY, ChunkDataset
 from fastwam.model import WAM, Batch
@@ -148,13 +148,6 @@ def _side_by_side(frames: list[np.ndarray], rows: np.ndarray) -> torch.Tensor:
     return frames_to_unit(torch.from_numpy(pixels).movedim(-1, -3))
 
 
-def _temp_for(path: Path) -> Path:
-    """A temporary file beside ``path`` for an atomic write (then ``os.replace``), one per process:
-    accelerate ranks may race here."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
-
-
 def _load_cache(path: Path, shape: tuple[int, ...], mmap: bool) -> np.ndarray | None:
     """The cached array at ``path`` (None if absent); a cache of another shape is an error, not a miss."""
     if not path.is_file():
@@ -180,7 +173,7 @@ def cached_frame_latents(cfg: Config, dataset: LeRobotDataset, windows: ChunkDat
     for start in tqdm(range(0, dataset.num_frames, step), desc="encode latents", disable=not progress, leave=False):
         unit = _side_by_side(frames, np.arange(start, min(start + step, dataset.num_frames)))[:, None]  # (n, 1, 3, h, W)
         out[start:start + step] = codec.encode(unit)[:, 0].numpy().astype(np.float16)
-    tmp = _temp_for(path)
+    tmp = cache_temp(path)
     np.save(tmp, out)
     os.replace(tmp, path)
     return out
@@ -212,7 +205,7 @@ def cached_clip_latents(cfg: Config, dataset: LeRobotDataset, windows: ChunkData
         return cached
     device = "cuda" if torch.cuda.is_available() else "cpu"
     codec = build_codec(codec_cfg, device=device, dtype=torch.bfloat16 if device == "cuda" else torch.float32)
-    tmp = _temp_for(path)
+    tmp = cache_temp(path)
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=shape)  # written in place, not held in RAM
     for start in tqdm(range(0, len(frame_rows), batch), desc="encode clip latents", disable=not progress, leave=False):
         clips = _side_by_side(frames, frame_rows[start:start + batch])  # (n, 1 + k*F, 3, h, W)

@@ -45,6 +45,7 @@ import json
 import math
 import os
 import shutil
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -198,6 +199,33 @@ def stats_to_json(stats: Mapping[str, Mapping[str, Any]]) -> dict:
 # --------------------------------------------------------------------------------------------
 # Small file helpers (every failure names the file)
 # --------------------------------------------------------------------------------------------
+
+
+def cache_temp(path: Path) -> Path:
+    """A temporary file beside the cache file ``path``, for writing it whole and then ``os.replace``:
+    one per host and process (ranks of one training may race here, on one host or a shared disk).
+
+    Removes what this host's dead processes left for the same ``path`` first: a cache of real data
+    takes GBs, and a killed training (session end, OOM, SIGKILL) cannot clean up after itself.
+    """
+    host = socket.gethostname().replace(".", "_")
+    prefix, suffix = f"{path.stem}.{host}.", ".tmp.npy"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.iterdir():
+        pid = stale.name[len(prefix):-len(suffix)]
+        if stale.name.startswith(prefix) and stale.name.endswith(suffix) and pid.isdigit() and not _process_alive(int(pid)):
+            stale.unlink(missing_ok=True)
+    return path.with_name(f"{path.stem}.{host}.{os.getpid()}.tmp.npy")
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _read_json(path: Path) -> Any:
@@ -860,8 +888,7 @@ class LeRobotDataset:
 
     def _decode_to_cache(self, key: str, path: Path, progress: bool) -> None:
         """Decode every file of a video or image key once, in order, into a new .npy (published atomically)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}.npy")
+        tmp = cache_temp(path)
         out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(self.num_frames, *self.features[key]["shape"]))
         by_file: dict[Path, list] = {}
         if key not in self.image_keys:
