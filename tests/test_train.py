@@ -129,6 +129,21 @@ def test_run_directory_layout_and_metrics(dataset, tmp_path):
     assert not torch.equal(ema[key], state["model"][key]) and torch.equal(ema[key], state["ema"][key])
 
 
+def test_keep_checkpoints_sets_how_many_a_run_keeps_and_a_resume_keeps_its_setting(dataset, tmp_path):
+    from fastwam.cli import main
+
+    run = tmp_path / "run"
+    train = ["train", "--data", str(dataset), "--preset", "tiny", "--batch-size", "4", "--checkpoint-every", "2",
+             "--out", str(run)]
+    kept = lambda: sorted(p.name for p in (run / "checkpoints").iterdir())  # noqa: E731
+    assert main([*train, "--steps", "4", "--keep-checkpoints", "0"]) == 0
+    assert kept() == ["step-0000002", "step-0000004"]
+    assert main([*train, "--steps", "6", "--resume"]) == 0  # no flag: the run's own setting, not the default 2
+    assert kept() == ["step-0000002", "step-0000004", "step-0000006"]
+    assert main([*train, "--steps", "8", "--resume", "--keep-checkpoints", "1"]) == 0
+    assert kept() == ["step-0000008"]
+
+
 def test_existing_run_needs_resume_flag(dataset, tmp_path):
     from fastwam.cli import main
 
@@ -417,6 +432,7 @@ def test_resume_refuses_other_data(dataset, tmp_path):
 @pytest.mark.parametrize("option, value, message", [
     ("--batch-size", "0", "train.batch_size must be an integer >= 1, got 0"),
     ("--checkpoint-every", "0", "train.checkpoint_every must be an integer >= 1, got 0"),
+    ("--keep-checkpoints", "-1", r"train.keep_checkpoints must be an integer >= 0 \(0: every one\), got -1"),
     ("--steps", "-5", "train.steps must be an integer >= 1, got -5"),
     ("--ema", "2", r"train.ema must be in \[0, 1\)"),
     ("--lr", "nan", "train.lr must be a finite number > 0, got nan"),

@@ -274,6 +274,7 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10
     checkpoint_every: int = 500
+    keep_checkpoints: int = 2  # the newest checkpoints a run keeps, older ones deleted (0: keeps every one)
     mixed_precision: Literal["no", "bf16"] = "no"
     # Several processes (accelerate launch): ddp replicates the model; zero2 and fsdp shard parameters,
     # gradients, AdamW moments and EMA across them (fastwam.parallel; `fastwam plan` sizes each).
@@ -287,6 +288,8 @@ class TrainConfig:
         for name in ("steps", "batch_size", "log_every", "checkpoint_every", "accumulate"):
             value = getattr(self, name)
             _check(isinstance(value, int) and value >= 1, f"train.{name} must be an integer >= 1, got {value!r}")
+        _check(isinstance(self.keep_checkpoints, int) and self.keep_checkpoints >= 0,
+               f"train.keep_checkpoints must be an integer >= 0 (0: every one), got {self.keep_checkpoints!r}")
         _check(math.isfinite(self.lr) and self.lr > 0, f"train.lr must be a finite number > 0, got {self.lr}")
         _check(self.warmup >= 0, f"train.warmup must be >= 0, got {self.warmup}")
         _check(math.isfinite(self.weight_decay) and self.weight_decay >= 0,

@@ -51,7 +51,6 @@ from fastwam.model import WAM, Batch
 from fastwam.model.wan_weights import init_action_from_video, load_wan_video_weights
 from fastwam.text import build_text_encoder
 
-KEEP_CHECKPOINTS = 2
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -449,7 +448,8 @@ class Trainer:
     # -- checkpoints ---------------------------------------------------------------------------
 
     def save_checkpoint(self) -> Path:
-        """Write checkpoints/step-XXXXXXX atomically (temp dir + rename); keep the newest few.
+        """Write checkpoints/step-XXXXXXX atomically (temp dir + rename); keep the newest
+        ``train.keep_checkpoints`` (every one if 0).
 
         Sharded: every process writes its own training-state shard; the weights are gathered
         whole into ``model.safetensors`` (one tensor at a time)."""
@@ -478,8 +478,9 @@ class Trainer:
             write_checksums(tmp, known=own)
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
-            for old in sorted((self.out / CHECKPOINTS).glob("step-???????"))[:-KEEP_CHECKPOINTS]:
-                shutil.rmtree(old)
+            if self.cfg.train.keep_checkpoints:
+                for old in sorted((self.out / CHECKPOINTS).glob("step-???????"))[:-self.cfg.train.keep_checkpoints]:
+                    shutil.rmtree(old)
         acc.wait_for_everyone()
         return final
 
@@ -568,7 +569,8 @@ def student_config(teacher: Config, steps: int, train: TrainConfig | None = None
     return teacher.replace(model=dataclasses.replace(teacher.model, action_flow=flow), train=train or teacher.train)
 
 
-IGNORED_ON_RESUME = ("steps", "init_video", "init_action", "log_every", "checkpoint_every", "activation_checkpointing")
+IGNORED_ON_RESUME = ("steps", "init_video", "init_action", "log_every", "checkpoint_every", "keep_checkpoints",
+                     "activation_checkpointing")
 
 
 def resume_changes(checkpoint: Path, cfg: Config, allow: bool) -> dict[str, tuple]:
@@ -696,6 +698,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mixed-precision", default=None, choices=["no", "bf16"], help="compute dtype (default: the preset's)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--checkpoint-every", type=int, default=None)
+    parser.add_argument("--keep-checkpoints", type=int, default=None,
+                        help="the newest checkpoints the run keeps, older ones deleted (default 2; 0: every one)")
     parser.add_argument("--out", required=True, help="run directory")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its newest checkpoint")
     parser.add_argument("--allow-changes", action="store_true",
@@ -707,11 +711,14 @@ def config_from_args(args: argparse.Namespace) -> Config:
     overrides = {k: v for k, v in {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "ema": args.ema,
                                    "augment_shift": args.augment_shift, "init_video": args.init_video,
                                    "init_action": args.init_action, "seed": args.seed,
-                                   "checkpoint_every": args.checkpoint_every, "accumulate": args.accumulate,
+                                   "checkpoint_every": args.checkpoint_every, "keep_checkpoints": args.keep_checkpoints,
+                                   "accumulate": args.accumulate,
                                    "strategy": args.strategy, "activation_checkpointing": args.activation_checkpointing,
                                    "mixed_precision": args.mixed_precision}.items() if v is not None}
-    saved = _saved_student(args)
-    if saved is not None:  # resuming a distillation: its teacher and step count are the run's own
+    saved = _saved_run(args)
+    if saved is not None and args.keep_checkpoints is None:  # a resumed run deletes no more than it did
+        overrides["keep_checkpoints"] = saved.train.keep_checkpoints
+    if saved is not None and saved.train.distill_from:  # resuming a distillation: its teacher and step count are the run's own
         teacher = args.distill_from and str(latest_checkpoint(args.distill_from).resolve())
         for option, given, recorded in (("--distill-from", teacher, saved.train.distill_from),
                                         ("--student-steps", args.student_steps, saved.model.action_flow.steps)):
@@ -744,12 +751,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
     return student_config(teacher_cfg, steps, train)
 
 
-def _saved_student(args: argparse.Namespace) -> Config | None:
-    """The config of the distillation run ``--resume`` continues (None: not resuming one)."""
+def _saved_run(args: argparse.Namespace) -> Config | None:
+    """The config of the run ``--resume`` continues (None: not resuming one)."""
     if not args.resume or not (Path(args.out) / CHECKPOINTS).is_dir():
         return None
-    saved = Config.load(newest_readable_config(args.out) / "config.yaml")
-    return saved if saved.train.distill_from else None
+    return Config.load(newest_readable_config(args.out) / "config.yaml")
 
 
 def run(args: argparse.Namespace) -> int:
