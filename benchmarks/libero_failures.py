@@ -9,7 +9,10 @@ every episode into one outcome:
 - ``wrong_object``: the instructed object was never lifted, another one was;
 - ``no_lift``: no object was lifted (the grasp never closed on anything);
 
-"lifted" = raised ``LIFT`` above its start height at some step.
+"lifted" = raised ``LIFT`` above its start height at some step. Each episode also records where the
+gripper was, against the instructed object, when the policy first commanded it to close
+(``first_close_mm``: gripper site minus object origin, world x, y, z in mm; None if it never
+closed) and how many times it closed: a grasp that closed too high or beside the object, or not at all.
 
     .venv/bin/python benchmarks/libero_failures.py --checkpoint runs/lo --split validation --episodes 10 \
         --workers 2 --json docs/results/libero_object_failures.json
@@ -49,9 +52,19 @@ class ObjectTracker:
         obs = self.env.reset(layout)
         self._start = self._heights()
         self.rise = {name: 0.0 for name in self._start}
+        self.first_close: list[float] | None = None
+        self.closes, self._closing = 0, False
         return obs
 
     def step(self, action):
+        closing = bool(action[-1] > 0)  # LIBERO's gripper command: -1 open, +1 close
+        if closing and not self._closing:
+            self.closes += 1
+            if self.first_close is None:
+                problem, sim = self.env.problem, self.env.sim
+                target = sim.data.body_xpos[problem.obj_body_id[self.object]]
+                self.first_close = [round(1000 * float(d), 1) for d in self.env.proprio()[:3] - target]
+        self._closing = closing
         result = self.env.step(action)
         for name, z in self._heights().items():
             self.rise[name] = max(self.rise[name], z - self._start[name])
@@ -94,7 +107,7 @@ def run_task(args: tuple) -> list[dict]:
             outcome, other = env.outcome(result.success)
             rows.append({"task": task, "index": episode.index, "layout": episode.variation, "outcome": outcome,
                          "steps": result.steps, "target_rise": round(env.rise[env.object], 3),
-                         "other_lifted": other})
+                         "other_lifted": other, "first_close_mm": env.first_close, "closes": env.closes})
     finally:
         env.close()
     return rows

@@ -206,7 +206,7 @@ def test_scripted_expert_succeeds_through_the_wrapper(env):
     tracked.reset(lb.Layout("fresh", 3))
     for _ in range(3):
         tracked.step(lb.NOOP)
-    assert tracked.outcome(False) == ("no_lift", None)
+    assert tracked.outcome(False) == ("no_lift", None) and tracked.first_close is None and tracked.closes == 0
     expert = LiberoExpert(env)
     expert.reset()
     success = False
@@ -219,6 +219,7 @@ def test_scripted_expert_succeeds_through_the_wrapper(env):
     assert tracked.rise[tracked.object] > failures.LIFT  # the instructed object was lifted ...
     assert tracked.outcome(False) == ("placed_elsewhere", None)  # ... so a failure would not be a wrong grasp
     assert max(r for n, r in tracked.rise.items() if n != tracked.object) < failures.LIFT
+    assert tracked.closes == 1 and np.hypot(*tracked.first_close[:2]) < 15  # closed once, on the object (mm)
 
 
 def test_noise_injection_executes_noisy_actions_and_records_the_experts(monkeypatch):
