@@ -7,7 +7,8 @@ separate 95 % intervals of their means overstate the uncertainty of their differ
 against the first (the reference) this prints the difference of the mean success rates with its
 paired 95 % interval (normal approximation over the episode-wise differences; with equal episodes per
 task the mean success rate is the mean over all episodes), the unpaired interval for contrast, and the
-correlation between the two runs' episode outcomes.
+correlation between the two runs' episode outcomes. `benchmarks/libero_failures.py --json` records
+pair the same way (success per episode, its layout).
 
     .venv/bin/python benchmarks/paired_comparison.py REF.json OTHER.json [OTHER.json ...]
 """
@@ -67,9 +68,23 @@ def read_run(path: Path) -> dict:
         raise SystemExit(f"{path}: cannot read ({e.strerror})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise SystemExit(f"{path}: not JSON ({e})") from None
+    if isinstance(run, dict) and "tasks" not in run and isinstance(run.get("episodes"), list):
+        return {**run, "tasks": outcome_record_tasks(run["episodes"], path)}
     if not isinstance(run, dict) or not isinstance(run.get("tasks"), dict):
-        raise SystemExit(f"{path}: expected an eval JSON with a 'tasks' object")
+        raise SystemExit(f"{path}: expected an eval JSON with a 'tasks' object (or a libero_failures record)")
     return run
+
+
+def outcome_record_tasks(episodes: list, path: Path) -> dict:
+    """A benchmarks/libero_failures.py record's episodes as an eval JSON's tasks: success and layout per episode."""
+    tasks: dict[str, dict] = {}
+    for i, e in enumerate(episodes):
+        if not isinstance(e, dict) or not {"task", "layout", "outcome"} <= e.keys():
+            raise SystemExit(f"{path}: episodes[{i}]: expected task, layout and outcome, got {e!r:.80}")
+        task = tasks.setdefault(e["task"], {"variations": [], "episode_success": []})
+        task["variations"].append(e["layout"])
+        task["episode_success"].append(float(e["outcome"] == "success"))
+    return tasks
 
 
 def main(argv: list[str] | None = None) -> None:

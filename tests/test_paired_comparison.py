@@ -94,6 +94,26 @@ def test_a_queue_refuses_rows_of_other_weights(tmp_path, capsys):
     assert "sync.json: not an eval JSON" in capsys.readouterr().err
 
 
+def test_libero_failure_records_pair_by_layout(tmp_path, capsys):
+    def record(outcomes, layouts=("fresh:1000000", "fresh:1000001")):
+        return {"split": "validation", "episodes_per_task": 2, "episodes": [
+            {"task": task, "layout": layout, "outcome": outcome}
+            for task, row in zip(("soup", "milk"), outcomes) for layout, outcome in zip(layouts, row)]}
+
+    files = [tmp_path / "old.json", tmp_path / "new.json", tmp_path / "moved.json", tmp_path / "cut.json"]
+    files[0].write_text(json.dumps(record([("success", "no_lift"), ("placed_elsewhere", "success")])))
+    files[1].write_text(json.dumps(record([("success", "success"), ("success", "success")])))
+    paired.main([str(f) for f in files[:2]])
+    out = capsys.readouterr().out
+    assert "mean 50.0 % over 4 episodes (validation split)" in out and "100.0%" in out and "+50.0" in out
+    files[2].write_text(json.dumps(record([("success",) * 2] * 2, layouts=("fresh:1000000", "fresh:1000002"))))
+    with pytest.raises(SystemExit, match="moved.json: tasks.soup.variations differ"):
+        paired.main([str(files[0]), str(files[2])])
+    files[3].write_text(json.dumps({"episodes": [{"task": "soup", "outcome": "success"}]}))
+    with pytest.raises(SystemExit, match=r"cut.json: episodes\[0\]: expected task, layout and outcome"):
+        paired.main([str(files[0]), str(files[3])])
+
+
 def test_unreadable_files_are_named(tmp_path):
     good = tmp_path / "ref.json"
     good.write_text(json.dumps(run([1, 0, 1, 0])))
