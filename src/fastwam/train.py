@@ -52,7 +52,6 @@ from fastwam.model.wan_weights import init_action_from_video, load_wan_video_wei
 from fastwam.text import build_text_encoder
 
 
-
 # -- data --------------------------------------------------------------------------------------
 
 @dataclasses.dataclass

@@ -212,19 +212,20 @@ def cache_temp(path: Path) -> Path:
     prefix, suffix = f"{path.stem}.{host}.", ".tmp.npy"
     path.parent.mkdir(parents=True, exist_ok=True)
     for stale in path.parent.iterdir():
-        pid = stale.name[len(prefix):-len(suffix)]
-        if stale.name.startswith(prefix) and stale.name.endswith(suffix) and pid.isdigit() and not _process_alive(int(pid)):
-            stale.unlink(missing_ok=True)
+        if stale.name.startswith(prefix) and stale.name.endswith(suffix):
+            pid = stale.name[len(prefix):-len(suffix)]
+            if pid.isdigit() and not _process_alive(int(pid)):
+                stale.unlink(missing_ok=True)
     return path.with_name(f"{path.stem}.{host}.{os.getpid()}.tmp.npy")
 
 
 def _process_alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's process
-        return True
+    except PermissionError:  # it exists, owned by another user
+        pass
     return True
 
 
