@@ -123,10 +123,12 @@ def main() -> int:
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--tasks", default="")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--execute", type=int, default=None,
+                        help="actions executed per chunk before replanning (default: half the chunk, as eval)")
     parser.add_argument("--json", default="")
     args = parser.parse_args()
     plan = make_plan(args.checkpoint, args.episodes, args.tasks or None, benchmark_name="libero", split=args.split,
-                     threads=1)
+                     execute=args.execute, threads=1)
     jobs = [(plan, t) for t in plan.tasks]
     if args.workers > 1:
         with mp.get_context("spawn").Pool(args.workers, initializer=share_cores, initargs=(args.workers,)) as pool:
@@ -145,9 +147,11 @@ def main() -> int:
         print(f"  {task}: lifted {other} instead ({n})")
     if args.json:
         from fastwam.checkpoint import sha256
+        from fastwam.config import Config
 
         record = {"checkpoint": plan.checkpoint, "weights_sha256": sha256(Path(plan.checkpoint) / "model.safetensors"),
                   "code": plan.code, "split": args.split, "episodes_per_task": args.episodes,
+                  "execute": plan.execute or Config.load(Path(plan.checkpoint) / "config.yaml").model.chunk // 2,
                   "lift_threshold_m": LIFT, "outcomes": {t: dict(c) for t, c in table.items()},
                   "total": dict(total), "episodes": rows}
         with open(args.json, "w") as f:
