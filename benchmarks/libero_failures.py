@@ -12,7 +12,11 @@ every episode into one outcome:
 "lifted" = raised ``LIFT`` above its start height at some step. Each episode also records where the
 gripper was, against the instructed object, when the policy first commanded it to close
 (``first_close_mm``: gripper site minus object origin, world x, y, z in mm; None if it never
-closed) and how many times it closed: a grasp that closed too high or beside the object, or not at all.
+closed), the angle between the fingers' closing direction and the object's narrowest horizontal
+direction at that moment (``first_close_yaw_deg``, 0-90: 0 closes across the narrow side, as the
+expert does; both axes in ``first_close_axes_deg``, 0-180; None for objects wider than the open
+gripper, grasped by the rim), and how many times it
+closed: a grasp that closed too high, beside the object, turned, or not at all.
 
     .venv/bin/python benchmarks/libero_failures.py --checkpoint runs/lo --split validation --episodes 10 \
         --workers 2 --json docs/results/libero_object_failures.json
@@ -53,6 +57,7 @@ class ObjectTracker:
         self._start = self._heights()
         self.rise = {name: 0.0 for name in self._start}
         self.first_close: list[float] | None = None
+        self.first_close_axes: tuple[float, float] | None = None  # (object's narrow axis, closing axis), deg
         self.closes, self._closing = 0, False
         return obs
 
@@ -64,11 +69,17 @@ class ObjectTracker:
                 problem, sim = self.env.problem, self.env.sim
                 target = sim.data.body_xpos[problem.obj_body_id[self.object]]
                 self.first_close = [round(1000 * float(d), 1) for d in self.env.proprio()[:3] - target]
+                self.first_close_axes = _yaws(sim, problem.obj_body_id[self.object])
         self._closing = closing
         result = self.env.step(action)
         for name, z in self._heights().items():
             self.rise[name] = max(self.rise[name], z - self._start[name])
         return result
+
+    @property
+    def first_close_yaw(self) -> float | None:
+        """Degrees (0-90) between the closing axis and the object's narrow axis at the first close."""
+        return None if self.first_close_axes is None else _angle_between(*self.first_close_axes)
 
     def outcome(self, success: bool) -> tuple[str, str | None]:
         """(outcome, the other object lifted highest, if any)."""
@@ -80,6 +91,29 @@ class ObjectTracker:
         if others:
             return "wrong_object", max(others, key=others.get)
         return "no_lift", None
+
+
+def _yaws(sim, body: int) -> tuple[float, float] | None:
+    """(the object's narrowest horizontal direction, the fingers' horizontal closing axis), degrees in
+    [0, 180), at this moment; None when the object is wider everywhere than the expert grasps across."""
+    from fastwam.envs.libero_expert import MAX_GRASP_WIDTH, YAW_SAMPLES, _Body, _directions
+
+    xy = _Body(sim, body).corners()[:, :2]
+    dirs = _directions(YAW_SAMPLES, np.pi)  # (K, 2) over 180 degrees
+    proj = xy @ dirs.T
+    widths = proj.max(0) - proj.min(0)
+    if widths.min() > MAX_GRASP_WIDTH:
+        return None
+    narrow = dirs[widths.argmin()]
+    left, right = (sim.data.body_xpos[sim.model.body_name2id(f"gripper0_{f}finger")][:2] for f in ("left", "right"))
+    closing = right - left
+    return tuple(round(float(np.degrees(np.arctan2(v[1], v[0]))) % 180, 1) for v in (narrow, closing))
+
+
+def _angle_between(a: float, b: float) -> float:
+    """Degrees (0-90) between two undirected axes given in degrees."""
+    d = abs(a - b) % 180
+    return round(min(d, 180 - d), 1)
 
 
 def _goal(env):
@@ -107,7 +141,9 @@ def run_task(args: tuple) -> list[dict]:
             outcome, other = env.outcome(result.success)
             rows.append({"task": task, "index": episode.index, "layout": episode.variation, "outcome": outcome,
                          "steps": result.steps, "target_rise": round(env.rise[env.object], 3),
-                         "other_lifted": other, "first_close_mm": env.first_close, "closes": env.closes})
+                         "other_lifted": other, "first_close_mm": env.first_close,
+                         "first_close_yaw_deg": env.first_close_yaw, "first_close_axes_deg": env.first_close_axes,
+                         "closes": env.closes})
     finally:
         env.close()
     return rows

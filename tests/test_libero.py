@@ -207,6 +207,7 @@ def test_scripted_expert_succeeds_through_the_wrapper(env):
     for _ in range(3):
         tracked.step(lb.NOOP)
     assert tracked.outcome(False) == ("no_lift", None) and tracked.first_close is None and tracked.closes == 0
+    assert tracked.first_close_yaw is None
     expert = LiberoExpert(env)
     expert.reset()
     success = False
@@ -220,6 +221,7 @@ def test_scripted_expert_succeeds_through_the_wrapper(env):
     assert tracked.outcome(False) == ("placed_elsewhere", None)  # ... so a failure would not be a wrong grasp
     assert max(r for n, r in tracked.rise.items() if n != tracked.object) < failures.LIFT
     assert tracked.closes == 1 and np.hypot(*tracked.first_close[:2]) < 15  # closed once, on the object (mm)
+    assert tracked.first_close_yaw < 10  # across the object's narrow side, as planned (degrees)
 
 
 def test_noise_injection_executes_noisy_actions_and_records_the_experts(monkeypatch):
