@@ -1,11 +1,15 @@
 """The scripted LIBERO expert's success rate per task, without rendering (what collection can reach).
 
     .venv/bin/python benchmarks/libero_expert.py --suite libero_spatial --layouts fresh --episodes 5 [--json out.json]
+    .venv/bin/python benchmarks/libero_expert.py --episodes 5 --action-noise 0.1   # as `collect libero --action-noise 0.1`
 
 Runs ``fastwam.envs.libero_expert.LiberoExpert`` on every task of the suite it supports (or
 ``--tasks``), from fresh layouts 0..N-1 (the demonstrations' kind) or the official init states
 0..N-1, within the suite's step limit, and prints a per-task table: successes, mean steps to
-success, seconds per episode. One process, no rendering (~2 s an episode).
+success, how far the gripper turned about the vertical before it first closed (degrees, mean over
+episodes), seconds per episode. Fresh layouts start the arm with collection's joint noise
+(``--init-noise``); ``--action-noise`` perturbs the executed arm action as collection's DART option.
+One process, no rendering (~2 s an episode).
 """
 
 from __future__ import annotations
@@ -17,27 +21,36 @@ import time
 import numpy as np
 
 from fastwam.envs import libero as lb
-from fastwam.envs.libero_expert import LiberoExpert, supports
+from fastwam.envs.libero_collect import arm_noise
+from fastwam.envs.libero_expert import LiberoExpert, _heading, _wrap_half_pi, supports
 
 
-def run_task(suite: str, task: str, layouts: list[lb.Layout], noise: float, seed: int) -> dict:
+def run_task(suite: str, task: str, layouts: list[lb.Layout], noise: float, seed: int, init_noise: float = 0.0,
+             action_noise: float = 0.0) -> dict:
     rng = np.random.default_rng(seed)
-    outcomes, steps, start = [], [], time.perf_counter()
-    with lb.LiberoEnv(suite, task, image_size=8) as env:
+    outcomes, steps, turns, start = [], [], [], time.perf_counter()
+    with lb.LiberoEnv(suite, task, image_size=8, init_noise=init_noise) as env:
         for layout in layouts:
             env.reset(layout)
             expert = LiberoExpert(env)
             expert.reset()
+            perturb = arm_noise(action_noise, rng) if action_noise else None
+            start_yaw, turn = _heading(expert._closing_axis()), None
             success = False
             while not success and env.steps < env.max_steps:
                 action = expert.act()
+                if turn is None and action[-1] > 0:  # the first close command
+                    turn = float(np.degrees(_wrap_half_pi(_heading(expert._closing_axis()) - start_yaw)))
                 if noise:
                     action = np.clip(action + rng.normal(0.0, noise, 7), -1.0, 1.0)
+                if perturb:
+                    action = perturb(action)
                 _, success, _ = env.step(action)
             outcomes.append(success)
             steps.append(env.steps)
+            turns.append(None if turn is None else round(turn, 1))
     return {"successes": int(sum(outcomes)), "episodes": len(outcomes), "episode_success": outcomes,
-            "episode_steps": steps, "layouts": [str(x) for x in layouts],
+            "episode_steps": steps, "episode_turn_deg": turns, "layouts": [str(x) for x in layouts],
             "seconds_per_episode": round((time.perf_counter() - start) / len(layouts), 2)}
 
 
@@ -48,6 +61,10 @@ def main() -> None:
     parser.add_argument("--layouts", choices=[lb.FRESH, lb.INIT], default=lb.FRESH)
     parser.add_argument("--episodes", type=int, default=5, help="layouts 0..N-1 per task")
     parser.add_argument("--noise", type=float, default=0.0, help="std of Gaussian noise added to each action")
+    parser.add_argument("--init-noise", type=float, default=lb.INIT_NOISE,
+                        help="arm joint noise of fresh layouts (rad; default: collection's)")
+    parser.add_argument("--action-noise", type=float, default=0.0,
+                        help="std of noise on the executed arm action, as `collect libero --action-noise` (DART)")
     parser.add_argument("--json", default="")
     args = parser.parse_args()
     tasks = lb.expand_tasks(args.suite, args.tasks or None)
@@ -55,15 +72,19 @@ def main() -> None:
     results = {}
     for i, task in enumerate(t for t in tasks if t not in skipped):
         layouts = [lb.Layout(args.layouts, k) for k in range(args.episodes)]
-        results[task] = r = run_task(args.suite, task, layouts, args.noise, seed=i)
+        results[task] = r = run_task(args.suite, task, layouts, args.noise, seed=i, init_noise=args.init_noise,
+                                     action_noise=args.action_noise)
         won = [s for s, ok in zip(r["episode_steps"], r["episode_success"]) if ok]
+        turned = [abs(t) for t in r["episode_turn_deg"] if t is not None]
         print(f"{task:<80} {r['successes']:>3}/{r['episodes']:<3} steps {np.mean(won) if won else float('nan'):6.1f} "
-              f"{r['seconds_per_episode']:6.2f} s/ep", flush=True)
+              f"turn {np.mean(turned) if turned else float('nan'):5.1f} deg {r['seconds_per_episode']:6.2f} s/ep",
+              flush=True)
     total = sum(r["successes"] for r in results.values()), sum(r["episodes"] for r in results.values())
     print(f"{args.suite}: {total[0]}/{total[1]} on {args.layouts} layouts; not handled: {skipped or 'none'}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"suite": args.suite, "layouts": args.layouts, "noise": args.noise, "tasks": results,
+            json.dump({"suite": args.suite, "layouts": args.layouts, "noise": args.noise,
+                       "init_noise": args.init_noise, "action_noise": args.action_noise, "tasks": results,
                        "unsupported": skipped}, f, indent=1)
 
 

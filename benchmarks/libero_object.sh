@@ -6,7 +6,8 @@
 # then the official init states once (test, 20 per task, rollout videos). About 65 min of collection,
 # 80 min of training (3000 steps), 5 + 10 min of evaluation on 2 cores.
 # A resumable queue: outputs that exist are skipped, a collection stopped mid-way resumes from the
-# layouts it recorded (DATA.recorded/), a training from its newest checkpoint. Heavy: run it alone on this 2-core machine.
+# layouts it recorded (DATA.recorded/), a training from its newest checkpoint (every checkpoint is kept, ~155 MB
+# each, for a step curve on validation). Heavy: run it alone on this 2-core machine.
 #
 #   NAME=attempt3 bash benchmarks/libero_object.sh                 # runs/libero_object_attempt3, its files
 #   NAME=steps6000 STEPS=6000 bash benchmarks/libero_object.sh     # another recipe, other files
@@ -37,7 +38,7 @@ if [ ! -f "$RUN/checkpoints/step-$(printf %07d "$STEPS")/model.safetensors" ]; t
   resume=()
   if [ -d "$RUN/checkpoints" ]; then resume=(--resume); fi
   $FW train --data "$DATA" --preset "$PRESET" --variant fastwam --steps "$STEPS" --ema 0.999 \
-    --checkpoint-every 500 --seed "$SEED" --out "$RUN" "${resume[@]}"
+    --checkpoint-every 500 --keep-checkpoints 0 --seed "$SEED" --out "$RUN" "${resume[@]}"
 fi
 
 for reference in "${OUT}_failures.json" "$OUT.json"; do  # never two models under one name

@@ -224,6 +224,26 @@ def test_scripted_expert_succeeds_through_the_wrapper(env):
     assert tracked.first_close_yaw < 10  # across the object's narrow side, as planned (degrees)
 
 
+def test_scripted_expert_grasps_a_bottle_as_it_stands_rather_than_turning_it():
+    """The ketchup is narrowest across its other axis but graspable as the gripper starts: the expert
+    closes without turning the gripper 90 degrees, a turn whose direction the arm's start noise would
+    pick (TURN_COST)."""
+    from fastwam.envs.libero_expert import LiberoExpert, _heading, _wrap_half_pi
+
+    with lb.LiberoEnv(SUITE, "pick_up_the_ketchup_and_place_it_in_the_basket", image_size=8, init_noise=0.02) as env:
+        env.reset(lb.Layout("fresh", 1))
+        expert = LiberoExpert(env)
+        expert.reset()
+        start = _heading(expert._closing_axis())
+        action = expert.act()
+        while action[-1] < 0 and env.steps < 150:
+            env.step(action)
+            action = expert.act()
+        assert action[-1] > 0, "the expert never closed"
+        turn = np.degrees(abs(_wrap_half_pi(_heading(expert._closing_axis()) - start)))
+        assert turn < 20, f"turned {turn:.0f} degrees before closing"
+
+
 def test_noise_injection_executes_noisy_actions_and_records_the_experts(monkeypatch):
     """--action-noise (DART): the env executes the expert's action plus noise on the 6 arm dims, the
     dataset keeps the expert's own action; the expert still succeeds, and a seed records one demo."""

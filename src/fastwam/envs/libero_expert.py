@@ -11,7 +11,8 @@ another object (the plate, the bowl): ``supports(suite, task)`` says which tasks
 
 Phases (``Phase``), each a proportional move of the gripper site towards a target point, clipped
 to [-1, 1], with the gripper kept pointing down and turned about the vertical so that the fingers
-close across the object's narrowest horizontal side:
+close across a side of the object narrower than the open gripper: the narrowest, unless another
+one needs much less turning (``TURN_COST``):
 
 1. ``APPROACH``: above the grasp point, gripper open, until aligned (position and yaw); it
    goes no lower than its current height until horizontally within ``DESCENT_RADIUS``.
@@ -66,6 +67,11 @@ STALL_MOTION = 0.001  # m
 YAW_SAMPLES = 36  # closing directions tried over 180 degrees (rim grasps: rim points over 360 degrees)
 OFFSET_STEP = 0.01  # m: grasp points tried along the object's long side, this far apart...
 END_MARGIN = 0.015  # m: ...at least this far inside its ends
+# m of grasp offset (or of extra width) one radian of turning the gripper is worth: a bottle graspable
+# as it is is not turned 90 degrees for a narrower side. A 90-degree turn of a symmetric gripper goes
+# either way, chosen by the arm's start noise, and imitation learned it as half turns elsewhere
+# (docs/RESULTS.md, LIBERO-Object: the closing axis at the first close).
+TURN_COST = 0.02
 # The open gripper in its own frame (u: closing axis, v: horizontal across it, z: up from the gripper
 # site), from the collision geoms' boxes with a margin: a grasp is clear when no other object rises
 # into these boxes over the grasp point.
@@ -251,7 +257,8 @@ class LiberoExpert:
         """Grasp (point (3,), closing direction (2,)) candidates in the order they are preferred.
 
         An object narrower than MAX_GRASP_WIDTH along some direction is grasped across it, at its
-        middle or shifted along its long side; a wider one by the rim, nearest the gripper first.
+        middle or shifted along its long side, preferring narrow sides, central points and little
+        turning from the gripper's current yaw; a wider one by the rim, nearest the gripper first.
         """
         corners = self.object.corners()
         lo, hi = corners.min(0), corners.max(0)
@@ -262,6 +269,7 @@ class LiberoExpert:
         widths = proj.max(0) - proj.min(0)
         if widths.min() <= MAX_GRASP_WIDTH:
             z = max(hi[2] - GRASP_DEPTH, lo[2] + GRASP_MIN_HEIGHT)
+            yaw = _heading(self._closing_axis())
             candidates = []
             for d, width in zip(dirs, widths):
                 if width > MAX_GRASP_WIDTH:
@@ -270,7 +278,8 @@ class LiberoExpert:
                 reach = (np.ptp(xy @ along) / 2 - END_MARGIN) // OFFSET_STEP * OFFSET_STEP
                 for offset in np.arange(-reach, reach + OFFSET_STEP / 2, OFFSET_STEP):
                     p = center[:2] + along * offset
-                    key = abs(offset) + width - widths.min()
+                    turn = abs(_wrap_half_pi(_heading(d) - yaw))
+                    key = abs(offset) + width - widths.min() + TURN_COST * turn
                     candidates.append((key, np.array([p[0], p[1], z]), d))
         else:
             eef = self._eef()[:2]
