@@ -198,6 +198,12 @@ failures = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(failures)
 
 
+def test_angle_between_undirected_axes():
+    assert failures._angle_between(170.0, 10.0) == 20.0  # axes, not directions: 180 apart is the same
+    assert failures._angle_between(0.0, 90.0) == 90.0 and failures._angle_between(135.0, 45.0) == 90.0
+    assert failures._angle_between(75.0, 142.1) == 67.1
+
+
 def test_scripted_expert_succeeds_through_the_wrapper(env):
     from fastwam.envs.libero_expert import LiberoExpert, supports
 
