@@ -96,12 +96,9 @@ class ObjectTracker:
 def _yaws(sim, body: int) -> tuple[float, float] | None:
     """(the object's narrowest horizontal direction, the fingers' horizontal closing axis), degrees in
     [0, 180), at this moment; None when the object is wider everywhere than the expert grasps across."""
-    from fastwam.envs.libero_expert import MAX_GRASP_WIDTH, YAW_SAMPLES, _Body, _directions
+    from fastwam.envs.libero_expert import MAX_GRASP_WIDTH, _Body, horizontal_widths
 
-    xy = _Body(sim, body).corners()[:, :2]
-    dirs = _directions(YAW_SAMPLES, np.pi)  # (K, 2) over 180 degrees
-    proj = xy @ dirs.T
-    widths = proj.max(0) - proj.min(0)
+    dirs, widths = horizontal_widths(_Body(sim, body).corners())
     if widths.min() > MAX_GRASP_WIDTH:
         return None
     narrow = dirs[widths.argmin()]

@@ -182,6 +182,13 @@ def _directions(n: int, turn: float) -> np.ndarray:
     return np.stack([np.cos(angles), np.sin(angles)], 1)
 
 
+def horizontal_widths(corners: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Widths of points (N, 3) across YAW_SAMPLES horizontal directions over 180 degrees: (K, 2), (K,)."""
+    dirs = _directions(YAW_SAMPLES, np.pi)
+    proj = corners[:, :2] @ dirs.T
+    return dirs, proj.max(0) - proj.min(0)
+
+
 def _clear(point: np.ndarray, closing: np.ndarray, obstacles: np.ndarray) -> bool:
     """Whether the open gripper at ``point`` closing along ``closing`` (2,) misses every obstacle box.
 
@@ -264,9 +271,7 @@ class LiberoExpert:
         lo, hi = corners.min(0), corners.max(0)
         center = (lo + hi) / 2
         xy = corners[:, :2] - center[:2]
-        dirs = _directions(YAW_SAMPLES, np.pi)
-        proj = xy @ dirs.T
-        widths = proj.max(0) - proj.min(0)
+        dirs, widths = horizontal_widths(corners)
         if widths.min() <= MAX_GRASP_WIDTH:
             z = max(hi[2] - GRASP_DEPTH, lo[2] + GRASP_MIN_HEIGHT)
             yaw = _heading(self._closing_axis())
