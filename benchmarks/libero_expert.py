@@ -6,9 +6,12 @@
 Runs ``fastwam.envs.libero_expert.LiberoExpert`` on every task of the suite it supports (or
 ``--tasks``), from fresh layouts 0..N-1 (the demonstrations' kind) or the official init states
 0..N-1, within the suite's step limit, and prints a per-task table: successes, mean steps to
-success, how far the gripper turned about the vertical before it first closed (degrees, mean over
-episodes), seconds per episode. Fresh layouts start the arm with collection's joint noise
-(``--init-noise``); ``--action-noise`` perturbs the executed arm action as collection's DART option.
+success, how far the gripper had turned about the vertical when it first closed (the mean of
+|turn|, degrees; signed per episode in the JSON: the turn between two undirected finger axes, within
+±90), seconds per episode. Fresh layouts start the arm with collection's joint noise
+(``--init-noise``, 0.02 rad; before 2026-12-03 this script started it without: pass
+``--init-noise 0`` to repeat those numbers); ``--action-noise`` perturbs the executed arm action as
+collection's DART option.
 One process, no rendering (~2 s an episode).
 """
 
@@ -22,7 +25,7 @@ import numpy as np
 
 from fastwam.envs import libero as lb
 from fastwam.envs.libero_collect import arm_noise
-from fastwam.envs.libero_expert import LiberoExpert, _heading, _wrap_half_pi, supports
+from fastwam.envs.libero_expert import LiberoExpert, gripper_yaw, supports, turn_between
 
 
 def run_task(suite: str, task: str, layouts: list[lb.Layout], noise: float, seed: int, init_noise: float = 0.0,
@@ -35,12 +38,12 @@ def run_task(suite: str, task: str, layouts: list[lb.Layout], noise: float, seed
             expert = LiberoExpert(env)
             expert.reset()
             perturb = arm_noise(action_noise, rng) if action_noise else None
-            start_yaw, turn = _heading(expert._closing_axis()), None
+            start_yaw, turn = gripper_yaw(env.sim), None
             success = False
             while not success and env.steps < env.max_steps:
                 action = expert.act()
                 if turn is None and action[-1] > 0:  # the first close command
-                    turn = float(np.degrees(_wrap_half_pi(_heading(expert._closing_axis()) - start_yaw)))
+                    turn = float(np.degrees(turn_between(start_yaw, gripper_yaw(env.sim))))
                 if noise:
                     action = np.clip(action + rng.normal(0.0, noise, 7), -1.0, 1.0)
                 if perturb:

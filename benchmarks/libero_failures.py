@@ -12,11 +12,11 @@ every episode into one outcome:
 "lifted" = raised ``LIFT`` above its start height at some step. Each episode also records where the
 gripper was, against the instructed object, when the policy first commanded it to close
 (``first_close_mm``: gripper site minus object origin, world x, y, z in mm; None if it never
-closed), the angle between the fingers' closing direction and the object's narrowest horizontal
-direction at that moment (``first_close_yaw_deg``, 0-90: 0 closes across the narrow side, as the
-expert does; both axes in ``first_close_axes_deg``, 0-180; None for objects wider than the open
-gripper, grasped by the rim), and how many times it
-closed: a grasp that closed too high, beside the object, turned, or not at all.
+closed), how far the gripper had turned about the vertical since the start (``first_close_turn_deg``,
+within ±90: the fingers' axis is undirected), the angle between the fingers' closing axis and the
+object's narrowest horizontal direction (``first_close_yaw_deg``, 0-90; None for round or square
+objects, which have none, and for those grasped by the rim), and how many times it closed: a grasp
+that closed too high, beside the object, turned, or not at all.
 
     .venv/bin/python benchmarks/libero_failures.py --checkpoint runs/lo --split validation --episodes 10 \
         --workers 2 --json docs/results/libero_object_failures.json
@@ -32,7 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
+from fastwam.envs.libero_expert import MAX_GRASP_WIDTH, _Body, gripper_yaw, horizontal_widths, turn_between
+
 LIFT = 0.03  # m
+ROUND = 1.15  # an object less than this factor wider across its narrowest width has no narrow side
 OUTCOMES = ("success", "placed_elsewhere", "wrong_object", "no_lift")
 
 
@@ -57,7 +60,9 @@ class ObjectTracker:
         self._start = self._heights()
         self.rise = {name: 0.0 for name in self._start}
         self.first_close: list[float] | None = None
-        self.first_close_axes: tuple[float, float] | None = None  # (object's narrow axis, closing axis), deg
+        self._start_yaw = gripper_yaw(self.env.sim)
+        self.first_close_turn: float | None = None  # rad: the gripper's turn from the start, at the first close
+        self.first_close_yaw: float | None = None  # rad: closing axis against the object's narrow axis, then
         self.closes, self._closing = 0, False
         return obs
 
@@ -69,17 +74,14 @@ class ObjectTracker:
                 problem, sim = self.env.problem, self.env.sim
                 target = sim.data.body_xpos[problem.obj_body_id[self.object]]
                 self.first_close = [round(1000 * float(d), 1) for d in self.env.proprio()[:3] - target]
-                self.first_close_axes = _yaws(sim, problem.obj_body_id[self.object])
+                yaw, narrow = gripper_yaw(sim), _narrow_axis(sim, problem.obj_body_id[self.object])
+                self.first_close_turn = turn_between(self._start_yaw, yaw)
+                self.first_close_yaw = None if narrow is None else abs(turn_between(narrow, yaw))
         self._closing = closing
         result = self.env.step(action)
         for name, z in self._heights().items():
             self.rise[name] = max(self.rise[name], z - self._start[name])
         return result
-
-    @property
-    def first_close_yaw(self) -> float | None:
-        """Degrees (0-90) between the closing axis and the object's narrow axis at the first close."""
-        return None if self.first_close_axes is None else _angle_between(*self.first_close_axes)
 
     def outcome(self, success: bool) -> tuple[str, str | None]:
         """(outcome, the other object lifted highest, if any)."""
@@ -93,24 +95,21 @@ class ObjectTracker:
         return "no_lift", None
 
 
-def _yaws(sim, body: int) -> tuple[float, float] | None:
-    """(the object's narrowest horizontal direction, the fingers' horizontal closing axis), degrees in
-    [0, 180), at this moment; None when the object is wider everywhere than the expert grasps across."""
-    from fastwam.envs.libero_expert import MAX_GRASP_WIDTH, _Body, horizontal_widths
-
-    dirs, widths = horizontal_widths(_Body(sim, body).corners())
-    if widths.min() > MAX_GRASP_WIDTH:
+def _narrow_axis(sim, body: int) -> float | None:
+    """Heading (rad) of the object's narrowest horizontal direction; None when it has no clearly narrow
+    side (round or square: the width across it within ``ROUND`` of it) or none the expert grasps across
+    (rim grasps)."""
+    dirs, widths = horizontal_widths(_Body(sim, body).corners())  # over 180 degrees
+    k = int(widths.argmin())
+    across = widths[(k + len(widths) // 2) % len(widths)]  # the width 90 degrees from the narrowest
+    if widths[k] > MAX_GRASP_WIDTH or across < ROUND * widths[k]:
         return None
-    narrow = dirs[widths.argmin()]
-    left, right = (sim.data.body_xpos[sim.model.body_name2id(f"gripper0_{f}finger")][:2] for f in ("left", "right"))
-    closing = right - left
-    return tuple(round(float(np.degrees(np.arctan2(v[1], v[0]))) % 180, 1) for v in (narrow, closing))
+    narrow = dirs[k]
+    return float(np.arctan2(narrow[1], narrow[0]))
 
 
-def _angle_between(a: float, b: float) -> float:
-    """Degrees (0-90) between two undirected axes given in degrees."""
-    d = abs(a - b) % 180
-    return round(min(d, 180 - d), 1)
+def _degrees(angle: float | None) -> float | None:
+    return None if angle is None else round(float(np.degrees(angle)), 1)
 
 
 def _goal(env):
@@ -139,8 +138,8 @@ def run_task(args: tuple) -> list[dict]:
             rows.append({"task": task, "index": episode.index, "layout": episode.variation, "outcome": outcome,
                          "steps": result.steps, "target_rise": round(env.rise[env.object], 3),
                          "other_lifted": other, "first_close_mm": env.first_close,
-                         "first_close_yaw_deg": env.first_close_yaw, "first_close_axes_deg": env.first_close_axes,
-                         "closes": env.closes})
+                         "first_close_turn_deg": _degrees(env.first_close_turn),
+                         "first_close_yaw_deg": _degrees(env.first_close_yaw), "closes": env.closes})
     finally:
         env.close()
     return rows

@@ -198,10 +198,12 @@ failures = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(failures)
 
 
-def test_angle_between_undirected_axes():
-    assert failures._angle_between(170.0, 10.0) == 20.0  # axes, not directions: 180 apart is the same
-    assert failures._angle_between(0.0, 90.0) == 90.0 and failures._angle_between(135.0, 45.0) == 90.0
-    assert failures._angle_between(75.0, 142.1) == 67.1
+def test_turn_between_undirected_axes():
+    from fastwam.envs.libero_expert import turn_between
+
+    assert turn_between(np.radians(170), np.radians(10)) == pytest.approx(np.radians(20))  # 180 apart: one axis
+    assert turn_between(np.radians(90), np.radians(75)) == pytest.approx(np.radians(-15))
+    assert turn_between(0.0, np.radians(90)) == pytest.approx(np.radians(-90))  # either way: [-90, 90)
 
 
 def test_scripted_expert_succeeds_through_the_wrapper(env):
@@ -213,7 +215,7 @@ def test_scripted_expert_succeeds_through_the_wrapper(env):
     for _ in range(3):
         tracked.step(lb.NOOP)
     assert tracked.outcome(False) == ("no_lift", None) and tracked.first_close is None and tracked.closes == 0
-    assert tracked.first_close_yaw is None
+    assert tracked.first_close_yaw is None and tracked.first_close_turn is None
     expert = LiberoExpert(env)
     expert.reset()
     success = False
@@ -227,26 +229,27 @@ def test_scripted_expert_succeeds_through_the_wrapper(env):
     assert tracked.outcome(False) == ("placed_elsewhere", None)  # ... so a failure would not be a wrong grasp
     assert max(r for n, r in tracked.rise.items() if n != tracked.object) < failures.LIFT
     assert tracked.closes == 1 and np.hypot(*tracked.first_close[:2]) < 15  # closed once, on the object (mm)
-    assert tracked.first_close_yaw < 10  # across the object's narrow side, as planned (degrees)
+    assert abs(tracked.first_close_turn) < np.radians(10)  # the expert keeps its yaw for the can ...
+    assert tracked.first_close_yaw is None  # ... which is round: no narrow side to close across
 
 
 def test_scripted_expert_grasps_a_bottle_as_it_stands_rather_than_turning_it():
     """The ketchup is narrowest across its other axis but graspable as the gripper starts: the expert
     closes without turning the gripper 90 degrees, a turn whose direction the arm's start noise would
     pick (TURN_COST)."""
-    from fastwam.envs.libero_expert import LiberoExpert, _heading, _wrap_half_pi
+    from fastwam.envs.libero_expert import LiberoExpert, gripper_yaw, turn_between
 
     with lb.LiberoEnv(SUITE, "pick_up_the_ketchup_and_place_it_in_the_basket", image_size=8, init_noise=0.02) as env:
         env.reset(lb.Layout("fresh", 1))
         expert = LiberoExpert(env)
         expert.reset()
-        start = _heading(expert._closing_axis())
+        start = gripper_yaw(env.sim)
         action = expert.act()
         while action[-1] < 0 and env.steps < 150:
             env.step(action)
             action = expert.act()
         assert action[-1] > 0, "the expert never closed"
-        turn = np.degrees(abs(_wrap_half_pi(_heading(expert._closing_axis()) - start)))
+        turn = np.degrees(abs(turn_between(start, gripper_yaw(env.sim))))
         assert turn < 20, f"turned {turn:.0f} degrees before closing"
 
 

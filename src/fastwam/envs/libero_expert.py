@@ -133,6 +133,18 @@ def _heading(v: np.ndarray) -> float:
     return float(np.arctan2(v[1], v[0]))
 
 
+def turn_between(a: float, b: float) -> float:
+    """The signed turn (rad, in [-pi/2, pi/2)) from one undirected horizontal axis to another, both given
+    as headings in rad: a two-finger gripper's closing axis is the same turned by pi."""
+    return _wrap_half_pi(b - a)
+
+
+def gripper_yaw(sim) -> float:
+    """Heading (rad) of the gripper's horizontal closing axis, from the left to the right finger."""
+    left, right = (sim.data.body_xpos[sim.model.body_name2id(f"gripper0_{side}finger")] for side in ("left", "right"))
+    return _heading((right - left)[:2])
+
+
 class _Body:
     """The collision geometry of one object or fixture (all bodies under its root body)."""
 
