@@ -124,11 +124,6 @@ def supports(suite: str, task: str) -> bool:
     return True
 
 
-def _wrap_half_pi(angle: float) -> float:
-    """An angle between two undirected lines, in [-pi/2, pi/2)."""
-    return (angle + np.pi / 2) % np.pi - np.pi / 2
-
-
 def _heading(v: np.ndarray) -> float:
     return float(np.arctan2(v[1], v[0]))
 
@@ -136,7 +131,7 @@ def _heading(v: np.ndarray) -> float:
 def turn_between(a: float, b: float) -> float:
     """The signed turn (rad, in [-pi/2, pi/2)) from one undirected horizontal axis to another, both given
     as headings in rad: a two-finger gripper's closing axis is the same turned by pi."""
-    return _wrap_half_pi(b - a)
+    return (b - a + np.pi / 2) % np.pi - np.pi / 2
 
 
 def gripper_yaw(sim) -> float:
@@ -240,7 +235,6 @@ class LiberoExpert:
         model = sim.model._model
         self._sim = sim
         self._grip_site = sim.model.site_name2id("gripper0_grip_site")
-        self._fingers = (sim.model.body_name2id("gripper0_leftfinger"), sim.model.body_name2id("gripper0_rightfinger"))
         self.object = _Body(sim, problem.obj_body_id[self.object_name])
         if self.target_name in problem.obj_body_id:  # another object: place on its body's origin
             self.target = _Body(sim, problem.obj_body_id[self.target_name])
@@ -258,11 +252,6 @@ class LiberoExpert:
 
     def _eef(self) -> np.ndarray:
         return self._sim.data.site_xpos[self._grip_site].copy()
-
-    def _closing_axis(self) -> np.ndarray:
-        """Horizontal direction from the left to the right finger."""
-        left, right = (self._sim.data.body_xpos[f] for f in self._fingers)
-        return (right - left)[:2]
 
     def _approach_axis(self) -> np.ndarray:
         return self._sim.data.site_xmat[self._grip_site].reshape(3, 3)[:, 2]
@@ -286,7 +275,7 @@ class LiberoExpert:
         dirs, widths = horizontal_widths(corners)
         if widths.min() <= MAX_GRASP_WIDTH:
             z = max(hi[2] - GRASP_DEPTH, lo[2] + GRASP_MIN_HEIGHT)
-            yaw = _heading(self._closing_axis())
+            yaw = gripper_yaw(self._sim)
             candidates = []
             for d, width in zip(dirs, widths):
                 if width > MAX_GRASP_WIDTH:
@@ -295,7 +284,7 @@ class LiberoExpert:
                 reach = (np.ptp(xy @ along) / 2 - END_MARGIN) // OFFSET_STEP * OFFSET_STEP
                 for offset in np.arange(-reach, reach + OFFSET_STEP / 2, OFFSET_STEP):
                     p = center[:2] + along * offset
-                    turn = abs(_wrap_half_pi(_heading(d) - yaw))
+                    turn = abs(turn_between(yaw, _heading(d)))
                     key = abs(offset) + width - widths.min() + TURN_COST * turn
                     candidates.append((key, np.array([p[0], p[1], z]), d))
         else:
@@ -347,12 +336,12 @@ class LiberoExpert:
         pos = POS_GAIN * (target - eef) / POS_SCALE
         rot = np.cross(self._approach_axis(), DOWN)  # tilt back to pointing down
         if closing is not None:
-            rot[2] += _wrap_half_pi(_heading(closing) - _heading(self._closing_axis()))
+            rot[2] += turn_between(gripper_yaw(self._sim), _heading(closing))
         rot = ROT_GAIN * rot / ROT_SCALE
         return np.clip(np.concatenate([pos, rot, [gripper]]), -1.0, 1.0).astype(np.float32)
 
     def _yaw_error(self, closing: np.ndarray) -> float:
-        return abs(_wrap_half_pi(_heading(closing) - _heading(self._closing_axis())))
+        return abs(turn_between(gripper_yaw(self._sim), _heading(closing)))
 
     def _set_phase(self, phase: Phase) -> None:
         self.phase, self._phase_steps, self._low_motion_steps = phase, 0, 0
