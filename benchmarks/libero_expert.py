@@ -28,8 +28,8 @@ from fastwam.envs.libero_collect import arm_noise
 from fastwam.envs.libero_expert import LiberoExpert, gripper_yaw, supports, turn_between
 
 
-def run_task(suite: str, task: str, layouts: list[lb.Layout], noise: float, seed: int, init_noise: float = 0.0,
-             action_noise: float = 0.0) -> dict:
+def run_task(suite: str, task: str, layouts: list[lb.Layout], noise: float, seed: int,
+             init_noise: float = lb.INIT_NOISE, action_noise: float = 0.0) -> dict:
     rng = np.random.default_rng(seed)
     outcomes, steps, turns, start = [], [], [], time.perf_counter()
     with lb.LiberoEnv(suite, task, image_size=8, init_noise=init_noise) as env:

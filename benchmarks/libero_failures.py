@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastwam.envs.libero_expert import MAX_GRASP_WIDTH, _Body, gripper_yaw, horizontal_widths, turn_between
+from fastwam.envs.libero_expert import MAX_GRASP_WIDTH, _Body, _heading, gripper_yaw, horizontal_widths, turn_between
 
 LIFT = 0.03  # m
 ROUND = 1.15  # an object less than this factor wider across its narrowest width has no narrow side
@@ -104,8 +104,7 @@ def _narrow_axis(sim, body: int) -> float | None:
     across = widths[(k + len(widths) // 2) % len(widths)]  # the width 90 degrees from the narrowest
     if widths[k] > MAX_GRASP_WIDTH or across < ROUND * widths[k]:
         return None
-    narrow = dirs[k]
-    return float(np.arctan2(narrow[1], narrow[0]))
+    return _heading(dirs[k])
 
 
 def _degrees(angle: float | None) -> float | None:
