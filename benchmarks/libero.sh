@@ -6,7 +6,8 @@
 # fresh layouts (validation, 10 per task: success and what the failures did; choose settings here),
 # then the official init states once (test, 20 per task, rollout videos). For LIBERO-Object about 50-100 min
 # of collection (DART), 85 min of training (3000 steps), 6 + 13 min of evaluation on 2 cores. SUITE=libero_spatial:
-# as many demonstrations per task as the expert gets there in 10 failed layouts (benchmarks/libero_expert.py).
+# as many demonstrations per task as the expert gets there in 10 failed layouts (benchmarks/libero_expert.py);
+# evaluated on all the suite's tasks (`--tasks all`), also those with no demonstration, so the mean is the suite's.
 # A resumable queue: outputs that exist are skipped, a collection stopped mid-way resumes from the
 # layouts it recorded (DATA.recorded/), a training from its newest checkpoint (every checkpoint is kept, ~155 MB
 # each, for a step curve on validation). Heavy: run it alone on this 2-core machine.
@@ -50,10 +51,10 @@ for reference in "${OUT}_failures.json" "$OUT.json"; do  # never two models unde
   $PY benchmarks/same_weights.py "$reference" "$RUN"
 done
 if [ ! -f "${OUT}_failures.json" ]; then
-  $PY benchmarks/libero_failures.py --checkpoint "$RUN" --split validation --episodes 10 --workers 2 \
+  $PY benchmarks/libero_failures.py --checkpoint "$RUN" --split validation --episodes 10 --workers 2 --tasks all \
     --json "${OUT}_failures.json"
 fi
 if [ ! -f "$OUT.json" ]; then
-  $FW eval libero --checkpoint "$RUN" --episodes 20 --workers 2 --quiet --json "$OUT.json" \
+  $FW eval libero --checkpoint "$RUN" --tasks all --episodes 20 --workers 2 --quiet --json "$OUT.json" \
     --video "${OUT}_rollouts.mp4" --video-episodes 4
 fi
