@@ -219,15 +219,13 @@ def _stored_or_recorded(pool, jobs: list[tuple[LiberoSpec, str, int]], store: De
 
 
 def _next_round(spec: LiberoSpec, used: dict, failed: dict, next_seed: dict) -> list[tuple[LiberoSpec, str, int]]:
-    """Jobs for the seeds still needed: as many new seeds per task as successes are missing, for the
-    tasks that have not failed ``spec.max_failures`` times."""
+    """Jobs for the seeds still needed: as many new seeds per task as successes are missing, but no more
+    than the failures the task has left (a task never fails more than ``spec.max_failures`` layouts)."""
     jobs = []
     for task in spec.tasks:
-        if len(failed[task]) >= spec.max_failures:
-            continue
-        missing = spec.episodes - len(used[task])
-        jobs += [(spec, task, s) for s in range(next_seed[task], next_seed[task] + missing)]
-        next_seed[task] += missing
+        tries = min(spec.episodes - len(used[task]), spec.max_failures - len(failed[task]))
+        jobs += [(spec, task, s) for s in range(next_seed[task], next_seed[task] + max(tries, 0))]
+        next_seed[task] += max(tries, 0)
     return jobs
 
 
