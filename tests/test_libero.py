@@ -375,6 +375,17 @@ def test_a_validation_layout_the_demonstrations_used_is_refused(collected, tmp_p
         make_plan(run, episodes=2, benchmark_name="libero", split="validation")
 
 
+def test_a_task_the_expert_left_without_demonstrations_is_evaluated_by_default(collected, tmp_path):
+    info = collection_info(collected)
+    unreached = lb.task_names(SUITE)[3]
+    info["layouts"] = {TASK: ["fresh:0"], unreached: []}  # collected for two tasks, one without a success
+    run = write_checkpoint(tmp_path / "run", libero_config(), info, stats=LIBERO_STATS)
+    plan = make_plan(run, episodes=1, benchmark_name="libero")
+    assert plan.tasks == (TASK, unreached)  # it counts in the mean: it is not dropped
+    assert plan.training_variations == {TASK: ("fresh:0",), unreached: ()}
+    assert make_plan(run, episodes=1, tasks="all", benchmark_name="libero").tasks == tuple(lb.task_names(SUITE))
+
+
 def test_bad_suite_task_or_checkpoint_is_refused_naming_the_mismatch(run_dir, tmp_path):
     with pytest.raises(SystemExit, match="--suite: expected one of libero_spatial"):
         cli_main(["eval", "libero", "--checkpoint", str(run_dir), "--suite", "libero_nope", "--episodes", "1"])

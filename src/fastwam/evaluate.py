@@ -655,7 +655,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run directory (its newest checkpoint) or checkpoint directory")
     parser.add_argument("--episodes", type=int, default=50, help="episodes per task")
     parser.add_argument("--tasks", default="", help="comma list of tasks and/or sets (mt10, easy, ...); "
-                                                    "default: the checkpoint's training tasks")
+                                                    "default: the checkpoint's training tasks (LIBERO: every "
+                                                    "task its demonstrations were collected for, also one left "
+                                                    "without any; 'all': the whole suite)")
     parser.add_argument("--json", default="", help="write the results here")
     parser.add_argument("--video", default="", help="MP4 of the first rollouts (plus <stem>_imagined.mp4 for variants "
                                                     "trained with video)")

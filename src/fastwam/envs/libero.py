@@ -353,9 +353,11 @@ class LiberoBenchmark:
         if allow_any_layout:
             raise ValueError("--allow-any-variation applies to MetaWorld only: LIBERO's test layouts are the "
                              "official init states, never a demonstration's")
-        demonstrated = {t: v for t, v in collection.get("layouts", {}).items() if v} if same else {}
-        task_list = expand_tasks(suite, tasks or list(demonstrated) or None)
-        used = {t: tuple(demonstrated.get(t, ())) for t in task_list}
+        # By default the tasks the demonstrations were collected for, also those the expert left
+        # without one (they count in the suite's mean): the run's tasks, not only its successes.
+        collected = collection.get("layouts", {}) if same else {}
+        task_list = expand_tasks(suite, tasks or list(collected) or None)
+        used = {t: tuple(collected.get(t, ())) for t in task_list}
         if split == "test":  # episode e on official init state e % 50
             counts = {t: len(init_states(suite, t)) for t in task_list}
             episode_layouts = {t: tuple(str(Layout(INIT, e % counts[t])) for e in range(episodes)) for t in task_list}
