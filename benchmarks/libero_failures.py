@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fastwam.envs.libero_expert import MAX_GRASP_WIDTH, _Body, _heading, gripper_yaw, horizontal_widths, turn_between
+from fastwam.envs.libero_expert import MAX_GRASP_WIDTH, Body, gripper_yaw, heading, horizontal_widths, turn_between
 
 LIFT = 0.03  # m
 ROUND = 1.15  # an object less than this factor wider across its narrowest width has no narrow side
@@ -99,12 +99,12 @@ def _narrow_axis(sim, body: int) -> float | None:
     """Heading (rad) of the object's narrowest horizontal direction; None when it has no clearly narrow
     side (round or square: the width across it within ``ROUND`` of it) or none the expert grasps across
     (rim grasps)."""
-    dirs, widths = horizontal_widths(_Body(sim, body).corners())  # over 180 degrees
+    dirs, widths = horizontal_widths(Body(sim, body).corners())  # over 180 degrees
     k = int(widths.argmin())
     across = widths[(k + len(widths) // 2) % len(widths)]  # the width 90 degrees from the narrowest
     if widths[k] > MAX_GRASP_WIDTH or across < ROUND * widths[k]:
         return None
-    return _heading(dirs[k])
+    return heading(dirs[k])
 
 
 def _degrees(angle: float | None) -> float | None:

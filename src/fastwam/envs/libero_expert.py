@@ -124,7 +124,8 @@ def supports(suite: str, task: str) -> bool:
     return True
 
 
-def _heading(v: np.ndarray) -> float:
+def heading(v: np.ndarray) -> float:
+    """The heading (rad, in (-pi, pi]) of a horizontal vector (x, y)."""
     return float(np.arctan2(v[1], v[0]))
 
 
@@ -137,10 +138,10 @@ def turn_between(a: float, b: float) -> float:
 def gripper_yaw(sim) -> float:
     """Heading (rad) of the gripper's horizontal closing axis, from the left to the right finger."""
     left, right = (sim.data.body_xpos[sim.model.body_name2id(f"gripper0_{side}finger")] for side in ("left", "right"))
-    return _heading((right - left)[:2])
+    return heading((right - left)[:2])
 
 
-class _Body:
+class Body:
     """The collision geometry of one object or fixture (all bodies under its root body)."""
 
     def __init__(self, sim, root_body: int):
@@ -235,14 +236,14 @@ class LiberoExpert:
         model = sim.model._model
         self._sim = sim
         self._grip_site = sim.model.site_name2id("gripper0_grip_site")
-        self.object = _Body(sim, problem.obj_body_id[self.object_name])
+        self.object = Body(sim, problem.obj_body_id[self.object_name])
         if self.target_name in problem.obj_body_id:  # another object: place on its body's origin
-            self.target = _Body(sim, problem.obj_body_id[self.target_name])
+            self.target = Body(sim, problem.obj_body_id[self.target_name])
             self._place_site = None
         else:  # a region site: place on the site, on its parent object
             self._place_site = sim.model.site_name2id(self.target_name)
-            self.target = _Body(sim, model.body_rootid[model.site_bodyid[self._place_site]])
-        self.others = [_Body(sim, b) for n, b in problem.obj_body_id.items()
+            self.target = Body(sim, model.body_rootid[model.site_bodyid[self._place_site]])
+        self.others = [Body(sim, b) for n, b in problem.obj_body_id.items()
                        if n in problem.objects_dict and n not in (self.object_name, self.target_name)]
         self._grasp_local = (np.zeros(3), np.zeros(3))  # grasp point and closing axis in the object's frame
         self._last_eef = self._eef()
@@ -284,7 +285,7 @@ class LiberoExpert:
                 reach = (np.ptp(xy @ along) / 2 - END_MARGIN) // OFFSET_STEP * OFFSET_STEP
                 for offset in np.arange(-reach, reach + OFFSET_STEP / 2, OFFSET_STEP):
                     p = center[:2] + along * offset
-                    turn = abs(turn_between(yaw, _heading(d)))
+                    turn = abs(turn_between(yaw, heading(d)))
                     key = abs(offset) + width - widths.min() + TURN_COST * turn
                     candidates.append((key, np.array([p[0], p[1], z]), d))
         else:
@@ -336,12 +337,12 @@ class LiberoExpert:
         pos = POS_GAIN * (target - eef) / POS_SCALE
         rot = np.cross(self._approach_axis(), DOWN)  # tilt back to pointing down
         if closing is not None:
-            rot[2] += turn_between(gripper_yaw(self._sim), _heading(closing))
+            rot[2] += turn_between(gripper_yaw(self._sim), heading(closing))
         rot = ROT_GAIN * rot / ROT_SCALE
         return np.clip(np.concatenate([pos, rot, [gripper]]), -1.0, 1.0).astype(np.float32)
 
     def _yaw_error(self, closing: np.ndarray) -> float:
-        return abs(turn_between(gripper_yaw(self._sim), _heading(closing)))
+        return abs(turn_between(gripper_yaw(self._sim), heading(closing)))
 
     def _set_phase(self, phase: Phase) -> None:
         self.phase, self._phase_steps, self._low_motion_steps = phase, 0, 0
