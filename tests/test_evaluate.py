@@ -258,6 +258,24 @@ def test_imagined_panels_pair_each_imagined_frame_with_the_real_one_at_its_time(
     assert [bottom[0, 4 * c, 0] for c in range(3)] == [40, 60, 90]  # step 8 is past the end: gray
 
 
+def test_a_caption_too_long_for_its_frame_keeps_step_and_outcome_and_cuts_the_task_name():
+    from PIL import Image, ImageDraw
+
+    from fastwam.evaluate import RED, EpisodeResult, _caption, fit_caption, rollout_frames
+
+    length = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength
+    assert fit_caption("step 8  success at 90", 256) == "step 8  success at 90"
+    task = "pick_up_the_black_bowl_between_the_plate_and_the_ramekin_and_place_it_on_the_plate"
+    text = f"step 48  failure at 220  layout init:0  {task}"
+    fitted = fit_caption(text, 256)
+    assert length(text) > 248 >= length(fitted) and fitted.endswith("...")
+    assert fitted.startswith("step 48  failure at 220  layout init:0  pick_up")  # only the task name is cut
+    frame = np.zeros((256, 256, 3), np.uint8)
+    result = EpisodeResult(task, 0, "init:0", 0, False, 220, [1.0], 1.0, frames={48: frame})
+    (drawn,) = rollout_frames(result, height=256)
+    assert np.array_equal(drawn, _caption(frame, text, RED))  # the rollout video draws that text
+
+
 def test_cpu_name_is_the_model_name_else_the_architecture(monkeypatch):
     import pathlib
     import platform

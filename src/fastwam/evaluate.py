@@ -546,12 +546,26 @@ def _scale(image: np.ndarray, height: int) -> np.ndarray:
     return image.repeat(factor, axis=0).repeat(factor, axis=1)
 
 
+def fit_caption(text: str, width: int) -> str:
+    """``text`` as it fits a caption bar ``width`` pixels wide: cut at the end, marked "...", when too long.
+    Captions put what changes first (step, outcome) and a long LIBERO task name last."""
+    from PIL import Image, ImageDraw
+
+    length = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength  # the font ``_caption`` draws with
+    room = width - 8  # 4 px of margin each side
+    if length(text) <= room:
+        return text
+    while text and length(text + "...") > room:
+        text = text[:-1]
+    return text + "..."
+
+
 def _caption(image: np.ndarray, text: str, color: tuple[int, int, int]) -> np.ndarray:
-    """A coloured bar with ``text`` above the image."""
+    """A coloured bar with ``text`` (cut to fit) above the image."""
     from PIL import Image, ImageDraw
 
     bar = Image.new("RGB", (image.shape[1], 16), color)
-    ImageDraw.Draw(bar).text((4, 2), text, fill=(255, 255, 255))
+    ImageDraw.Draw(bar).text((4, 2), fit_caption(text, image.shape[1]), fill=(255, 255, 255))
     return np.concatenate([np.asarray(bar), image], axis=0)
 
 
@@ -560,7 +574,7 @@ def rollout_frames(result: EpisodeResult, height: int = 256) -> list[np.ndarray]
     outcome = "success" if result.success else "failure"
     color = GREEN if result.success else RED
     return [_caption(_scale(result.frames[step], height),
-                     f"{result.task}  layout {result.variation}  step {step}  ({outcome} at {result.steps})", color)
+                     f"step {step}  {outcome} at {result.steps}  layout {result.variation}  {result.task}", color)
             for step in sorted(result.frames)]
 
 
@@ -576,7 +590,7 @@ def imagined_frames(result: EpisodeResult, frame_stride: int, height: int = 128)
         separator = np.full((2, top.shape[1], 3), 255, np.uint8)
         columns = " | ".join(["now"] + [f"+{frame_stride * k}" for k in range(1, len(imagined) + 1)])
         out.append(_caption(np.concatenate([top, separator, bottom], axis=0),
-                            f"{result.task} step {step}: {columns}  (top imagined, bottom real)",
+                            f"step {step}: {columns}  (top imagined, bottom real)  {result.task}",
                             GREEN if result.success else RED))
     return out
 
