@@ -8,7 +8,7 @@ import torch
 from fastwam.cli import main as cli_main
 from fastwam.config import preset
 from fastwam.model import WAM
-from fastwam.plan import activations_gb, plan, recommend
+from fastwam.plan import activations_gb, measure, plan, recommend
 
 
 @pytest.fixture(scope="module")
@@ -64,3 +64,20 @@ def test_command_line(capsys):
         cli_main(["plan", "--gpu-memory", "nan"])
     assert cli_main(["plan", "--preset", "small", "--gpus", "1", "--gpu-memory", "8", "--json"]) == 0
     assert '"strategy": "ddp"' in capsys.readouterr().out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message where no GPU is visible")
+def test_measure_needs_one_gpu_and_says_so():
+    with pytest.raises(SystemExit, match="expected --gpus 1, got 8"):
+        cli_main(["plan", "--preset", "tiny", "--gpus", "8", "--gpu-memory", "80", "--measure"])
+    with pytest.raises(SystemExit, match="--measure: no CUDA GPU is visible"):
+        cli_main(["plan", "--preset", "tiny", "--gpus", "1", "--gpu-memory", "80", "--measure"])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="measures a GPU's memory")
+def test_measured_peak_holds_at_least_the_weights_gradients_and_adamw_moments():
+    cfg = preset("small")
+    p = plan(cfg, "small", 1, 80, "ddp", False, batch_size=4)
+    m = measure(cfg, 4, False)
+    assert m["error"] is None and m["steps"] == 3 and m["step_s"] > 0
+    assert m["peak_allocated_gb"] >= 16 * p.parameters / 1e9  # fp32 weights, gradients and two moments

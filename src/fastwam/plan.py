@@ -20,6 +20,11 @@ P, the root's share and the widths come from the model built on PyTorch's meta d
 memory); the recommendation is the first plan that fits with ``HEADROOM`` spare, trying ddp, ddp
 with activation checkpointing and, on several GPUs, zero2, fsdp, then fsdp with activation
 checkpointing.
+
+``--measure`` checks the plan on this machine's one GPU: it builds the model there with random
+weights, takes a few training steps on random batches of the model's shapes (fp32 weights, the
+preset's compute dtype, AdamW as ``fastwam train`` builds it, the plan's activation checkpointing)
+and reports the peak of allocated memory and the step time beside the plan's total.
 """
 
 from __future__ import annotations
@@ -127,6 +132,52 @@ def recommend(cfg, preset_name: str, gpus: int, gpu_memory_gb: float, batch_size
     return next((p for p in plans if p.fits), plans[-1])
 
 
+def measure(cfg, batch: int, checkpointing: bool, steps: int = 3) -> dict:
+    """Peak allocated memory (GB) and median step time (s, after the first step) of ``steps`` training
+    steps of ``cfg.model`` on the current CUDA GPU: what ``plan`` estimates for one GPU under ddp.
+    An out-of-memory error is a result, reported with the step it stopped at."""
+    import statistics
+    import time
+
+    import torch
+
+    from fastwam.train import EMA, adamw
+
+    if not torch.cuda.is_available():
+        raise ValueError("--measure: no CUDA GPU is visible; it measures the memory of this machine's GPU")
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    with device:
+        model = cfg.model.build()
+    model.activation_checkpointing = checkpointing
+    optimizer = adamw(model, cfg.train)
+    ema = EMA(model, cfg.train.ema) if cfg.train.ema > 0 else None
+    compute = torch.bfloat16 if cfg.train.mixed_precision == "bf16" else torch.float32
+    torch.cuda.reset_peak_memory_stats(device)
+    times, error = [], None
+    try:
+        for _ in range(steps):
+            sample = cfg.model.fake_batch(batch).to(device)
+            torch.cuda.synchronize(device)
+            start = time.perf_counter()
+            with torch.autocast("cuda", dtype=compute, enabled=compute != torch.float32):
+                loss = model.loss(sample).total
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if ema is not None:
+                ema.update(model)
+            torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - start)
+    except torch.cuda.OutOfMemoryError as e:
+        error = f"out of memory at step {len(times) + 1}: {str(e).splitlines()[0]}"
+    return {"gpu": torch.cuda.get_device_name(device), "batch": batch, "activation_checkpointing": checkpointing,
+            "peak_allocated_gb": round(torch.cuda.max_memory_allocated(device) / GB, 3),
+            "peak_reserved_gb": round(torch.cuda.max_memory_reserved(device) / GB, 3),
+            "steps": len(times), "step_s": round(statistics.median(times[1:] or times), 4) if times else None,
+            "error": error}
+
+
 def format_plan(p: Plan, recommended: bool) -> str:
     lines = [f"{p.preset}: {p.parameters / 1e9:.3f} B parameters; {p.gpus} GPU(s) x {p.gpu_memory_gb:g} GB, "
              f"strategy {p.strategy}{' + activation checkpointing' if p.activation_checkpointing else ''}"
@@ -149,6 +200,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None,
                         help="samples per GPU (train.batch_size: each process draws its own; default: the preset's)")
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
+    parser.add_argument("--measure", action="store_true",
+                        help="with --gpus 1: also train a few steps on this machine's GPU (random weights and batches) "
+                             "and report the peak memory and step time beside the plan")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -162,5 +216,24 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--activation-checkpointing goes with --strategy (the recommendation tries it itself)")
     else:
         result = recommend(cfg, args.preset, args.gpus, args.gpu_memory, args.batch_size)
-    print(json.dumps(asdict(result), indent=2) if args.json else format_plan(result, not args.strategy))
-    return 0 if result.fits else 1
+    measured = None
+    if args.measure:
+        if args.gpus != 1:
+            raise ValueError(f"--measure runs on this machine's one GPU: expected --gpus 1, got {args.gpus}")
+        measured = measure(cfg, result.batch_per_gpu, result.activation_checkpointing)
+    if args.json:
+        print(json.dumps({**asdict(result), **({"measured": measured} if measured else {})}, indent=2))
+    else:
+        print(format_plan(result, not args.strategy))
+        if measured:
+            print(format_measured(measured, result))
+    return 0 if result.fits and not (measured and measured["error"]) else 1
+
+
+def format_measured(m: dict, p: Plan) -> str:
+    head = f"measured on {m['gpu']}, batch {m['batch']}" + (", activation checkpointing" if m["activation_checkpointing"] else "")
+    if m["error"]:
+        return f"{head}: {m['error']} (peak allocated {m['peak_allocated_gb']:.1f} GB; plan {p.total_gb:.1f} GB)"
+    return (f"{head}: peak allocated {m['peak_allocated_gb']:.1f} GB against the plan's {p.total_gb:.1f} GB "
+            f"({m['peak_allocated_gb'] / p.total_gb:.2f}x), reserved {m['peak_reserved_gb']:.1f} GB; "
+            f"{m['step_s']:.3f} s per step (median of {m['steps'] - 1 or 1})")

@@ -252,6 +252,16 @@ class EMA:
         self.updates += 1
 
 
+def adamw(model: torch.nn.Module, t: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over ``model``'s trainable parameters; no weight decay on vectors and modulations."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.dim() < 2 or name.endswith("modulation") else decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=t.lr, betas=(0.9, 0.95))
+
+
 # -- the trainer -------------------------------------------------------------------------------
 
 class TrainingStopped(Exception):
@@ -327,12 +337,7 @@ class Trainer:
             compute = torch.bfloat16 if t.mixed_precision == "bf16" else None
             blocks = [*self.model.video.blocks, *self.model.action.blocks, *(teacher.action.blocks if teacher else [])]
             parallel.shard(step_fn, blocks, t.strategy, self.accelerator.device, compute)
-        decay, no_decay = [], []
-        for name, p in self.model.named_parameters():
-            if p.requires_grad:
-                (no_decay if p.dim() < 2 or name.endswith("modulation") else decay).append(p)
-        self.optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": t.weight_decay},
-                                            {"params": no_decay, "weight_decay": 0.0}], lr=t.lr, betas=(0.9, 0.95))
+        self.optimizer = adamw(self.model, t)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, t.warmup, t.steps))
         self.codec = build_codec(cfg.data.codec) if t.augment_shift else None
         if self.sharded:
