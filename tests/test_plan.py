@@ -8,7 +8,7 @@ import torch
 from fastwam.cli import main as cli_main
 from fastwam.config import preset
 from fastwam.model import WAM
-from fastwam.plan import activations_gb, measure, plan, recommend
+from fastwam.plan import STEP_TERM, activations_gb, measure, plan, recommend
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +51,22 @@ def test_the_recommendation_fits_and_checkpointing_shrinks_the_activation_estima
     assert (tight.strategy, tight.activation_checkpointing) == ("fsdp", True)
     one = recommend(preset("small"), "small", 1, 2)  # one GPU: never a sharded strategy
     assert one.strategy == "ddp"
+
+
+def test_the_peak_is_the_optimizer_step_or_the_backward_pass_whichever_holds_more(wan):
+    cfg, _ = wan
+    seen = set()
+    for checkpointing, batch in ((True, 8), (False, 64)):
+        p = plan(cfg, "wan22-5b", 1, 141, "ddp", checkpointing, batch)
+        held = p.terms_gb["parameters (fp32)"] + p.terms_gb["gradients (fp32)"] + p.terms_gb["AdamW moments (fp32 x 2)"]
+        activations = next(v for k, v in p.terms_gb.items() if k.startswith("activations"))
+        step = p.terms_gb[STEP_TERM]
+        assert step == pytest.approx(4 * p.parameters / 1e9, abs=1e-3)
+        assert p.total_gb == pytest.approx(held + max(activations, step), abs=2e-3)
+        seen.add("step" if step > activations else "backward")
+    assert seen == {"step", "backward"}  # both regimes occur: the peak is not a plain sum of the terms
+    fsdp = plan(cfg, "wan22-5b", 8, 80, "fsdp", True, 8)
+    assert fsdp.terms_gb[STEP_TERM] == pytest.approx(4 * fsdp.parameters / 8 / 1e9, abs=1e-3)
 
 
 def test_command_line(capsys):
