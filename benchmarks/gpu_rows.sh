@@ -2,7 +2,7 @@
 # The GPU rows of docs/RESULTS.md, on one GPU (an H200 or H100): latency per action chunk of wan22-5b
 # (the paper's scale) and of small at 1, 2 and 10 steps in bf16, and wan22-5b's training memory and
 # step time on that one GPU against `fastwam plan`'s estimate (batch 8, with and without activation
-# checkpointing). Random weights throughout; about 6 min.
+# checkpointing). Random weights throughout; about 3 min on an H200 (187 s measured).
 #
 #   bash benchmarks/gpu_rows.sh [OUT_DIR]      # default docs/results; FW overrides the fastwam command
 set -uo pipefail
