@@ -505,3 +505,20 @@ def test_compiled_inference_traces_as_one_graph_per_unit_and_matches_eager(varia
         model.compile_inference()
     torch._dynamo.reset()
     torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
+
+
+def test_idm_acts_on_a_given_future_exactly_as_on_the_same_future_imagined():
+    cfg = tiny("idm")
+    model, batch = randomized(cfg), cfg.fake_batch(2)
+    observation, noise = (batch.context, batch.state, batch.text), torch.randn(2, cfg.chunk, cfg.action_dim)
+    imagined_future = model.imagine(*observation, generator=torch.Generator().manual_seed(3))
+    imagined = model.predict_actions(*observation, noise=noise, generator=torch.Generator().manual_seed(3))
+    given = model.predict_actions(*observation, noise=noise, future=imagined_future)
+    assert (given - imagined).abs().max() <= 1e-6
+    true = model.predict_actions(*observation, noise=noise, future=batch.future)
+    assert (true - imagined).abs().max() > 1e-3  # the actions read the future they are given
+    with pytest.raises(ValueError, match=r"future: expected shape \(2, "):
+        model.predict_actions(*observation, noise=noise, future=batch.future[:, :1])
+    fast = randomized(tiny("dual"))
+    with pytest.raises(ValueError, match=r"future: only IDM inference .* mode is 'action_only'"):
+        fast.predict_actions(*observation, noise=noise, future=batch.future)

@@ -15,6 +15,7 @@ COMMANDS = {
     "collect": ("fastwam.envs.collect", "record scripted-expert demonstrations (LeRobot format)"),
     "train": ("fastwam.train", "train a WAM variant on a LeRobot dataset"),
     "eval": ("fastwam.evaluate", "closed-loop evaluation of a checkpoint"),
+    "offline": ("fastwam.offline", "open-loop action error of a checkpoint on a dataset's recorded chunks, per inference mode"),
     "bench": ("fastwam.bench", "latency benchmark of the inference variants"),
     "serve": ("fastwam.serve", "serve a checkpoint's policy (openpi's websocket protocol)"),
     "dataset": ("fastwam.data.check", "what a LeRobot dataset holds and what a preset must change to train on it"),

@@ -319,7 +319,8 @@ class WAM(nn.Module):
     @torch.no_grad()
     def predict_actions(self, context: torch.Tensor, state: torch.Tensor, text: torch.Tensor, *,
                         steps: int | None = None, mode: str | None = None, noise: torch.Tensor | None = None,
-                        generator: torch.Generator | None = None, guide: ChunkGuide | None = None) -> torch.Tensor:
+                        generator: torch.Generator | None = None, guide: ChunkGuide | None = None,
+                        future: torch.Tensor | None = None) -> torch.Tensor:
         """Current-frame latents (B, Tc, C, h, w), proprio (B, P), instruction (B, L, E) -> actions (B, S, A).
 
         ``steps`` counts the action steps (default ``action_flow.steps``, which a distilled student
@@ -327,6 +328,8 @@ class WAM(nn.Module):
         ``video_flow.steps``. ``mode`` defaults to the variant's inference procedure; ``noise`` (B, S, A) fixes the
         initial action noise (else drawn from ``generator``); ``guide`` continues a previous chunk
         (real-time chunking; not for joint inference, whose actions are denoised with the video).
+        ``future`` (B, Tf, C, h, w), IDM mode only: act on these future latents instead of imagined
+        ones (an oracle: the future that really followed, to measure what imagining it costs).
         """
         cfg = self.cfg
         mode = cfg.variant.inference if mode is None else mode
@@ -340,6 +343,8 @@ class WAM(nn.Module):
                              f"{' and '.join(map(repr, cfg.variant.modes))} only")
         if guide is not None and mode == "joint":
             raise ValueError("guide: real-time chunking steers the action-only steps; joint inference has none")
+        if future is not None and mode != "video_then_action":
+            raise ValueError(f"future: only IDM inference (mode 'video_then_action') reads a future; mode is {mode!r}")
         B, device, dtype = context.shape[0], context.device, context.dtype
         if noise is None:
             noise = torch.randn((B, cfg.chunk, cfg.action_dim), device=device, generator=generator, dtype=dtype)
@@ -349,7 +354,9 @@ class WAM(nn.Module):
         video_noise = torch.randn(self._future_shape(B), device=device, generator=generator, dtype=dtype)
         if mode == "joint":
             return self.sample_joint(prefix, noise, video_noise, action_steps)[0]
-        self.extend_prefix(prefix, self.sample_future(prefix, video_noise, cfg.video_flow.steps))
+        if future is None:
+            future = self.sample_future(prefix, video_noise, cfg.video_flow.steps)
+        self.extend_prefix(prefix, future)
         return self.sample_actions(prefix, noise, action_steps, guide)
 
     @torch.no_grad()

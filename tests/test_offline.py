@@ -1,0 +1,103 @@
+"""Open-loop action error (`fastwam offline`): the conditions, the per-sample error, the record."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from test_model import randomized, tiny
+from test_train import S, tiny_config, write_dot_dataset
+
+from fastwam import offline
+from fastwam.cli import main as cli_main
+from fastwam.train import build_trainer
+
+
+def test_the_conditions_are_a_models_modes_and_the_oracle_where_actions_read_a_future():
+    assert offline.conditions(("action_only",)) == ["action_only"]
+    assert offline.conditions(("joint",)) == ["joint"]
+    assert offline.conditions(("video_then_action",)) == ["video_then_action", "true_future"]
+    assert offline.conditions(("action_only", "video_then_action")) == ["action_only", "video_then_action", "true_future"]
+
+
+def test_samples_spread_over_the_windows():
+    assert offline.sample_indices(10, 400).tolist() == list(range(10))
+    assert offline.sample_indices(101, 5).tolist() == [0, 25, 50, 75, 100]
+    with pytest.raises(ValueError, match="samples: expected >= 1, got 0"):
+        offline.sample_indices(10, 0)
+
+
+def test_each_error_is_the_mse_of_the_models_own_chunk_over_the_valid_steps():
+    cfg = tiny("dual")
+    model, batch = randomized(cfg), cfg.fake_batch(3)
+    batch.action_pad[0, 5:] = True  # the first sample's episode ends mid-chunk
+    errors = offline.chunk_errors(model, batch, seed=7)
+    assert sorted(errors) == ["action_only", "future_mse", "true_future", "video_then_action"]
+    noise = torch.randn(batch.actions.shape, generator=torch.Generator().manual_seed(7))
+    observation = (batch.context, batch.state, batch.text)
+    for condition, future in (("action_only", None), ("true_future", batch.future)):
+        mode = "action_only" if future is None else "video_then_action"
+        actions = model.predict_actions(*observation, noise=noise, mode=mode, future=future)
+        squared = (actions - batch.actions).pow(2).mean(-1)  # (B, S)
+        expected = torch.stack([squared[0, :5].mean(), squared[1].mean(), squared[2].mean()])
+        assert torch.allclose(errors[condition], expected, atol=1e-6), condition
+    assert (errors["video_then_action"] - errors["true_future"]).abs().max() > 1e-4  # another future, other actions
+    assert (errors["future_mse"] > 0).all()
+
+
+def test_intervals_are_over_episodes_and_differences_are_paired():
+    errors = {"video_then_action": np.array([1.0, 3.0, 2.0, 2.0, 6.0]),
+              "true_future": np.array([1.0, 1.0, 1.0, 1.0, 2.0]),
+              "future_mse": np.array([0.1, 0.5, 0.3, 0.2, 0.9])}
+    episodes, tasks = np.array([0, 0, 1, 1, 2]), ["a", "a", "a", "b", "b"]
+    record = offline.summarize(errors, episodes, tasks)
+    imagined = record["conditions"]["video_then_action"]
+    assert imagined["mean"] == pytest.approx(2.8) and imagined["episode_mean"] == pytest.approx(10 / 3)  # (2 + 2 + 6) / 3
+    half = 1.96 * np.std([2, 2, 6], ddof=1) / np.sqrt(3)
+    assert (imagined["low"], imagined["high"]) == pytest.approx((10 / 3 - half, 10 / 3 + half))
+    assert imagined["episodes"] == 3 and imagined["samples"] == 5
+    assert imagined["per_task"] == {"a": pytest.approx(2.0), "b": pytest.approx(4.0)}
+    assert list(record["differences"]) == ["video_then_action - true_future"]
+    gap = record["differences"]["video_then_action - true_future"]  # per episode: 1, 1, 4
+    assert gap["episode_mean"] == pytest.approx(2.0)
+    assert gap["high"] - gap["low"] == pytest.approx(2 * 1.96 * np.std([1, 1, 4], ddof=1) / np.sqrt(3))
+    assert record["future_mse_vs_action_cost"]["spearman"] > 0.8  # the gap grows with the future's error
+
+
+@pytest.fixture(scope="module")
+def idm_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("offline")
+    data = write_dot_dataset(root / "ds", S)
+    build_trainer(tiny_config(steps=3).with_variant("idm"), data, root / "run", progress=False).run()
+    return root / "run", data
+
+
+def test_the_command_writes_the_record_of_an_idm_checkpoint(idm_run, tmp_path, capsys):
+    run, data = idm_run
+    out = tmp_path / "offline.json"
+    assert cli_main(["offline", "--checkpoint", str(run), "--data", str(data), "--samples", "10",
+                     "--batch-size", "4", "--json", str(out), "--quiet"]) == 0
+    record = json.loads(out.read_text())
+    assert record["variant"] == "idm" and record["trained_on_this_data"] is True
+    assert list(record["conditions"]) == ["video_then_action", "true_future"]
+    assert len(record["per_sample"]["true_future"]) == 10 and len(record["sample_episode"]) == 10
+    assert set(record["sample_episode"]) == {0, 1}
+    assert list(record["differences"]) == ["video_then_action - true_future"]
+    printed = capsys.readouterr().out
+    assert "its training data" in printed and "true_future" in printed
+
+
+def test_a_dataset_the_checkpoint_cannot_read_is_refused_by_name(idm_run, tmp_path):
+    run, _ = idm_run
+    with pytest.raises(SystemExit, match=r"fastwam offline: .*nowhere"):
+        cli_main(["offline", "--checkpoint", str(run), "--data", str(tmp_path / "nowhere"), "--quiet"])
+
+
+def test_a_dual_model_is_compared_with_its_fast_wam_mode_and_its_oracle():
+    errors = {name: np.arange(4.0) + i for i, name in enumerate(offline.conditions(("action_only", "video_then_action")))}
+    errors["future_mse"] = np.ones(4)
+    record = offline.summarize(errors, np.array([0, 0, 1, 1]), ["a"] * 4)
+    assert list(record["differences"]) == ["video_then_action - action_only", "true_future - action_only",
+                                           "video_then_action - true_future"]
+    assert record["differences"]["true_future - action_only"]["episode_mean"] == pytest.approx(2.0)
+    assert record["future_mse_vs_action_cost"] == {"spearman": None, "p": None, "n": 4}  # a constant side
