@@ -101,3 +101,27 @@ def test_a_dual_model_is_compared_with_its_fast_wam_mode_and_its_oracle():
                                            "video_then_action - true_future"]
     assert record["differences"]["true_future - action_only"]["episode_mean"] == pytest.approx(2.0)
     assert record["future_mse_vs_action_cost"] == {"spearman": None, "p": None, "n": 4}  # a constant side
+
+
+def test_two_records_pair_over_their_windows_and_other_windows_are_refused(idm_run, tmp_path, capsys):
+    run, data = idm_run
+    paths = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        paths[name] = tmp_path / f"{name}.json"
+        cli_main(["offline", "--checkpoint", str(run), "--data", str(data), "--samples", "6", "--seed", str(seed),
+                  "--json", str(paths[name]), "--quiet"])
+    a, c = (json.loads(paths[k].read_text()) for k in "ac")
+    assert offline.paired(a, "video_then_action", a, "true_future") == a["differences"]["video_then_action - true_future"]
+    with pytest.raises(ValueError, match=r"seed: the two records were not measured on the same windows \(0 against 1\)"):
+        offline.paired(a, "true_future", c, "true_future")
+    capsys.readouterr()
+    assert cli_main(["offline", "--pair", f"{paths['a']}:true_future", f"{paths['b']}:true_future"]) == 0
+    assert "+0.0000 (+0.0000 to +0.0000), 95 % over 2 episodes, 6 windows paired" in capsys.readouterr().out  # one model, one noise
+    c["seed"] = 0
+    c["sample_episode"] = c["sample_episode"][:-1]
+    with pytest.raises(ValueError, match="sample_episode: the two records were not measured on the same windows"):
+        offline.paired(a, "true_future", c, "true_future")
+    with pytest.raises(ValueError, match=r"condition 'joint': expected one of \['video_then_action', 'true_future'\]"):
+        offline.paired(a, "joint", a, "true_future")
+    with pytest.raises(SystemExit, match="--checkpoint and --data are required"):
+        cli_main(["offline", "--data", str(data)])

@@ -16,7 +16,8 @@ neighbours in its episode are not independent draws): the t interval of the per-
 ``video_then_action`` the imagined future's own error (latent MSE against the true future) is
 recorded too, and its Spearman correlation across samples with the action error it causes.
 
-    fastwam offline --checkpoint runs/mt10_idm_s0 --data data/mt10_heldout --json out.json
+    fastwam offline --checkpoint runs/mt10_idm_s0 --data data/mt10_heldout --json idm.json
+    fastwam offline --pair idm.json:true_future joint.json:joint   # two checkpoints, paired over the windows
 """
 
 from __future__ import annotations
@@ -120,6 +121,21 @@ def summarize(errors: dict[str, np.ndarray], episodes: np.ndarray, tasks: list[s
     return record
 
 
+def paired(a: dict, condition_a: str, b: dict, condition_b: str) -> dict:
+    """``condition_a`` of record ``a`` minus ``condition_b`` of record ``b``, paired over their windows
+    (two checkpoints measured on the same dataset, windows and seed: the same targets and noise)."""
+    for key in ("dataset_sha256", "seed", "sample_episode"):
+        if a.get(key) != b.get(key):
+            raise ValueError(f"{key}: the two records were not measured on the same windows "
+                             f"({str(a.get(key))[:40]} against {str(b.get(key))[:40]}); expected one dataset, seed and --samples")
+    for record, condition in ((a, condition_a), (b, condition_b)):
+        if condition not in record["per_sample"] or condition == "future_mse":
+            raise ValueError(f"condition {condition!r}: expected one of {list(record['conditions'])} "
+                             f"({record['checkpoint']})")
+    difference = np.asarray(a["per_sample"][condition_a]) - np.asarray(b["per_sample"][condition_b])
+    return episode_interval(difference, np.asarray(a["sample_episode"]))
+
+
 def measure(checkpoint: str | Path, data: str | Path, samples: int = 400, batch_size: int = 32, seed: int = 0,
             progress: bool = True) -> dict:
     """The open-loop record of ``checkpoint`` on the dataset at ``data`` (module docstring)."""
@@ -147,7 +163,7 @@ def measure(checkpoint: str | Path, data: str | Path, samples: int = 400, batch_
         chunk = torch.from_numpy(indices[start:start + batch_size])
         for name, value in chunk_errors(model, training.batch(chunk), seed + start).items():
             errors.setdefault(name, []).append(value.numpy())
-    errors = {k: np.concatenate(v) for k, v in errors.items()}
+    errors = {k: np.concatenate(v).astype(np.float64) for k, v in errors.items()}
     for name, values in errors.items():
         if not np.isfinite(values).all():
             raise ValueError(f"{path}: non-finite {name} errors on {data}: the model's outputs are not finite")
@@ -156,7 +172,7 @@ def measure(checkpoint: str | Path, data: str | Path, samples: int = 400, batch_
     return {"checkpoint": str(path), "weights_sha256": sha256(path / "model.safetensors"),
             "variant": cfg.model.variant.mask, "dataset": str(Path(data).resolve()), "dataset_sha256": content,
             "trained_on_this_data": info.get("dataset_sha256") == content, "seed": seed, "code": code_version(),
-            **record, "per_sample": {k: v.round(6).tolist() for k, v in errors.items()},
+            **record, "per_sample": {k: v.tolist() for k, v in errors.items()},
             "sample_episode": episode_of[indices].tolist()}
 
 
@@ -175,8 +191,11 @@ def format_record(record: dict) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="run directory or checkpoint directory")
-    parser.add_argument("--data", required=True, help="LeRobot dataset whose recorded chunks are the targets")
+    parser.add_argument("--checkpoint", help="run directory or checkpoint directory (with --data)")
+    parser.add_argument("--data", help="LeRobot dataset whose recorded chunks are the targets")
+    parser.add_argument("--pair", nargs=2, metavar="RECORD.json:CONDITION",
+                        help="instead of measuring: the first record's condition minus the second's, paired over "
+                             "their windows (two records of one dataset, --samples and --seed)")
     parser.add_argument("--samples", type=int, default=400, help="windows measured, spread evenly (default 400)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0, help="action and video noise")
@@ -185,7 +204,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _pair(args: argparse.Namespace) -> int:
+    sides = []
+    for spec in args.pair:
+        path, _, condition = spec.rpartition(":")
+        if not path:
+            raise ValueError(f"--pair {spec!r}: expected RECORD.json:CONDITION")
+        sides.append((json.loads(Path(path).read_text()), condition))
+    d = paired(sides[0][0], sides[0][1], sides[1][0], sides[1][1])
+    print(f"{args.pair[0]} - {args.pair[1]}: {d['episode_mean']:+.4f} ({d['low']:+.4f} to {d['high']:+.4f}), "
+          f"95 % over {d['episodes']} episodes, {d['samples']} windows paired")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.pair:
+        if args.checkpoint or args.data:
+            raise ValueError("--pair compares two records; it takes no --checkpoint or --data")
+        return _pair(args)
+    if not (args.checkpoint and args.data):
+        raise ValueError("--checkpoint and --data are required (or --pair RECORD.json:CONDITION RECORD.json:CONDITION)")
     if args.threads:
         torch.set_num_threads(args.threads)
     record = measure(args.checkpoint, args.data, args.samples, args.batch_size, args.seed, progress=not args.quiet)
