@@ -53,10 +53,10 @@ def sample_indices(total: int, samples: int) -> np.ndarray:
 def chunk_errors(model, batch, seed: int) -> dict[str, torch.Tensor]:
     """Per-sample action MSE (B,) under each condition of ``model``, all from one action noise; for
     ``video_then_action`` also ``future_mse`` (B,), the imagined future's latent MSE against the true one."""
-    cfg = model.cfg
-    generator = torch.Generator().manual_seed(seed)
-    noise = torch.randn(batch.actions.shape, generator=generator)
-    video_seed = int(torch.randint(2**62, (1,), generator=generator))
+    cfg, device = model.cfg, batch.actions.device
+    generator = torch.Generator(device).manual_seed(seed)
+    noise = torch.randn(batch.actions.shape, generator=generator, device=device)
+    video_seed = int(torch.randint(2**62, (1,), generator=generator, device=device))
     observation = (batch.context, batch.state, batch.text)
     valid = (~batch.action_pad).float()  # (B, S)
 
@@ -72,14 +72,14 @@ def chunk_errors(model, batch, seed: int) -> dict[str, torch.Tensor]:
         if condition == TRUE_FUTURE:
             out[condition] = error(idm_actions(batch.future))
         elif condition == "video_then_action":
-            future = model.imagine(*observation, generator=torch.Generator().manual_seed(video_seed))  # (B, Tf, C, h, w)
+            future = model.imagine(*observation, generator=torch.Generator(device).manual_seed(video_seed))  # (B, Tf, C, h, w)
             out[condition] = error(idm_actions(future))
             future_valid = (~batch.future_pad).float()  # (B, Tf)
             per_frame = (future - batch.future).pow(2).flatten(2).mean(-1)
             out["future_mse"] = (per_frame * future_valid).sum(1) / future_valid.sum(1).clamp(min=1.0)
         else:
             out[condition] = error(model.predict_actions(*observation, noise=noise, mode=condition,
-                                                         generator=torch.Generator().manual_seed(video_seed)))
+                                                         generator=torch.Generator(device).manual_seed(video_seed)))
     return out
 
 
@@ -124,7 +124,7 @@ def summarize(errors: dict[str, np.ndarray], episodes: np.ndarray, tasks: list[s
 def paired(a: dict, condition_a: str, b: dict, condition_b: str) -> dict:
     """``condition_a`` of record ``a`` minus ``condition_b`` of record ``b``, paired over their windows
     (two checkpoints measured on the same dataset, windows and seed: the same targets and noise)."""
-    for key in ("dataset_sha256", "seed", "sample_episode"):
+    for key in ("dataset_sha256", "seed", "device", "sample_episode"):
         if a.get(key) != b.get(key):
             raise ValueError(f"{key}: the two records were not measured on the same windows "
                              f"({str(a.get(key))[:40]} against {str(b.get(key))[:40]}); expected one dataset, seed and --samples")
@@ -137,7 +137,7 @@ def paired(a: dict, condition_a: str, b: dict, condition_b: str) -> dict:
 
 
 def measure(checkpoint: str | Path, data: str | Path, samples: int = 400, batch_size: int = 32, seed: int = 0,
-            progress: bool = True) -> dict:
+            device: str = "cpu", progress: bool = True) -> dict:
     """The open-loop record of ``checkpoint`` on the dataset at ``data`` (module docstring)."""
     from tqdm import tqdm
 
@@ -150,7 +150,7 @@ def measure(checkpoint: str | Path, data: str | Path, samples: int = 400, batch_
     from fastwam.train import load_training_data
 
     path = latest_checkpoint(checkpoint)
-    model, cfg = load_model(path)
+    model, cfg = load_model(path, device)
     normalizer = Normalizer.load(path / "stats.json")  # the checkpoint's units, not the dataset's
     dataset = LeRobotDataset(data, require=(STATE_KEY, ACTION_KEY))
     training = load_training_data(cfg, dataset, normalizer, progress)
@@ -161,8 +161,8 @@ def measure(checkpoint: str | Path, data: str | Path, samples: int = 400, batch_
     errors: dict[str, list] = {}
     for start in tqdm(range(0, len(indices), batch_size), desc="open loop", disable=not progress):
         chunk = torch.from_numpy(indices[start:start + batch_size])
-        for name, value in chunk_errors(model, training.batch(chunk), seed + start).items():
-            errors.setdefault(name, []).append(value.numpy())
+        for name, value in chunk_errors(model, training.batch(chunk).to(device), seed + start).items():
+            errors.setdefault(name, []).append(value.float().cpu().numpy())
     errors = {k: np.concatenate(v).astype(np.float64) for k, v in errors.items()}
     for name, values in errors.items():
         if not np.isfinite(values).all():
@@ -171,7 +171,8 @@ def measure(checkpoint: str | Path, data: str | Path, samples: int = 400, batch_
     record = summarize(errors, episode_of[indices], [task_of[i] for i in indices])
     return {"checkpoint": str(path), "weights_sha256": sha256(path / "model.safetensors"),
             "variant": cfg.model.variant.mask, "dataset": str(Path(data).resolve()), "dataset_sha256": content,
-            "trained_on_this_data": info.get("dataset_sha256") == content, "seed": seed, "code": code_version(),
+            "trained_on_this_data": info.get("dataset_sha256") == content, "seed": seed, "device": str(device),
+            "code": code_version(),
             **record, "per_sample": {k: v.tolist() for k, v in errors.items()},
             "sample_episode": episode_of[indices].tolist()}
 
@@ -199,6 +200,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=int, default=400, help="windows measured, spread evenly (default 400)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0, help="action and video noise")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, ... (the noise streams are the device's)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's)")
     parser.add_argument("--json", default="", help="write the record here")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -226,7 +228,8 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--checkpoint and --data are required (or --pair RECORD.json:CONDITION RECORD.json:CONDITION)")
     if args.threads:
         torch.set_num_threads(args.threads)
-    record = measure(args.checkpoint, args.data, args.samples, args.batch_size, args.seed, progress=not args.quiet)
+    record = measure(args.checkpoint, args.data, args.samples, args.batch_size, args.seed, args.device,
+                     progress=not args.quiet)
     print(format_record(record))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
