@@ -1,5 +1,6 @@
 """Open-loop action error (`fastwam offline`): the conditions, the per-sample error, the record."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -30,19 +31,38 @@ def test_samples_spread_over_the_windows():
 def test_each_error_is_the_mse_of_the_models_own_chunk_over_the_valid_steps():
     cfg = tiny("dual")
     model, batch = randomized(cfg), cfg.fake_batch(3)
-    batch.action_pad[0, 5:] = True  # the first sample's episode ends mid-chunk
-    errors = offline.chunk_errors(model, batch, seed=7)
+    batch.action_pad[0, 5:] = True  # the first window's episode ends mid-chunk
+    batch.future_pad[1, 1:] = True  # the second's future leaves its episode after one frame
+    batch.future_pad[2, :] = True  # the third's at once
+    seeds = [7, 8, 9]
+    errors = offline.chunk_errors(model, batch, seeds)
     assert sorted(errors) == ["action_only", "future_mse", "true_future", "video_then_action"]
-    noise = torch.randn(batch.actions.shape, generator=torch.Generator().manual_seed(7))
+    noise, video_noise = offline.window_noise(seeds, (cfg.chunk, cfg.action_dim), (cfg.future_frames, *cfg.latent_shape), "cpu")
     observation = (batch.context, batch.state, batch.text)
-    for condition, future in (("action_only", None), ("true_future", batch.future)):
+    imagined = model.sample_future(model.prefill(*observation), video_noise, cfg.video_flow.steps)
+    for condition, future in (("action_only", None), ("true_future", batch.future), ("video_then_action", imagined)):
         mode = "action_only" if future is None else "video_then_action"
         actions = model.predict_actions(*observation, noise=noise, mode=mode, future=future)
         squared = (actions - batch.actions).pow(2).mean(-1)  # (B, S)
         expected = torch.stack([squared[0, :5].mean(), squared[1].mean(), squared[2].mean()])
         assert torch.allclose(errors[condition], expected, atol=1e-6), condition
     assert (errors["video_then_action"] - errors["true_future"]).abs().max() > 1e-4  # another future, other actions
-    assert (errors["future_mse"] > 0).all()
+    per_frame = (imagined - batch.future).pow(2).flatten(2).mean(-1)  # (B, Tf)
+    assert errors["future_mse"][0] == pytest.approx(float(per_frame[0].mean()), rel=1e-5)
+    assert errors["future_mse"][1] == pytest.approx(float(per_frame[1, 0]), rel=1e-5)
+    assert torch.isnan(errors["future_mse"][2])  # no real frame to score against
+
+
+@pytest.mark.parametrize("variant", ["joint", "dual"])
+def test_a_windows_errors_do_not_depend_on_its_batch(variant):
+    cfg = tiny(variant)
+    model, batch = randomized(cfg), cfg.fake_batch(3)
+    together = offline.chunk_errors(model, batch, [4, 5, 6])
+    fields = ("context", "actions", "action_pad", "state", "text", "future", "future_pad")
+    alone = offline.chunk_errors(model, dataclasses.replace(batch, **{f: getattr(batch, f)[2:] for f in fields}), [6])
+    assert sorted(together) == sorted(alone)
+    for name in together:
+        assert together[name][2] == pytest.approx(float(alone[name][0]), rel=1e-4, abs=1e-6), name
 
 
 def test_intervals_are_over_episodes_and_differences_are_paired():
@@ -52,16 +72,18 @@ def test_intervals_are_over_episodes_and_differences_are_paired():
     episodes, tasks = np.array([0, 0, 1, 1, 2]), ["a", "a", "a", "b", "b"]
     record = offline.summarize(errors, episodes, tasks)
     imagined = record["conditions"]["video_then_action"]
-    assert imagined["mean"] == pytest.approx(2.8) and imagined["episode_mean"] == pytest.approx(10 / 3)  # (2 + 2 + 6) / 3
-    half = 1.96 * np.std([2, 2, 6], ddof=1) / np.sqrt(3)
+    assert imagined["sample_mean"] == pytest.approx(2.8) and imagined["episode_mean"] == pytest.approx(10 / 3)  # (2 + 2 + 6) / 3
+    half = 4.302653 * np.std([2, 2, 6], ddof=1) / np.sqrt(3)  # t(0.975, 2 degrees of freedom)
     assert (imagined["low"], imagined["high"]) == pytest.approx((10 / 3 - half, 10 / 3 + half))
     assert imagined["episodes"] == 3 and imagined["samples"] == 5
     assert imagined["per_task"] == {"a": pytest.approx(2.0), "b": pytest.approx(4.0)}
     assert list(record["differences"]) == ["video_then_action - true_future"]
     gap = record["differences"]["video_then_action - true_future"]  # per episode: 1, 1, 4
     assert gap["episode_mean"] == pytest.approx(2.0)
-    assert gap["high"] - gap["low"] == pytest.approx(2 * 1.96 * np.std([1, 1, 4], ddof=1) / np.sqrt(3))
+    assert gap["high"] - gap["low"] == pytest.approx(2 * 4.302653 * np.std([1, 1, 4], ddof=1) / np.sqrt(3))
     assert record["future_mse_vs_action_cost"]["spearman"] > 0.8  # the gap grows with the future's error
+    one = offline.episode_interval(np.array([1.0, np.nan, 3.0]), np.array([0, 0, 0]))
+    assert one == {"episode_mean": 2.0, "low": None, "high": None, "sample_mean": 2.0, "episodes": 1, "samples": 2}
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +122,7 @@ def test_a_dual_model_is_compared_with_its_fast_wam_mode_and_its_oracle():
     assert list(record["differences"]) == ["video_then_action - action_only", "true_future - action_only",
                                            "video_then_action - true_future"]
     assert record["differences"]["true_future - action_only"]["episode_mean"] == pytest.approx(2.0)
-    assert record["future_mse_vs_action_cost"] == {"spearman": None, "p": None, "n": 4}  # a constant side
+    assert record["future_mse_vs_action_cost"] == {"spearman": None, "p_windows_independent": None, "n": 4}  # a constant side
 
 
 def test_two_records_pair_over_their_windows_and_other_windows_are_refused(idm_run, tmp_path, capsys):
@@ -112,16 +134,20 @@ def test_two_records_pair_over_their_windows_and_other_windows_are_refused(idm_r
                   "--json", str(paths[name]), "--quiet"])
     a, c = (json.loads(paths[k].read_text()) for k in "ac")
     assert offline.paired(a, "video_then_action", a, "true_future") == a["differences"]["video_then_action - true_future"]
-    with pytest.raises(ValueError, match=r"seed: the two records were not measured on the same windows \(0 against 1\)"):
+    with pytest.raises(ValueError, match=r"first and second: seed differs \(0 against 1\)"):
         offline.paired(a, "true_future", c, "true_future")
     capsys.readouterr()
     assert cli_main(["offline", "--pair", f"{paths['a']}:true_future", f"{paths['b']}:true_future"]) == 0
     assert "+0.0000 (+0.0000 to +0.0000), 95 % over 2 episodes, 6 windows paired" in capsys.readouterr().out  # one model, one noise
     c["seed"] = 0
-    c["sample_episode"] = c["sample_episode"][:-1]
-    with pytest.raises(ValueError, match="sample_episode: the two records were not measured on the same windows"):
+    c["sample_window"] = c["sample_window"][:-1]
+    with pytest.raises(ValueError, match=r"first and second: sample_window differs \(6 windows against 5 windows\)"):
         offline.paired(a, "true_future", c, "true_future")
-    with pytest.raises(ValueError, match=r"condition 'joint': expected one of \['video_then_action', 'true_future'\]"):
-        offline.paired(a, "joint", a, "true_future")
+    with pytest.raises(ValueError, match=r"A.json: condition 'joint': expected one of \['video_then_action', 'true_future'\]"):
+        offline.paired(a, "joint", a, "true_future", names=("A.json", "B.json"))
+    paths["bad"] = tmp_path / "bad.json"
+    paths["bad"].write_text(json.dumps({"conditions": {}}))
+    with pytest.raises(SystemExit, match=r"bad.json: not a `fastwam offline` record \(no per_sample, sample_episode"):
+        cli_main(["offline", "--pair", f"{paths['bad']}:x", f"{paths['a']}:true_future"])
     with pytest.raises(SystemExit, match="--checkpoint and --data are required"):
         cli_main(["offline", "--data", str(data)])

@@ -3,7 +3,8 @@
 For sampled windows of a LeRobot dataset (best: demonstrations on layouts the checkpoint never
 trained on, e.g. MetaWorld's validation layouts, ``fastwam collect metaworld --seed 1000``), the
 model predicts each window's chunk from its observation under every inference condition it has,
-all from the same action noise:
+each window from noise drawn with a seed of its own (``window_noise``: the same in every condition,
+for every checkpoint and batch size, so that records of one dataset and seed pair window by window):
 
 - its modes (``action_only``, ``joint``, ``video_then_action``), each as ``fastwam eval`` runs it;
 - ``true_future``, for models whose actions read a future (IDM, dual): the actions given the
@@ -11,10 +12,11 @@ all from the same action noise:
   ``video_then_action`` minus ``true_future`` is what imagining the future costs the actions.
 
 Error: mean squared error over the chunk's valid steps, in the checkpoint's normalized action
-units, per sample. Means and paired differences carry 95 % intervals over episodes (a sample's
+units, per window. Means and paired differences carry 95 % intervals over episodes (a window's
 neighbours in its episode are not independent draws): the t interval of the per-episode means. For
-``video_then_action`` the imagined future's own error (latent MSE against the true future) is
-recorded too, and its Spearman correlation across samples with the action error it causes.
+``video_then_action`` the imagined future's own error (latent MSE against the true future, over its
+frames within the episode) is recorded too, and its Spearman correlation across windows with the
+action error it causes.
 
     fastwam offline --checkpoint runs/mt10_idm_s0 --data data/mt10_heldout --json idm.json
     fastwam offline --pair idm.json:true_future joint.json:joint   # two checkpoints, paired over the windows
@@ -49,47 +51,77 @@ def sample_indices(total: int, samples: int) -> np.ndarray:
     return np.unique(np.linspace(0, total - 1, samples).round().astype(np.int64))
 
 
+def window_noise(seeds: list[int], action_shape: tuple[int, ...], future_shape: tuple[int, ...] | None,
+                 device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Each window's action noise (S, A) and video noise (Tf, C, h, w), drawn in that order from a
+    generator seeded with the window's own seed (so a window's noise does not depend on its batch)
+    -> (B, S, A), (B, Tf, C, h, w) or None."""
+    actions, futures = [], []
+    for seed in seeds:
+        generator = torch.Generator(device).manual_seed(seed)
+        actions.append(torch.randn(action_shape, generator=generator, device=device))
+        if future_shape is not None:
+            futures.append(torch.randn(future_shape, generator=generator, device=device))
+    return torch.stack(actions), (torch.stack(futures) if futures else None)
+
+
+def masked_mean(per_step: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """(B, T) values, (B, T) bool -> (B,) mean over the valid steps; NaN where none is valid."""
+    count = valid.sum(1)
+    mean = (per_step * valid).sum(1) / count.clamp(min=1)
+    return torch.where(count > 0, mean, torch.full_like(mean, float("nan")))
+
+
 @torch.no_grad()
-def chunk_errors(model, batch, seed: int) -> dict[str, torch.Tensor]:
-    """Per-sample action MSE (B,) under each condition of ``model``, all from one action noise; for
-    ``video_then_action`` also ``future_mse`` (B,), the imagined future's latent MSE against the true one."""
-    cfg, device = model.cfg, batch.actions.device
-    generator = torch.Generator(device).manual_seed(seed)
-    noise = torch.randn(batch.actions.shape, generator=generator, device=device)
-    video_seed = int(torch.randint(2**62, (1,), generator=generator, device=device))
+def chunk_errors(model, batch, seeds: list[int]) -> dict[str, torch.Tensor]:
+    """Per-window action MSE (B,) under each condition of ``model``, all from each window's noise
+    (``window_noise``); for ``video_then_action`` also ``future_mse`` (B,), the imagined future's
+    latent MSE against the true one over its frames within the episode (NaN where none is)."""
+    cfg = model.cfg
+    B = batch.actions.shape[0]
+    future_shape = (cfg.future_frames, *cfg.latent_shape) if cfg.variant.has_future else None
+    noise, video_noise = window_noise(seeds, tuple(batch.actions.shape[1:]), future_shape, batch.actions.device)
     observation = (batch.context, batch.state, batch.text)
-    valid = (~batch.action_pad).float()  # (B, S)
 
     def error(actions):  # (B, S, A) -> (B,)
-        per_step = (actions - batch.actions).pow(2).mean(-1)
-        return (per_step * valid).sum(1) / valid.sum(1).clamp(min=1.0)
+        return masked_mean((actions - batch.actions).pow(2).mean(-1), ~batch.action_pad)
 
     def idm_actions(future):  # the actions of IDM inference, given the future they read
         return model.predict_actions(*observation, noise=noise, mode="video_then_action", future=future)
 
     out = {}
     for condition in conditions(cfg.variant.modes):
-        if condition == TRUE_FUTURE:
-            out[condition] = error(idm_actions(batch.future))
-        elif condition == "video_then_action":
-            future = model.imagine(*observation, generator=torch.Generator(device).manual_seed(video_seed))  # (B, Tf, C, h, w)
+        if condition == "action_only":
+            out[condition] = error(model.predict_actions(*observation, noise=noise, mode=condition))
+        elif condition == "joint":  # as predict_actions(mode="joint"), with this window's video noise
+            out[condition] = error(model.sample_joint(model.prefill(*observation), noise, video_noise,
+                                                      cfg.action_flow.steps)[0])
+        elif condition == "video_then_action":  # as predict_actions' IDM mode, with this window's video noise
+            future = model.sample_future(model.prefill(*observation), video_noise, cfg.video_flow.steps)  # (B, Tf, C, h, w)
             out[condition] = error(idm_actions(future))
-            future_valid = (~batch.future_pad).float()  # (B, Tf)
-            per_frame = (future - batch.future).pow(2).flatten(2).mean(-1)
-            out["future_mse"] = (per_frame * future_valid).sum(1) / future_valid.sum(1).clamp(min=1.0)
+            out["future_mse"] = masked_mean((future - batch.future).pow(2).reshape(B, cfg.future_frames, -1).mean(-1),
+                                            ~batch.future_pad)
         else:
-            out[condition] = error(model.predict_actions(*observation, noise=noise, mode=condition,
-                                                         generator=torch.Generator(device).manual_seed(video_seed)))
+            out[condition] = error(idm_actions(batch.future))
     return out
 
 
 def episode_interval(values: np.ndarray, episodes: np.ndarray) -> dict:
-    """Mean over samples and the 95 % t interval of the per-episode means (samples clustered by episode)."""
+    """The mean of the per-episode means and its 95 % t interval over episodes (windows clustered by
+    episode), beside the plain mean over windows; NaN values (no valid frame) are left out."""
+    from scipy.stats import t
+
+    finite = np.isfinite(values)
+    values, episodes = values[finite], episodes[finite]
     means = np.array([values[episodes == e].mean() for e in np.unique(episodes)])
     n = len(means)
-    half = float(1.96 * means.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
     centre = float(means.mean())
-    return {"mean": float(values.mean()), "episode_mean": centre, "low": centre - half, "high": centre + half,
+    if n > 1:
+        half = float(t.ppf(0.975, n - 1) * means.std(ddof=1) / math.sqrt(n))
+        low, high = centre - half, centre + half
+    else:
+        low = high = None  # one episode: no interval
+    return {"episode_mean": centre, "low": low, "high": high, "sample_mean": float(values.mean()),
             "episodes": n, "samples": len(values)}
 
 
@@ -110,28 +142,35 @@ def summarize(errors: dict[str, np.ndarray], episodes: np.ndarray, tasks: list[s
         pairs.append(("video_then_action", TRUE_FUTURE))
     for a, b in pairs:
         record["differences"][f"{a} - {b}"] = episode_interval(errors[a] - errors[b], episodes)
-    if "future_mse" in errors:
+    if "future_mse" in errors:  # with video_then_action, and so with the oracle
         record["future_mse"] = episode_interval(errors["future_mse"], episodes)
-        gap = errors["video_then_action"] - errors[TRUE_FUTURE] if TRUE_FUTURE in errors else errors["video_then_action"]
-        if np.ptp(errors["future_mse"]) == 0 or np.ptp(gap) == 0:  # a constant side: no rank correlation
+        scored = np.isfinite(errors["future_mse"])
+        imagined, gap = errors["future_mse"][scored], (errors["video_then_action"] - errors[TRUE_FUTURE])[scored]
+        if len(gap) < 3 or np.ptp(imagined) == 0 or np.ptp(gap) == 0:  # a constant side: no rank correlation
             rho = p = None
         else:
-            rho, p = (float(x) for x in spearmanr(errors["future_mse"], gap))
-        record["future_mse_vs_action_cost"] = {"spearman": rho, "p": p, "n": len(gap)}
+            rho, p = (float(x) for x in spearmanr(imagined, gap))
+        # p treats windows as independent draws (they are clustered by episode): a rough guide only
+        record["future_mse_vs_action_cost"] = {"spearman": rho, "p_windows_independent": p, "n": int(len(gap))}
     return record
 
 
-def paired(a: dict, condition_a: str, b: dict, condition_b: str) -> dict:
+PAIRED_ON = ("dataset_sha256", "targets", "seed", "device", "sample_window")  # what two paired records share
+
+
+def paired(a: dict, condition_a: str, b: dict, condition_b: str, names: tuple[str, str] = ("first", "second")) -> dict:
     """``condition_a`` of record ``a`` minus ``condition_b`` of record ``b``, paired over their windows
-    (two checkpoints measured on the same dataset, windows and seed: the same targets and noise)."""
-    for key in ("dataset_sha256", "seed", "device", "sample_episode"):
+    (two checkpoints measured on the same windows of one dataset, in the same units and with the same
+    noise). ``names``: the records' files, for the errors."""
+    for key in PAIRED_ON:
         if a.get(key) != b.get(key):
-            raise ValueError(f"{key}: the two records were not measured on the same windows "
-                             f"({str(a.get(key))[:40]} against {str(b.get(key))[:40]}); expected one dataset, seed and --samples")
-    for record, condition in ((a, condition_a), (b, condition_b)):
-        if condition not in record["per_sample"] or condition == "future_mse":
-            raise ValueError(f"condition {condition!r}: expected one of {list(record['conditions'])} "
-                             f"({record['checkpoint']})")
+            got = [r.get(key) for r in (a, b)]
+            shown = [f"{len(g)} windows" if isinstance(g, list) else str(g)[:40] for g in got]
+            raise ValueError(f"{names[0]} and {names[1]}: {key} differs ({shown[0]} against {shown[1]}); a pair needs "
+                             "one dataset, checkpoint units and window config, --samples, --seed and --device")
+    for record, condition, name in ((a, condition_a, names[0]), (b, condition_b, names[1])):
+        if condition not in record["conditions"]:
+            raise ValueError(f"{name}: condition {condition!r}: expected one of {list(record['conditions'])}")
     difference = np.asarray(a["per_sample"][condition_a]) - np.asarray(b["per_sample"][condition_b])
     return episode_interval(difference, np.asarray(a["sample_episode"]))
 
@@ -149,45 +188,62 @@ def measure(checkpoint: str | Path, data: str | Path, samples: int = 400, batch_
     from fastwam.evaluate import run_info
     from fastwam.train import load_training_data
 
+    if batch_size < 1:
+        raise ValueError(f"batch_size: expected >= 1, got {batch_size}")
     path = latest_checkpoint(checkpoint)
     model, cfg = load_model(path, device)
     normalizer = Normalizer.load(path / "stats.json")  # the checkpoint's units, not the dataset's
     dataset = LeRobotDataset(data, require=(STATE_KEY, ACTION_KEY))
     training = load_training_data(cfg, dataset, normalizer, progress)
+    if len(training) == 0:
+        raise ValueError(f"{data}: no windows to measure")
     indices = sample_indices(len(training), samples)
     episode_of = np.asarray(dataset.column("episode_index"))[training.rows.numpy()]
     task_of = [dataset.tasks[i] for i in training.task_index[training.rows].tolist()]
 
     errors: dict[str, list] = {}
     for start in tqdm(range(0, len(indices), batch_size), desc="open loop", disable=not progress):
-        chunk = torch.from_numpy(indices[start:start + batch_size])
-        for name, value in chunk_errors(model, training.batch(chunk).to(device), seed + start).items():
+        window = indices[start:start + batch_size]
+        seeds = [seed * 2**32 + int(i) for i in window]
+        for name, value in chunk_errors(model, training.batch(torch.from_numpy(window)).to(device), seeds).items():
             errors.setdefault(name, []).append(value.float().cpu().numpy())
     errors = {k: np.concatenate(v).astype(np.float64) for k, v in errors.items()}
     for name, values in errors.items():
-        if not np.isfinite(values).all():
+        if name != "future_mse" and not np.isfinite(values).all():
             raise ValueError(f"{path}: non-finite {name} errors on {data}: the model's outputs are not finite")
     info, content = run_info(path), dataset.content_sha256()
+    m = cfg.model
+    targets = {"stats_sha256": sha256(path / "stats.json"), "chunk": m.chunk, "context_frames": m.context_frames,
+               "future_frames": m.future_frames, "frame_stride": cfg.data.frame_stride}
     record = summarize(errors, episode_of[indices], [task_of[i] for i in indices])
     return {"checkpoint": str(path), "weights_sha256": sha256(path / "model.safetensors"),
-            "variant": cfg.model.variant.mask, "dataset": str(Path(data).resolve()), "dataset_sha256": content,
-            "trained_on_this_data": info.get("dataset_sha256") == content, "seed": seed, "device": str(device),
-            "code": code_version(),
-            **record, "per_sample": {k: v.tolist() for k, v in errors.items()},
-            "sample_episode": episode_of[indices].tolist()}
+            "variant": m.variant.mask, "dataset": str(Path(data).resolve()), "dataset_sha256": content,
+            "trained_on_this_data": info.get("dataset_sha256") == content, "targets": targets, "seed": seed,
+            "noise": "per window i: torch.Generator(device).manual_seed(seed * 2**32 + i), actions then video",
+            "device": str(torch.device(device)), "code": code_version(),
+            **record, "per_sample": {k: [v if math.isfinite(v) else None for v in values.tolist()]
+                                     for k, values in errors.items()},
+            "sample_window": indices.tolist(), "sample_episode": episode_of[indices].tolist()}
 
 
 def format_record(record: dict) -> str:
-    lines = [f"{record['checkpoint']} on {record['dataset']} ({'its training data' if record['trained_on_this_data'] else 'not its training data'}): "
-             "action MSE (normalized units), mean of the episodes' means, 95 % over episodes"]
+    def interval(d, sign=""):
+        if d["low"] is None:
+            return f"{d['episode_mean']:{sign}.4f} (one episode: no interval)"
+        return f"{d['episode_mean']:{sign}.4f} ({d['low']:{sign}.4f} to {d['high']:{sign}.4f})"
+
+    data = "its training data" if record["trained_on_this_data"] else "not its training data"
+    lines = [f"{record['checkpoint']} on {record['dataset']} ({data}): action MSE (normalized units), "
+             "mean of the episodes' means, 95 % over episodes"]
     for name, c in record["conditions"].items():
-        lines.append(f"  {name:<18} {c['episode_mean']:.4f}  ({c['low']:.4f}-{c['high']:.4f}), {c['samples']} samples, {c['episodes']} episodes")
+        lines.append(f"  {name:<18} {interval(c)}, {c['samples']} windows, {c['episodes']} episodes")
     for name, d in record["differences"].items():
-        lines.append(f"  {name:<36} {d['episode_mean']:+.4f} ({d['low']:+.4f} to {d['high']:+.4f})")
+        lines.append(f"  {name:<36} {interval(d, '+')}")
     if "future_mse" in record:
-        f, r = record["future_mse"], record["future_mse_vs_action_cost"]
-        rank = "undefined (a side is constant)" if r["spearman"] is None else f"{r['spearman']:.2f} (p {r['p']:.2g}, n {r['n']})"
-        lines.append(f"  imagined future latent MSE {f['mean']:.4f}; Spearman with the action cost {rank}")
+        r = record["future_mse_vs_action_cost"]
+        rank = ("undefined (a side is constant)" if r["spearman"] is None else
+                f"{r['spearman']:.2f} (n {r['n']} windows; p {r['p_windows_independent']:.2g} if they were independent)")
+        lines.append(f"  imagined future latent MSE {interval(record['future_mse'])}; Spearman with the action cost {rank}")
     return "\n".join(lines)
 
 
@@ -212,10 +268,20 @@ def _pair(args: argparse.Namespace) -> int:
         path, _, condition = spec.rpartition(":")
         if not path:
             raise ValueError(f"--pair {spec!r}: expected RECORD.json:CONDITION")
-        sides.append((json.loads(Path(path).read_text()), condition))
-    d = paired(sides[0][0], sides[0][1], sides[1][0], sides[1][1])
-    print(f"{args.pair[0]} - {args.pair[1]}: {d['episode_mean']:+.4f} ({d['low']:+.4f} to {d['high']:+.4f}), "
-          f"95 % over {d['episodes']} episodes, {d['samples']} windows paired")
+        try:
+            record = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not JSON ({e})") from None
+        missing = [k for k in ("conditions", "per_sample", "sample_episode", *PAIRED_ON)
+                   if not isinstance(record, dict) or k not in record]
+        if missing:
+            raise ValueError(f"{path}: not a `fastwam offline` record (no {', '.join(missing)})")
+        sides.append((record, condition, path))
+    (a, ca, pa), (b, cb, pb) = sides
+    d = paired(a, ca, b, cb, names=(pa, pb))
+    shown = (f"{d['episode_mean']:+.4f} ({d['low']:+.4f} to {d['high']:+.4f})" if d["low"] is not None
+             else f"{d['episode_mean']:+.4f} (one episode: no interval)")
+    print(f"{args.pair[0]} - {args.pair[1]}: {shown}, 95 % over {d['episodes']} episodes, {d['samples']} windows paired")
     return 0
 
 

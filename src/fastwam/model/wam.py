@@ -351,10 +351,11 @@ class WAM(nn.Module):
         prefix = self.prefill(context, state, text)
         if mode == "action_only":
             return self.sample_actions(prefix, noise, action_steps, guide)
-        video_noise = torch.randn(self._future_shape(B), device=device, generator=generator, dtype=dtype)
         if mode == "joint":
+            video_noise = torch.randn(self._future_shape(B), device=device, generator=generator, dtype=dtype)
             return self.sample_joint(prefix, noise, video_noise, action_steps)[0]
-        if future is None:
+        if future is None:  # IDM: imagine the future the actions read (unless it is given)
+            video_noise = torch.randn(self._future_shape(B), device=device, generator=generator, dtype=dtype)
             future = self.sample_future(prefix, video_noise, cfg.video_flow.steps)
         self.extend_prefix(prefix, future)
         return self.sample_actions(prefix, noise, action_steps, guide)
