@@ -522,3 +522,16 @@ def test_idm_acts_on_a_given_future_exactly_as_on_the_same_future_imagined():
     fast = randomized(tiny("dual"))
     with pytest.raises(ValueError, match=r"future: only IDM inference .* mode is 'action_only'"):
         fast.predict_actions(*observation, noise=noise, future=batch.future)
+
+
+def test_idm_reads_a_future_at_the_noise_level_its_actions_were_trained_on():
+    """Trained on a future copy noised at sigma (variant.idm_future_noise), IDM's actions read the
+    generated future labelled with that sigma, as in training, not as clean."""
+    clean = tiny("idm")
+    noised = dataclasses.replace(clean, variant=dataclasses.replace(clean.variant, idm_future_noise=0.1))
+    a, b = randomized(clean), WAM(noised)
+    b.load_state_dict(a.state_dict())
+    batch = clean.fake_batch(2)
+    observation, noise = (batch.context, batch.state, batch.text), torch.randn(2, clean.chunk, clean.action_dim)
+    given = [m.eval().predict_actions(*observation, noise=noise, future=batch.future) for m in (a, b)]
+    assert (given[0] - given[1]).abs().max() > 1e-4

@@ -310,10 +310,11 @@ class WAM(nn.Module):
 
     @torch.no_grad()
     def extend_prefix(self, prefix: Prefix, future: torch.Tensor) -> None:
-        """IDM: append the generated future, as clean future tokens, to the cache."""
+        """IDM: append the generated future, as the future tokens actions read, to the cache; labelled
+        with the noise level the actions were trained to read it at (``variant.idm_future_noise``)."""
         expect("future", future, self._future_shape(prefix.batch))
-        zeros = torch.zeros(prefix.batch, device=future.device)
-        tokens = self.video.tokens(future, zeros, FUTURE_CLEAN, self.cfg.context_frames, prefix.video_context)
+        sigmas = torch.full((prefix.batch,), self.cfg.variant.idm_future_noise, device=future.device)
+        tokens = self.video.tokens(future, sigmas, FUTURE_CLEAN, self.cfg.context_frames, prefix.video_context)
         self(tokens, None, cache=prefix.cache, store=True)
 
     @torch.no_grad()
