@@ -34,7 +34,7 @@ for run in "${runs[@]}"; do
     echo "$run: not trained to step $STEPS; skipped"
     continue
   fi
-  name=${run#runs/mt10_}
+  name=$(basename "$run"); name=${name#mt10_}  # runs/mt10_idm_s0/ -> idm_s0
   for target in validation_layouts:$HELDOUT training_data:$DATA; do
     out="$OUT/${name}_${target%%:*}.json"
     $PY benchmarks/same_weights.py "$out" "$run"  # a record of other weights stops the queue
