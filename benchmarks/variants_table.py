@@ -8,7 +8,7 @@ Fast-WAM's of its seed); then the per-task breakdown. Missing files are shown as
 trained on different datasets (``training_data_sha256``) or timed on different machines (``machine``)
 are named in notes under the table, and a row's seeds timed on two machines are not pooled.
 
-    .venv/bin/python benchmarks/variants_table.py [--dir docs/results/mt10_variants] [--split test]
+    .venv/bin/python benchmarks/variants_table.py [--dir docs/results/mt10_variants] [--split test] [--plot F.png]
 """
 
 from __future__ import annotations
@@ -60,13 +60,8 @@ def row_cells(runs: dict, imagination: dict, row: str, seeds: tuple[int, ...]) -
     cells = [_interval(outcomes)]
     if row == "fastwam":
         cells.append("reference")
-    elif all(("fastwam", s) in runs for s in seeds):
-        for s in seeds:
-            paired.check_same_episodes(runs["fastwam", s], runs[row, s], Path(f"fastwam_s{s}"), Path(f"{row}_s{s}"))
-        ref = np.concatenate([paired.episode_outcomes(runs["fastwam", s]) for s in seeds])
-        d = paired.paired_difference(ref, outcomes)
-        cells.append(f"{100 * d['difference']:+.1f} ({100 * (d['difference'] - d['paired_half']):+.1f} to "
-                     f"{100 * (d['difference'] + d['paired_half']):+.1f})")
+    elif (d := against_fastwam(runs, row, seeds)) is not None:
+        cells.append(f"{d[0]:+.1f} ({d[1]:+.1f} to {d[2]:+.1f})")
     else:
         cells.append("no Fast-WAM run")
     cells.append(latency_cell(runs, row, seeds))
@@ -78,6 +73,18 @@ def row_cells(runs: dict, imagination: dict, row: str, seeds: tuple[int, ...]) -
         cells += [f"{np.mean([r['psnr']['overall'] for r in scores]):.2f}",
                   f"{np.mean([r['ssim']['overall'] for r in scores]):.3f}"]
     return cells
+
+
+def against_fastwam(runs: dict, row: str, seeds: tuple[int, ...]) -> tuple[float, float, float] | None:
+    """(difference, low, high) in points of ``row`` minus Fast-WAM on the same episodes of ``seeds``, with
+    its paired 95 % interval; None unless both were run with every seed."""
+    if not all((name, s) in runs for name in (row, "fastwam") for s in seeds):
+        return None
+    for s in seeds:
+        paired.check_same_episodes(runs["fastwam", s], runs[row, s], Path(f"fastwam_s{s}"), Path(f"{row}_s{s}"))
+    ref, run = (np.concatenate([paired.episode_outcomes(runs[name, s]) for s in seeds]) for name in ("fastwam", row))
+    d = paired.paired_difference(ref, run)
+    return tuple(100 * x for x in (d["difference"], d["difference"] - d["paired_half"], d["difference"] + d["paired_half"]))
 
 
 NOTES = {"training_data_sha256": "rows trained on different data",  # record key -> what differing values mean
@@ -137,13 +144,61 @@ def table(runs: dict, imagination: dict, split: str) -> str:
     return "\n".join(lines)
 
 
+# The paper's differences against Fast-WAM, in points (its tables: RoboTwin 2.0 average of clean and
+# randomized, LIBERO average of the four suites), to read MT10's beside.
+PAPER = {"joint": {"RoboTwin": -1.2, "LIBERO": +0.9}, "idm": {"RoboTwin": -0.5, "LIBERO": +0.4},
+         "lambda0": {"RoboTwin": -8.0, "LIBERO": -4.1}}
+
+
+def plot(directory: Path, path: Path) -> None:
+    """Every variant's paired difference against Fast-WAM with its 95 % interval, per seed and pooled, one
+    panel per split, the paper's differences marked beside (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in ROWS if r != "fastwam"]
+    groups = [((s,), f"seed {s}") for s in SEEDS] + [(SEEDS, "pooled")]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 0.9 * len(rows) + 1.5), sharey=True)
+    for ax, split in zip(axes, ("test", "validation")):
+        runs, _ = load(directory, split)
+        for i, (seeds, label) in enumerate(groups):
+            offset = 0.22 * (i - (len(groups) - 1) / 2)
+            for y, row in enumerate(rows):
+                if (d := against_fastwam(runs, row, seeds)) is None:
+                    continue
+                pooled = len(seeds) > 1
+                ax.errorbar(d[0], y + offset, xerr=[[d[0] - d[1]], [d[2] - d[0]]], fmt="D" if pooled else "o",
+                            color=f"C{i}", ms=6 if pooled else 4, lw=2 if pooled else 1, capsize=2,
+                            label=label)  # one legend entry per label: deduplicated below
+        for marker, bench in (("x", "RoboTwin"), ("+", "LIBERO")):
+            points = [(PAPER[r][bench], y - 0.42) for y, r in enumerate(rows) if r in PAPER]  # above the seeds
+            ax.scatter(*zip(*points), marker=marker, color="0.3", s=40, zorder=3, label=f"paper, {bench}")
+        ax.axvline(0, color="0.5", lw=0.8)
+        ax.set_title(f"MT10, {split} split (50 episodes per task and seed)", fontsize=10)
+        ax.set_xlabel("success minus Fast-WAM's, points (paired 95 %)")
+        ax.grid(axis="x", alpha=0.3)
+    axes[0].set_yticks(range(len(rows)), [LABELS[r] for r in rows])
+    axes[0].set_ylim(len(rows) - 0.5, -0.7)  # the first row on top
+    handles, labels = axes[0].get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    fig.legend(unique.values(), unique.keys(), loc="lower center", ncol=len(unique), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.savefig(path, dpi=110)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", default="docs/results/mt10_variants")
     parser.add_argument("--split", default="test", choices=["test", "validation"])
+    parser.add_argument("--plot", type=Path, default=None,
+                        help="also draw every variant's paired difference against Fast-WAM, both splits (PNG)")
     args = parser.parse_args(argv)
     runs, imagination = load(Path(args.dir), args.split)
     print(table(runs, imagination, args.split))
+    if args.plot:
+        plot(Path(args.dir), args.plot)
     return 0
 
 

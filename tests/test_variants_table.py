@@ -80,3 +80,17 @@ def test_timings_of_different_machines_are_named_and_not_pooled(tmp_path):
     runs, imagination = variants.load(tmp_path, "test")
     assert variants.row_cells(runs, imagination, "joint", (0, 1))[2] == "seeds on 2 machines"
     assert "not recorded: joint_s1" in variants.table(runs, imagination, "test")
+
+
+def test_the_plot_draws_every_paired_difference_of_both_splits(tmp_path):
+    ref = {"reach": [1, 1, 0, 0]}
+    for seed in (0, 1):
+        write_eval(tmp_path, "fastwam", seed, ref)
+        write_eval(tmp_path, "lambda0", seed, {"reach": [1, 0, 0, 0]})
+    runs, _ = variants.load(tmp_path, "test")
+    difference, low, high = variants.against_fastwam(runs, "lambda0", (0, 1))
+    assert difference == -25.0 and low < difference < high
+    assert variants.against_fastwam(runs, "joint", (0,)) is None  # not run: no point drawn
+    path = tmp_path / "variants.png"
+    assert variants.main(["--dir", str(tmp_path), "--plot", str(path)]) == 0  # no validation files: an empty panel
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
