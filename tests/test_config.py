@@ -61,3 +61,27 @@ def test_benchmark_configs_load(path):
     with torch.device("meta"):
         model = cfg.model.build()
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_a_presets_variant_is_kept_and_options_replace_its_fields(tmp_path):
+    """`fastwam train --preset X.yaml` trains the variant X names (its noise level, its inference), with
+    --variant / --video-weight / --idm-future-noise replacing only what they name."""
+    from fastwam.cli import build_parser
+    from fastwam.train import config_from_args
+
+    cfg = preset("tiny").with_variant("dual", idm_future_noise=0.08)
+    cfg = cfg.replace(model=dataclasses.replace(cfg.model, variant=dataclasses.replace(
+        cfg.model.variant, inference="video_then_action", idm_fraction=0.25)))
+    cfg.save(path := tmp_path / "dual.yaml")
+
+    def trained(*options):
+        args = build_parser().parse_args(["train", "--data", "d", "--out", "o", "--preset", str(path), *options])
+        return config_from_args(args).model.variant
+
+    assert trained() == cfg.model.variant  # the preset's variant as written, not reset to fastwam's
+    assert trained("--idm-future-noise", "0.1") == dataclasses.replace(cfg.model.variant, idm_future_noise=0.1)
+    idm = trained("--variant", "idm")  # another mask rule: its default inference, the preset's noise level kept
+    assert (idm.mask, idm.inference, idm.idm_future_noise) == ("idm", "video_then_action", 0.08)
+    with pytest.raises(ValueError, match="idm_future_noise applies to masks idm and dual.*mask 'fastwam'"):
+        trained("--variant", "fastwam")
+    assert trained("--variant", "fastwam", "--idm-future-noise", "0").mask == "fastwam"

@@ -206,7 +206,7 @@ def test_video_cotraining_trains_video_head():
 def test_joint_and_idm_reject_zero_video_weight():
     for variant in ("joint", "idm"):
         with pytest.raises(ValueError, match="needs video_weight > 0"):
-            VariantConfig.named(variant, 0.0)
+            preset("tiny").with_variant(variant, video_weight=0.0)
 
 
 # -- invariant 6 (model side): padded steps never contribute --------------------------------------

@@ -65,6 +65,9 @@ class VariantConfig:
         _check(self.video_weight > 0 or self.mask == "fastwam",
                f"variant {self.mask!r} generates video at inference and needs video_weight > 0, got {self.video_weight}")
         _check(0 <= self.idm_future_noise < 1, f"variant.idm_future_noise must be in [0, 1), got {self.idm_future_noise}")
+        _check(self.idm_future_noise == 0 or self.reads_clean_future,
+               f"variant.idm_future_noise applies to masks idm and dual (the future copy their actions read); "
+               f"mask {self.mask!r} has none, got {self.idm_future_noise}")
         _check(0 < self.idm_fraction < 1, f"variant.idm_fraction must be in (0, 1), got {self.idm_fraction}")
 
     @property
@@ -81,12 +84,6 @@ class VariantConfig:
     def reads_clean_future(self) -> bool:
         """Whether training builds the clean future copy that IDM-mode actions read."""
         return self.mask in ("idm", "dual")
-
-    @classmethod
-    def named(cls, name: str, video_weight: float | None = None) -> "VariantConfig":
-        if name not in TRAINED_MODES:
-            raise ValueError(f"unknown variant {name!r}: expected one of {sorted(TRAINED_MODES)}")
-        return cls(mask=name, inference=TRAINED_MODES[name][0], video_weight=1.0 if video_weight is None else video_weight)
 
 
 @dataclass(frozen=True)
@@ -350,8 +347,17 @@ class Config:
     def replace(self, **sections: Any) -> "Config":
         return dataclasses.replace(self, **sections)
 
-    def with_variant(self, name: str, video_weight: float | None = None) -> "Config":
-        variant = VariantConfig.named(name, video_weight)
+    def with_variant(self, name: str, video_weight: float | None = None,
+                     idm_future_noise: float | None = None) -> "Config":
+        """This config as variant ``name``: its mask rule and, where the rule changes, the rule's default
+        inference; the fields given replace the config's, the others (a YAML preset's ``model.variant``)
+        are kept."""
+        if name not in TRAINED_MODES:
+            raise ValueError(f"unknown variant {name!r}: expected one of {sorted(TRAINED_MODES)}")
+        variant = self.model.variant
+        inference = variant.inference if name == variant.mask else TRAINED_MODES[name][0]
+        given = {k: v for k, v in (("video_weight", video_weight), ("idm_future_noise", idm_future_noise)) if v is not None}
+        variant = dataclasses.replace(variant, mask=name, inference=inference, **given)
         return self.replace(model=dataclasses.replace(self.model, variant=variant))
 
     def to_dict(self) -> dict:

@@ -673,8 +673,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="LeRobot dataset directory")
     parser.add_argument("--preset", default=None, help="tiny, small (default), wan22-5b or a YAML path")
     parser.add_argument("--variant", default=None, choices=["fastwam", "joint", "idm", "dual"],
-                        help="fastwam (default); dual: one model for Fast-WAM and IDM inference (eval --mode picks)")
+                        help="the preset's (default fastwam); dual: one model for Fast-WAM and IDM inference (eval --mode picks)")
     parser.add_argument("--video-weight", type=float, default=None, help="lambda (0: no video co-training)")
+    parser.add_argument("--idm-future-noise", type=float, default=None, metavar="SIGMA",
+                        help="idm and dual: the noise level of the future copy the actions read, in training and "
+                             "inference alike (default: the preset's, else 0: the clean future)")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the preset's)")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
@@ -733,10 +736,12 @@ def config_from_args(args: argparse.Namespace) -> Config:
     if args.distill_from is None:
         if args.student_steps is not None:
             raise ValueError("--student-steps applies to --distill-from only")
-        cfg = preset(args.preset or "small").with_variant(args.variant or "fastwam", args.video_weight)
+        cfg = preset(args.preset or "small")
+        cfg = cfg.with_variant(args.variant or cfg.model.variant.mask, args.video_weight, args.idm_future_noise)
         return cfg.replace(train=dataclasses.replace(cfg.train, **overrides))
     given = [name for name, value in (("--preset", args.preset), ("--variant", args.variant),
-                                      ("--video-weight", args.video_weight), ("--init-video", args.init_video),
+                                      ("--video-weight", args.video_weight),
+                                      ("--idm-future-noise", args.idm_future_noise), ("--init-video", args.init_video),
                                       ("--init-action", args.init_action)) if value is not None]
     if given:
         raise ValueError(f"--distill-from: the student is the teacher's model; {', '.join(given)} cannot change it")
