@@ -20,9 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-ROWS = ("fastwam", "joint", "idm", "lambda0", "dual_fastwam", "dual_idm")
+ROWS = ("fastwam", "joint", "idm", "lambda0", "dual_fastwam", "dual_idm", "idm_noised")
 LABELS = {"fastwam": "Fast-WAM", "joint": "Joint", "idm": "IDM", "lambda0": "no video co-training (λ = 0)",
-          "dual_fastwam": "dual, Fast-WAM mode", "dual_idm": "dual, IDM mode"}
+          "dual_fastwam": "dual, Fast-WAM mode", "dual_idm": "dual, IDM mode",
+          "idm_noised": "IDM, future noised (σ = 0.08)"}
 SEEDS = (0, 1)
 
 _spec = importlib.util.spec_from_file_location("paired_comparison", Path(__file__).parent / "paired_comparison.py")
