@@ -351,13 +351,14 @@ class Config:
                      idm_future_noise: float | None = None) -> "Config":
         """This config as variant ``name``: its mask rule and, where the rule changes, the rule's default
         inference; the fields given replace the config's, the others (a YAML preset's ``model.variant``)
-        are kept."""
+        are kept, but for a future-noise level under a rule whose actions read no future."""
         if name not in TRAINED_MODES:
             raise ValueError(f"unknown variant {name!r}: expected one of {sorted(TRAINED_MODES)}")
         variant = self.model.variant
         inference = variant.inference if name == variant.mask else TRAINED_MODES[name][0]
+        kept = {"idm_future_noise": variant.idm_future_noise if name in ("idm", "dual") else 0.0}
         given = {k: v for k, v in (("video_weight", video_weight), ("idm_future_noise", idm_future_noise)) if v is not None}
-        variant = dataclasses.replace(variant, mask=name, inference=inference, **given)
+        variant = dataclasses.replace(variant, mask=name, inference=inference, **(kept | given))
         return self.replace(model=dataclasses.replace(self.model, variant=variant))
 
     def to_dict(self) -> dict:

@@ -206,7 +206,8 @@ def format_plan(p: Plan, recommended: bool) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="wan22-5b", help="tiny, small, wan22-5b or a YAML path")
-    parser.add_argument("--variant", default="fastwam", choices=["fastwam", "joint", "idm", "dual"])
+    parser.add_argument("--variant", default=None, choices=["fastwam", "joint", "idm", "dual"],
+                        help="default: the preset's (fastwam unless its YAML names another)")
     parser.add_argument("--gpus", type=int, default=8)
     parser.add_argument("--gpu-memory", type=float, default=80.0, help="GB per GPU")
     parser.add_argument("--strategy", default="", choices=["", *STRATEGIES],
@@ -223,7 +224,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from fastwam.config import preset
 
-    cfg = preset(args.preset).with_variant(args.variant)
+    cfg = preset(args.preset)
+    if args.variant:
+        cfg = cfg.with_variant(args.variant)
     if args.strategy:
         result = plan(cfg, args.preset, args.gpus, args.gpu_memory, args.strategy, args.activation_checkpointing,
                       args.batch_size)
