@@ -151,9 +151,10 @@ PAPER = {"joint": {"RoboTwin": -1.2, "LIBERO": +0.9}, "idm": {"RoboTwin": -0.5, 
          "lambda0": {"RoboTwin": -8.0, "LIBERO": -4.1}}
 
 
-def plot(directory: Path, path: Path) -> None:
+def plot(directory: Path, path: Path) -> dict[str, list[tuple[str, str, float]]]:
     """Every variant's paired difference against Fast-WAM with its 95 % interval, per seed and pooled, one
-    panel per split, the paper's differences marked beside (PNG)."""
+    panel per split, the paper's differences marked beside (PNG). Returns the points drawn per split:
+    (variant, seed group, difference)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -162,8 +163,10 @@ def plot(directory: Path, path: Path) -> None:
     rows = [r for r in ROWS if r != "fastwam"]
     groups = [((s,), f"seed {s}") for s in SEEDS] + [(SEEDS, "pooled")]
     fig, axes = plt.subplots(1, 2, figsize=(11, 0.9 * len(rows) + 1.5), sharey=True)
+    drawn = {}
     for ax, split in zip(axes, ("test", "validation")):
         runs, _ = load(directory, split)
+        drawn[split] = []
         for i, (seeds, label) in enumerate(groups):
             offset = 0.22 * (i - (len(groups) - 1) / 2)
             for y, row in enumerate(rows):
@@ -173,6 +176,7 @@ def plot(directory: Path, path: Path) -> None:
                 ax.errorbar(d[0], y + offset, xerr=[[d[0] - d[1]], [d[2] - d[0]]], fmt="D" if pooled else "o",
                             color=f"C{i}", ms=6 if pooled else 4, lw=2 if pooled else 1, capsize=2,
                             label=label)  # one legend entry per label: deduplicated below
+                drawn[split].append((row, label, d[0]))
         for marker, bench in (("x", "RoboTwin"), ("+", "LIBERO")):
             points = [(PAPER[r][bench], y - 0.42) for y, r in enumerate(rows) if r in PAPER]  # above the seeds
             ax.scatter(*zip(*points), marker=marker, color="0.3", s=40, zorder=3, label=f"paper, {bench}")
@@ -182,11 +186,15 @@ def plot(directory: Path, path: Path) -> None:
         ax.grid(axis="x", alpha=0.3)
     axes[0].set_yticks(range(len(rows)), [LABELS[r] for r in rows])
     axes[0].set_ylim(len(rows) - 0.5, -0.7)  # the first row on top
-    handles, labels = axes[0].get_legend_handles_labels()
-    unique = dict(zip(labels, handles))
+    unique = {}  # both panels' entries: a seed group may be drawn on one split only
+    for ax in axes:
+        handles, labels = ax.get_legend_handles_labels()
+        unique |= {label: handle for label, handle in zip(labels, handles) if label not in unique}
     fig.legend(unique.values(), unique.keys(), loc="lower center", ncol=len(unique), fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return drawn
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,6 +31,19 @@ def test_bench_latency_writes_documented_json(tmp_path, capsys):
     assert "joint / fastwam" in capsys.readouterr().out
 
 
+def test_a_preset_without_video_co_training_times_every_variant(tmp_path):
+    from fastwam.config import preset
+
+    path = tmp_path / "lambda0.yaml"
+    preset("tiny").with_variant("fastwam", video_weight=0.0).save(path)
+    out = tmp_path / "bench.json"
+    assert main(["bench", "latency", "--preset", str(path), "--variants", "fastwam,joint", "--steps", "2",
+                 "--calls", "1", "--warmup", "0", "--json", str(out)]) == 0
+    variants = json.loads(out.read_text())["runs"][0]["variants"]
+    assert variants["fastwam"]["tokens"] == 4 + 2 * 4  # the preset's own model: no future tokens
+    assert variants["joint"]["tokens"] == 4 + 2 * (8 + 4)  # timed at λ = 1: the future it generates
+
+
 def test_bench_rejects_unknown_variant():
     import pytest
 

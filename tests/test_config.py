@@ -85,3 +85,6 @@ def test_a_presets_variant_is_kept_and_options_replace_its_fields(tmp_path):
     assert trained("--variant", "fastwam").idm_future_noise == 0  # its actions read no future: no level to keep
     with pytest.raises(ValueError, match="idm_future_noise applies to masks idm and dual.*mask 'fastwam'"):
         trained("--variant", "fastwam", "--idm-future-noise", "0.1")
+    preset("tiny").with_variant("idm", idm_future_noise=0.08).save(path)  # inference video_then_action
+    dual = trained("--variant", "dual")  # the mask changes: dual's default inference, not the preset's
+    assert (dual.mask, dual.inference, dual.idm_future_noise) == ("dual", "action_only", 0.08)

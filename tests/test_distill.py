@@ -146,6 +146,8 @@ def test_a_distillation_resumes_with_its_own_teacher(teacher_run, tmp_path):
     assert main([*args, "--out", str(whole)]) == 0
     assert main([*args[:-1], "3", "--out", str(cut)]) == 0
     # resumed without repeating the teacher: the run's config names it
+    with pytest.raises(SystemExit, match="is a distillation: the student is the teacher's model; --variant cannot"):
+        main(["train", "--data", str(data), "--steps", "6", "--out", str(cut), "--resume", "--variant", "idm"])
     assert main(["train", "--data", str(data), "--steps", "6", "--out", str(cut), "--resume"]) == 0
     losses = [[json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
               for run in (whole, cut)]

@@ -408,6 +408,9 @@ def test_resume_refuses_changed_settings_unless_allowed_and_records_what_ran(dat
                                          r"train.lr 0.001 -> 0.5, train.seed 0 -> 7\); pass --allow-changes"):
         main(changed)
     assert Config.load(tmp_path / "r" / "config.yaml").train.lr == 0.001  # the refused run wrote nothing
+    with pytest.raises(SystemExit, match=r"another model than the one requested \(variant.mask 'fastwam' -> 'joint', "
+                                         r"variant.inference 'action_only' -> 'joint'\)"):
+        main(base + ["--steps", "4", "--resume", "--variant", "joint"])
     assert main(changed + ["--allow-changes"]) == 0
     ran = Config.load(latest_checkpoint(tmp_path / "r") / "config.yaml").train
     assert (ran.lr, ran.batch_size, ran.seed, ran.steps) == (0.5, 3, 7, 4)

@@ -10,14 +10,14 @@ variants = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(variants)
 
 
-def write_eval(directory, row, seed, successes, ms=20.0, data="", machine="vm"):
+def write_eval(directory, row, seed, successes, ms=20.0, data="", machine="vm", split="test"):
     tasks = {}
     for task, outcomes in successes.items():
         tasks[task] = {"episode_success": outcomes, "success_rate": sum(outcomes) / len(outcomes),
                        "variations": list(range(len(outcomes))), "mean_chunk_ms": ms}
-    run = {"split": "test", "seed": 0, "benchmark_seed": 0, "episodes_per_task": 4, "max_steps": 200, "tasks": tasks,
+    run = {"split": split, "seed": 0, "benchmark_seed": 0, "episodes_per_task": 4, "max_steps": 200, "tasks": tasks,
            "training_data_sha256": data, "machine": machine}
-    (directory / f"{row}_s{seed}_test.json").write_text(json.dumps(run))
+    (directory / f"{row}_s{seed}_{split}.json").write_text(json.dumps(run))
 
 
 def test_rows_pool_seeds_and_pair_against_fastwam(tmp_path):
@@ -87,10 +87,15 @@ def test_the_plot_draws_every_paired_difference_of_both_splits(tmp_path):
     for seed in (0, 1):
         write_eval(tmp_path, "fastwam", seed, ref)
         write_eval(tmp_path, "lambda0", seed, {"reach": [1, 0, 0, 0]})
+    write_eval(tmp_path, "fastwam", 0, ref, split="validation")
+    write_eval(tmp_path, "joint", 0, {"reach": [1, 1, 1, 0]}, split="validation")
     runs, _ = variants.load(tmp_path, "test")
     difference, low, high = variants.against_fastwam(runs, "lambda0", (0, 1))
     assert difference == -25.0 and low < difference < high
     assert variants.against_fastwam(runs, "joint", (0,)) is None  # not run: no point drawn
     path = tmp_path / "variants.png"
-    assert variants.main(["--dir", str(tmp_path), "--plot", str(path)]) == 0  # no validation files: an empty panel
+    drawn = variants.plot(tmp_path, path)
+    assert drawn == {"test": [("lambda0", "seed 0", -25.0), ("lambda0", "seed 1", -25.0), ("lambda0", "pooled", -25.0)],
+                     "validation": [("joint", "seed 0", 25.0)]}  # seed 1 and pooled: no validation files
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert variants.main(["--dir", str(tmp_path), "--plot", str(path)]) == 0

@@ -105,7 +105,10 @@ def benchmark(cfg: Config, variants: list[str], *, steps: int, device: str, dtyp
         out = {"device": _device_name(device), "dtype": str(dtype).removeprefix("torch."), "steps": steps,
                "batch": batch, "calls": calls, "compiled": compile, "code": code_version(), "variants": {}}
         for name in variants:
-            model_cfg = cfg.with_variant(name).model
+            # λ weighs a training loss, not inference; a λ = 0 preset has no future tokens to generate,
+            # so the variants that generate video are timed at λ = 1
+            weight = 1.0 if name != "fastwam" and cfg.model.variant.video_weight == 0 else None
+            model_cfg = cfg.with_variant(name, video_weight=weight).model
             torch.manual_seed(0)
             with device:  # initialised where it runs: wan22-5b's 6 B weights take minutes to initialise on a CPU
                 model = model_cfg.build()

@@ -23,6 +23,8 @@ STRATEGIES = ("ddp", "zero2", "fsdp")  # train.strategy: how several training pr
 # mask rule -> the inference modes a model trained under it supports, its default first
 TRAINED_MODES = {"fastwam": ("action_only",), "joint": ("joint",), "idm": ("video_then_action",),
                  "dual": ("action_only", "video_then_action")}
+# mask rules whose training builds the clean future copy that IDM-mode actions read
+READS_FUTURE_COPY = tuple(rule for rule, modes in TRAINED_MODES.items() if "video_then_action" in modes)
 
 
 @dataclass(frozen=True)
@@ -66,8 +68,8 @@ class VariantConfig:
                f"variant {self.mask!r} generates video at inference and needs video_weight > 0, got {self.video_weight}")
         _check(0 <= self.idm_future_noise < 1, f"variant.idm_future_noise must be in [0, 1), got {self.idm_future_noise}")
         _check(self.idm_future_noise == 0 or self.reads_clean_future,
-               f"variant.idm_future_noise applies to masks idm and dual (the future copy their actions read); "
-               f"mask {self.mask!r} has none, got {self.idm_future_noise}")
+               f"variant.idm_future_noise applies to masks {' and '.join(READS_FUTURE_COPY)} (the future copy "
+               f"their actions read); mask {self.mask!r} has none, got {self.idm_future_noise}")
         _check(0 < self.idm_fraction < 1, f"variant.idm_fraction must be in (0, 1), got {self.idm_fraction}")
 
     @property
@@ -83,7 +85,7 @@ class VariantConfig:
     @property
     def reads_clean_future(self) -> bool:
         """Whether training builds the clean future copy that IDM-mode actions read."""
-        return self.mask in ("idm", "dual")
+        return self.mask in READS_FUTURE_COPY
 
 
 @dataclass(frozen=True)
@@ -356,7 +358,7 @@ class Config:
             raise ValueError(f"unknown variant {name!r}: expected one of {sorted(TRAINED_MODES)}")
         variant = self.model.variant
         inference = variant.inference if name == variant.mask else TRAINED_MODES[name][0]
-        kept = {"idm_future_noise": variant.idm_future_noise if name in ("idm", "dual") else 0.0}
+        kept = {"idm_future_noise": variant.idm_future_noise if name in READS_FUTURE_COPY else 0.0}
         given = {k: v for k, v in (("video_weight", video_weight), ("idm_future_noise", idm_future_noise)) if v is not None}
         variant = dataclasses.replace(variant, mask=name, inference=inference, **(kept | given))
         return self.replace(model=dataclasses.replace(self.model, variant=variant))

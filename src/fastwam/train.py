@@ -584,7 +584,8 @@ def resume_changes(checkpoint: Path, cfg: Config, allow: bool) -> dict[str, tupl
     never (the model must see what it trained on; the model itself is checked when its weights load)."""
     saved = Config.load(checkpoint / "config.yaml")
     if saved.model != cfg.model:
-        raise ValueError(f"--resume: {checkpoint / 'config.yaml'} describes another model than the one requested")
+        raise ValueError(f"--resume: {checkpoint / 'config.yaml'} describes another model than the one requested "
+                         f"({_differences(saved.model, cfg.model)})")
     if saved.data != cfg.data:
         raise ValueError(f"--resume: {checkpoint / 'config.yaml'} trained on other data settings "
                          f"({_differences(saved.data, cfg.data)})")
@@ -616,8 +617,17 @@ def _logged_step(line: str) -> float:
 
 
 def _differences_dict(old, new) -> dict[str, tuple]:
-    return {f.name: (getattr(old, f.name), getattr(new, f.name)) for f in dataclasses.fields(old)
-            if getattr(old, f.name) != getattr(new, f.name)}
+    """The fields of two configs that differ, nested ones by their dotted path (``variant.mask``)."""
+    out = {}
+    for f in dataclasses.fields(old):
+        a, b = getattr(old, f.name), getattr(new, f.name)
+        if a == b:
+            continue
+        if dataclasses.is_dataclass(a) and type(a) is type(b):
+            out |= {f"{f.name}.{k}": v for k, v in _differences_dict(a, b).items()}
+        else:
+            out[f.name] = (a, b)
+    return out
 
 
 def _differences(old, new) -> str:
@@ -676,8 +686,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the preset's (default fastwam); dual: one model for Fast-WAM and IDM inference (eval --mode picks)")
     parser.add_argument("--video-weight", type=float, default=None, help="lambda (0: no video co-training)")
     parser.add_argument("--idm-future-noise", type=float, default=None, metavar="SIGMA",
-                        help="idm and dual: the noise level of the future copy the actions read, in training and "
-                             "inference alike (default: the preset's, else 0: the clean future)")
+                        help="idm and dual: train the actions on a copy of the future noised at SIGMA; at inference the "
+                             "imagined future is labelled SIGMA, not noised (default: the preset's, else 0: the clean future)")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the preset's)")
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--lr", type=float, default=None)
@@ -725,6 +735,14 @@ def config_from_args(args: argparse.Namespace) -> Config:
     saved = _saved_run(args)
     if saved is not None and args.keep_checkpoints is None:  # a resumed run deletes no more than it did
         overrides["keep_checkpoints"] = saved.train.keep_checkpoints
+    distilling = args.distill_from is not None or (saved is not None and bool(saved.train.distill_from))
+    given = [name for name, value in (("--preset", args.preset), ("--variant", args.variant),
+                                      ("--video-weight", args.video_weight),
+                                      ("--idm-future-noise", args.idm_future_noise), ("--init-video", args.init_video),
+                                      ("--init-action", args.init_action)) if value is not None]
+    if distilling and given:
+        where = "--distill-from" if args.distill_from is not None else f"--resume: {args.out} is a distillation"
+        raise ValueError(f"{where}: the student is the teacher's model; {', '.join(given)} cannot change it")
     if saved is not None and saved.train.distill_from:  # resuming a distillation: its teacher and step count are the run's own
         teacher = args.distill_from and str(latest_checkpoint(args.distill_from).resolve())
         for option, given, recorded in (("--distill-from", teacher, saved.train.distill_from),
@@ -739,12 +757,6 @@ def config_from_args(args: argparse.Namespace) -> Config:
         cfg = preset(args.preset or "small")
         cfg = cfg.with_variant(args.variant or cfg.model.variant.mask, args.video_weight, args.idm_future_noise)
         return cfg.replace(train=dataclasses.replace(cfg.train, **overrides))
-    given = [name for name, value in (("--preset", args.preset), ("--variant", args.variant),
-                                      ("--video-weight", args.video_weight),
-                                      ("--idm-future-noise", args.idm_future_noise), ("--init-video", args.init_video),
-                                      ("--init-action", args.init_action)) if value is not None]
-    if given:
-        raise ValueError(f"--distill-from: the student is the teacher's model; {', '.join(given)} cannot change it")
     if args.recompute_stats:
         raise ValueError("--recompute-stats: a distilled student keeps its teacher's normalization")
     steps = 2 if args.student_steps is None else args.student_steps
