@@ -95,26 +95,31 @@ NOTES = {"training_data_sha256": "rows trained on different data",  # record key
 def latency_cell(runs: dict, row: str, seeds: tuple[int, ...]) -> str:
     """Mean policy ms per chunk over ``seeds``, with its ratio to Fast-WAM's where every seed of both
     was timed on one machine; timings of two machines are not averaged into one."""
-    if len(machines := {recorded(runs[row, s], "machine") for s in seeds}) > 1:
+    if len(machines := {timed_on(runs[row, s]) for s in seeds}) > 1:
         return f"seeds on {len(machines)} machines"
 
     def ms(name: str) -> float:
         return float(np.mean([t["mean_chunk_ms"] for s in seeds for t in runs[name, s]["tasks"].values()]))
 
-    same_machine = all(("fastwam", s) in runs and recorded(runs["fastwam", s], "machine") in machines for s in seeds)
+    same_machine = all(("fastwam", s) in runs and timed_on(runs["fastwam", s]) in machines for s in seeds)
     return f"{ms(row):.1f}" + (f" ({ms(row) / ms('fastwam'):.1f}x)" if row != "fastwam" and same_machine else "")
 
 
-def recorded(run: dict, key: str) -> str:
-    """``run[key]``, or "not recorded" for records from before the key existed."""
-    return run.get(key) or "not recorded"
+def timed_on(run: dict) -> str:
+    """The machine a run's timings come from: its processor and threads (``machine``) and its boot
+    (``boot_id``; older records: the day). Each session ran on a fresh VM of the same host name, and two of
+    one processor model are not one machine (Fast-WAM's seed 1 ran on a VM losing 25-47 % to its hypervisor)."""
+    if not run.get("machine"):
+        return "not recorded"
+    when = f"boot {run['boot_id'][:8]}" if run.get("boot_id") else run.get("date", "")[:10]
+    return f"{run['machine']}, {when}" if when else run["machine"]
 
 
 def note(runs: dict, key: str) -> str:
     """The rows grouped by their record's ``key`` (dataset hash, machine), when they hold more than one value."""
     groups: dict[str, list[str]] = {}
     for (row, seed), run in sorted(runs.items()):
-        value = recorded(run, key)
+        value = timed_on(run) if key == "machine" else run.get(key) or "not recorded"  # older records lack keys
         groups.setdefault(value[:12] if key.endswith("sha256") else value, []).append(f"{row}_s{seed}")
     if len(groups) < 2:
         return ""

@@ -74,7 +74,7 @@ def test_json_schema_and_ranges(evaluated, run_dir):
     weights = run_dir / "checkpoints" / "step-0000001" / "model.safetensors"
     assert result["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert result["code"] == fastwam.code_version() and result["training_data_sha256"] == DATA_SHA256
-    assert fastwam.cpu_name() in result["machine"]
+    assert fastwam.cpu_name() in result["machine"] and result["boot_id"] == fastwam.boot_id()
     assert list(result["tasks"]) == ["reach-v3"]
     task = result["tasks"]["reach-v3"]
     assert task["episodes"] == 2 and 0 <= task["success_rate"] <= 1

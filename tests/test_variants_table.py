@@ -10,13 +10,13 @@ variants = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(variants)
 
 
-def write_eval(directory, row, seed, successes, ms=20.0, data="", machine="vm", split="test"):
+def write_eval(directory, row, seed, successes, ms=20.0, data="", machine="vm", split="test", **record):
     tasks = {}
     for task, outcomes in successes.items():
         tasks[task] = {"episode_success": outcomes, "success_rate": sum(outcomes) / len(outcomes),
                        "variations": list(range(len(outcomes))), "mean_chunk_ms": ms}
     run = {"split": split, "seed": 0, "benchmark_seed": 0, "episodes_per_task": 4, "max_steps": 200, "tasks": tasks,
-           "training_data_sha256": data, "machine": machine}
+           "training_data_sha256": data, "machine": machine, **record}
     (directory / f"{row}_s{seed}_{split}.json").write_text(json.dumps(run))
 
 
@@ -80,6 +80,21 @@ def test_timings_of_different_machines_are_named_and_not_pooled(tmp_path):
     runs, imagination = variants.load(tmp_path, "test")
     assert variants.row_cells(runs, imagination, "joint", (0, 1))[2] == "seeds on 2 machines"
     assert "not recorded: joint_s1" in variants.table(runs, imagination, "test")
+
+
+def test_one_processor_model_on_two_boots_or_days_is_two_machines(tmp_path):
+    outcomes = {"reach": [1, 0, 1, 0]}
+    write_eval(tmp_path, "fastwam", 1, outcomes, ms=90.0, machine="xeon", date="2026-12-03T05:11:08")
+    write_eval(tmp_path, "idm", 1, outcomes, ms=112.0, machine="xeon", date="2026-12-07T14:28:46", boot_id="b1")
+    write_eval(tmp_path, "joint", 1, outcomes, ms=200.0, machine="xeon", date="2026-12-03T09:00:00")
+    runs, imagination = variants.load(tmp_path, "test")
+    assert variants.row_cells(runs, imagination, "idm", (1,))[2] == "112.0"  # another VM of the same processor: no ratio
+    assert variants.row_cells(runs, imagination, "joint", (1,))[2] == "200.0 (2.2x)"  # a record without boot id: the day
+    (note,) = [line for line in variants.table(runs, imagination, "test").splitlines() if "NOTE" in line]
+    assert note.endswith("xeon, 2026-12-03: fastwam_s1, joint_s1; xeon, boot b1: idm_s1")
+    write_eval(tmp_path, "fastwam", 1, outcomes, ms=56.0, machine="xeon", date="2026-12-08T00:01:00", boot_id="b1")
+    runs, imagination = variants.load(tmp_path, "test")
+    assert variants.row_cells(runs, imagination, "idm", (1,))[2] == "112.0 (2.0x)"  # one boot, across midnight
 
 
 def test_the_plot_draws_every_paired_difference_of_both_splits(tmp_path):

@@ -37,3 +37,14 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def boot_id() -> str:
+    """This boot of this machine (Linux's random boot id; "" elsewhere). Benchmark records carry it:
+    two virtual machines of one processor model and host name are told apart by it."""
+    from pathlib import Path
+
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""

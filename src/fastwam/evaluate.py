@@ -61,7 +61,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from fastwam import code_version, cpu_name
+from fastwam import boot_id, code_version, cpu_name
 from fastwam.envs import BENCHMARKS, benchmark
 
 Z95 = 1.959963984540054
@@ -470,6 +470,7 @@ def summarize(plan: EvalPlan, results: list[EpisodeResult], wall_seconds: float,
         "date": datetime.datetime.now().isoformat(timespec="seconds"), "code": plan.code,
         "machine": f"{platform.node()}: {plan.device}, {cpu_name()}, "
                    f"{os.cpu_count()} cpus, {plan.threads or torch.get_num_threads()} torch threads per process",
+        "boot_id": boot_id(),  # timings compare between records of one boot of one machine
     }
 
 
@@ -733,7 +734,8 @@ def imagination_record(plan: EvalPlan, results: list[EpisodeResult], summary: di
     episodes = [{"task": r.task, "index": r.index, "variation": r.variation, "success": r.success,
                  "pairs": r.imagination} for r in results]
     keys = ("benchmark", "suite", "checkpoint", "episodes_per_task", "variant", "mode", "split", "seed",
-            "denoise_steps", "mean_success_rate", "date", "machine", "weights_sha256", "training_data_sha256", "code")
+            "denoise_steps", "mean_success_rate", "date", "machine", "boot_id", "weights_sha256", "training_data_sha256",
+            "code")
     return {**{k: summary[k] for k in keys}, **imagination.summarize(episodes, plan.frame_stride),
             "episodes": episodes}
 
