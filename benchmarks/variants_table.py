@@ -5,7 +5,7 @@ episodes), policy latency per chunk from the same eval runs (with its ratio to F
 were timed on one machine), and imagination PSNR/SSIM (validation
 episodes) — per seed and pooled over seeds (episodes of both seeds together, each paired with
 Fast-WAM's of its seed); then the per-task breakdown. Missing files are shown as not run; rows
-trained on different datasets (``training_data_sha256``) or timed on different machines (``machine``)
+trained on different datasets (``training_data_sha256``) or timed on different machines (``machine``, ``boot_id``)
 are named in notes under the table, and a row's seeds timed on two machines are not pooled.
 
     .venv/bin/python benchmarks/variants_table.py [--dir docs/results/mt10_variants] [--split test] [--plot F.png]

@@ -745,11 +745,11 @@ def config_from_args(args: argparse.Namespace) -> Config:
         raise ValueError(f"{where}: the student is the teacher's model; {', '.join(given)} cannot change it")
     if saved is not None and saved.train.distill_from:  # resuming a distillation: its teacher and step count are the run's own
         teacher = args.distill_from and str(latest_checkpoint(args.distill_from).resolve())
-        for option, given, recorded in (("--distill-from", teacher, saved.train.distill_from),
+        for option, asked, recorded in (("--distill-from", teacher, saved.train.distill_from),
                                         ("--student-steps", args.student_steps, saved.model.action_flow.steps)):
-            if given and given != recorded:
+            if asked and asked != recorded:
                 raise ValueError(f"--resume: {args.out} distils from {saved.train.distill_from} in "
-                                 f"{saved.model.action_flow.steps} steps; {option} {given} asks otherwise")
+                                 f"{saved.model.action_flow.steps} steps; {option} {asked} asks otherwise")
         return saved.replace(train=dataclasses.replace(saved.train, **overrides))
     if args.distill_from is None:
         if args.student_steps is not None:
