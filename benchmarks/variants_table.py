@@ -88,10 +88,6 @@ def against_fastwam(runs: dict, row: str, seeds: tuple[int, ...]) -> tuple[float
     return tuple(100 * x for x in (d["difference"], d["difference"] - d["paired_half"], d["difference"] + d["paired_half"]))
 
 
-NOTES = {"training_data_sha256": "rows trained on different data",  # record key -> what differing values mean
-         "machine": "ms / chunk timed on different machines, comparable only within one"}
-
-
 def latency_cell(runs: dict, row: str, seeds: tuple[int, ...]) -> str:
     """Mean policy ms per chunk over ``seeds``, with its ratio to Fast-WAM's where every seed of both
     was timed on one machine; timings of two machines are not averaged into one."""
@@ -115,15 +111,25 @@ def timed_on(run: dict) -> str:
     return f"{run['machine']}, {when}" if when else run["machine"]
 
 
+def trained_on(run: dict) -> str:
+    """The demonstrations a run's checkpoint trained on: the start of their content hash."""
+    return (run.get("training_data_sha256") or "not recorded")[:12]  # older records lack the key
+
+
+# record key -> what differing values mean, and the value rows are grouped by
+NOTES = {"training_data_sha256": ("rows trained on different data", trained_on),
+         "machine": ("ms / chunk timed on different machines, comparable only within one", timed_on)}
+
+
 def note(runs: dict, key: str) -> str:
     """The rows grouped by their record's ``key`` (dataset hash, machine), when they hold more than one value."""
+    meaning, value_of = NOTES[key]
     groups: dict[str, list[str]] = {}
     for (row, seed), run in sorted(runs.items()):
-        value = timed_on(run) if key == "machine" else run.get(key) or "not recorded"  # older records lack keys
-        groups.setdefault(value[:12] if key.endswith("sha256") else value, []).append(f"{row}_s{seed}")
+        groups.setdefault(value_of(run), []).append(f"{row}_s{seed}")
     if len(groups) < 2:
         return ""
-    return f"NOTE: {NOTES[key]} ({key}): " + "; ".join(f"{value}: {', '.join(rows)}" for value, rows in groups.items())
+    return f"NOTE: {meaning} ({key}): " + "; ".join(f"{value}: {', '.join(rows)}" for value, rows in groups.items())
 
 
 def table(runs: dict, imagination: dict, split: str) -> str:
