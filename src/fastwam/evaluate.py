@@ -341,10 +341,15 @@ def _init_process(plan: EvalPlan) -> None:
 
 
 def _init_worker(plan: EvalPlan, workers: int) -> None:
+    from multiprocessing.util import Finalize
+
     from fastwam.envs import share_cores
 
     share_cores(workers)
     _init_process(plan)
+    # Close the env as the worker exits, before atexit: mujoco terminates its EGL display in an atexit
+    # hook, and a renderer freed after that (or at interpreter teardown) prints a traceback per worker.
+    Finalize(None, _close_process, exitpriority=0)
 
 
 def _process_policy(plan: EvalPlan):
