@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from fastwam.bench import format_table
 from fastwam.cli import main as cli
 from fastwam.config import preset
 
@@ -81,8 +82,6 @@ def run(args: argparse.Namespace) -> int:
 
 def summary(out: Path, run_dir: Path, timings: dict) -> str:
     """Both tables again, and where everything is."""
-    from fastwam.bench import format_table
-
     evaluation = json.loads((out / "eval.json").read_text())
     bench = json.loads((out / "bench.json").read_text())
     lines = ["", "=" * 72, "fastwam demo: results", "",
@@ -91,7 +90,8 @@ def summary(out: Path, run_dir: Path, timings: dict) -> str:
         lo, hi = r["ci95"]
         lines.append(f"{task:<28} {r['success_rate']:>8.0%} {f'[{lo:.0%}, {hi:.0%}]':>16} {r['episodes']:>9} "
                      f"{r['mean_chunk_ms']:>9.1f}")
-    lines += [f"{'mean':<28} {evaluation['mean_success_rate']:>8.0%}", "", format_table(bench), ""]
+    lines += [f"{'mean':<28} {evaluation['mean_success_rate']:>8.0%}", ""]
+    lines += [format_table(run) + "\n" for run in bench["runs"]]  # one table per step count
     videos = sorted(str(p) for p in out.glob("*.mp4"))
     lines += [f"videos:      {', '.join(videos) or '(none)'}", f"loss curve:  {run_dir / 'loss.png'}",
               f"checkpoint:  {run_dir}", f"JSON:        {out / 'eval.json'}, {out / 'bench.json'}"]

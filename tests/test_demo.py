@@ -1,0 +1,25 @@
+"""The README's first command: `fastwam demo --quick` runs every stage and prints its summary."""
+
+import json
+
+from fastwam.cli import main
+
+
+def test_demo_quick_runs_every_stage_and_prints_the_summary(tmp_path, capsys):
+    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    summary = out[out.index("fastwam demo: results"):]
+    evaluation = json.loads((tmp_path / "quick" / "eval.json").read_text())
+    bench = json.loads((tmp_path / "quick" / "bench.json").read_text())
+    # the summary repeats the evaluation's per-task row and every latency table the bench wrote
+    for task in evaluation["tasks"]:
+        assert f"\n{task:<28} " in summary
+    assert summary.count("latency per action chunk: preset small") == len(bench["runs"]) >= 1
+    for variant in ("fastwam", "joint", "idm"):
+        assert f"\n{variant:<10} " in summary
+    assert "stage times: collect" in summary and (tmp_path / "quick" / "run" / "loss.png").is_file()
+
+    # run again: every stage is reused, and the summary still prints
+    assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
+    again = capsys.readouterr().out
+    assert again.count("(already done:") == 4 and "fastwam demo: results" in again
