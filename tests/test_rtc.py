@@ -123,12 +123,21 @@ def test_policy_guides_in_raw_units_and_refuses_bad_previous_actions(tmp_path):
     assert np.abs(guided[:2] - previous).max() < 0.5 * np.abs(free[:2] - previous).max()
     with pytest.raises(ValueError, match="guidance: expected a finite number > 0 .*, got 0"):
         policy.act(observation, previous=previous, guidance=0)
-    for bad, message in [(np.zeros((5, 4)), r"expected finite raw actions \('n', 4\) with 1 <= n <= 4"),
-                         (np.zeros((2, 3)), "got float64 \\(2, 3\\)"),
-                         (np.array([[np.nan] * 4]), "expected finite raw actions"),
-                         (np.zeros((2, 4), np.int64), "got int64")]:
+    for bad, message in [(np.zeros((5, 4)), r"^previous: expected finite raw actions \(n, 4\) with 1 <= n <= 4"),
+                         (np.zeros((2, 3)), r"got float64 array \(2, 3\)"),
+                         (np.array([[0, 0, np.nan, 0]]), r"^previous\[0, 2\]: expected a finite number, got nan"),
+                         (np.full((2, 4), 1e4), r"^previous\[0, 0\]: expected a value in \[.*\] \(the training range "
+                                                r"widened 10-fold\), got 1e\+04"),
+                         ([[0.0, "a", 0.0, 0.0]], r"^previous\[0, 1\]: expected a number, got 'a'"),
+                         ("abc", r"^previous: expected finite raw actions .*, got a string of 3 characters")]:
         with pytest.raises(ValueError, match=message):
             policy.act(observation, previous=bad)
+    for frozen in (1.5, -1, 3, True):
+        with pytest.raises(ValueError, match=rf"^frozen: expected an integer in 0..2 \(the previous actions given\), "
+                                             rf"got {frozen!r}"):
+            policy.act(observation, previous=previous, frozen=frozen)
+    np.testing.assert_array_equal(policy.act(observation, previous=previous.astype(np.int64), frozen=np.int64(1)).shape,
+                                  (4, 4))  # integer actions and numpy integers are numbers
 
 
 def test_eval_runs_asynchronously_with_real_time_chunking(tmp_path):

@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from fastwam import code_version, cpu_name
+from fastwam.checks import check_device, check_output_file, check_threads
 from fastwam.codecs import build_codec
 from fastwam.config import Config, preset
 
@@ -65,7 +66,12 @@ def run(args: argparse.Namespace) -> int:
     steps = parse_steps(args.steps)
     if args.calls < 1:
         raise SystemExit(f"--calls must be >= 1, got {args.calls}")
-    if args.threads:
+    if args.batch < 1:
+        raise ValueError(f"--batch: expected >= 1 observations per call, got {args.batch}")
+    check_device("--device", args.device)
+    if args.json:
+        check_output_file("--json", args.json)
+    if check_threads("--threads", args.threads):
         torch.set_num_threads(args.threads)
     runs = []
     for count in steps:

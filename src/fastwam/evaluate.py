@@ -62,6 +62,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from fastwam import boot_id, code_version, cpu_name
+from fastwam.checks import check_device, check_output_file, check_threads
 from fastwam.envs import BENCHMARKS, benchmark
 
 Z95 = 1.959963984540054
@@ -634,9 +635,28 @@ def _same_size(frames: list[np.ndarray]) -> list[np.ndarray]:
     return out
 
 
+def _recorded(plan: EvalPlan, results: list[EpisodeResult]) -> list[EpisodeResult]:
+    """The episodes with frames, in the videos' order."""
+    return [r for r in sorted(results, key=lambda r: (r.index, plan.tasks.index(r.task))) if r.frames]
+
+
+def _imagined_path(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(f"{path.stem}_imagined{path.suffix or '.mp4'}")
+
+
+def video_paths(plan: EvalPlan, results: list[EpisodeResult], path: str | Path) -> list[str]:
+    """The files ``write_videos`` writes for these results."""
+    recorded = _recorded(plan, results)
+    if not recorded:
+        return []
+    imagined = plan.imagine and any(imagined_frames(r, plan.frame_stride) for r in recorded)
+    return [str(path)] + ([str(_imagined_path(path))] if imagined else [])
+
+
 def write_videos(plan: EvalPlan, results: list[EpisodeResult], path: str | Path) -> list[str]:
     """The rollout MP4 at ``path`` and, for imagining variants, ``<stem>_imagined.mp4``; returns the paths."""
-    recorded = [r for r in sorted(results, key=lambda r: (r.index, plan.tasks.index(r.task))) if r.frames]
+    recorded = _recorded(plan, results)
     if not recorded:
         return []
     execute = plan.execute or _chunk(plan) // 2
@@ -650,9 +670,7 @@ def write_videos(plan: EvalPlan, results: list[EpisodeResult], path: str | Path)
     if plan.imagine:
         panels = [f for r in recorded for f in imagined_frames(r, plan.frame_stride)]
         if panels:
-            path = Path(path)
-            paths.append(write_mp4(_same_size(panels), path.with_name(f"{path.stem}_imagined{path.suffix or '.mp4'}"),
-                                   IMAGINED_FPS))
+            paths.append(write_mp4(_same_size(panels), _imagined_path(path), IMAGINED_FPS))
     return [str(p) for p in paths]
 
 
@@ -748,11 +766,18 @@ def imagination_record(plan: EvalPlan, results: list[EpisodeResult], summary: di
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    workers = max(1, args.workers)
-    threads = args.threads or (0 if workers == 1 else max(1, (os.cpu_count() or 1) // workers))
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     alias = args.benchmark == "imagination"
     try:
+        if args.workers < 1:
+            raise ValueError(f"--workers: expected at least 1 worker process, got {args.workers}")
+        workers = args.workers
+        threads = check_threads("--threads", args.threads) or (0 if workers == 1 else max(1, (os.cpu_count() or 1) // workers))
+        if args.device:
+            check_device("--device", args.device)
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        for option, path in (("--json", args.json), ("--imagination", args.imagination), ("--video", args.video)):
+            if path:
+                check_output_file(option, path)
         if alias and args.imagination:
             raise ValueError("eval imagination writes its record to --json; --imagination is for eval metaworld|libero")
         if args.imagination and Path(args.imagination).resolve() == Path(args.json or ".").resolve():
@@ -772,8 +797,8 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     results = evaluate(plan, workers, progress=not args.quiet)
     summary = summarize(plan, results, time.perf_counter() - start, workers)
-    if args.video:
-        summary["videos"] = write_videos(plan, results, args.video)
+    if args.video:  # the record names the videos; they are written after it, so a failed video loses no record
+        summary["videos"] = video_paths(plan, results, args.video)
     print(format_table(summary))
     records = {args.json: summary} if not alias else {}
     if plan.score_imagination:
@@ -785,6 +810,8 @@ def run(args: argparse.Namespace) -> int:
             Path(out).parent.mkdir(parents=True, exist_ok=True)
             Path(out).write_text(json.dumps(record, indent=2, allow_nan=False) + "\n")
             print(f"wrote {out}")
+    if args.video:
+        write_videos(plan, results, args.video)
     for path in summary["videos"]:
         print(f"video: {path}")
     return 0

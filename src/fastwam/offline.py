@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fastwam.checks import check_device, check_output_file, check_threads
+
 TRUE_FUTURE = "true_future"
 
 
@@ -49,6 +51,16 @@ def sample_indices(total: int, samples: int) -> np.ndarray:
     if samples >= total:
         return np.arange(total)
     return np.unique(np.linspace(0, total - 1, samples).round().astype(np.int64))
+
+
+SEED_STRIDE = 2_654_435_761  # Knuth's multiplicative constant: seeds' window streams spread over 32 bits
+
+
+def window_seed(seed: int, window: int) -> int:
+    """The generator seed of one window under ``--seed``: 32 bits, because torch's CPU generator keeps
+    only the low 32 bits of a seed (``seed * 2**32 + i`` gave every --seed the same noise on a CPU).
+    Seed 0 gives the window's index, as every record before this change used."""
+    return (seed * SEED_STRIDE + window) % 2**32
 
 
 def window_noise(seeds: list[int], action_shape: tuple[int, ...], future_shape: tuple[int, ...] | None,
@@ -204,7 +216,7 @@ def measure(checkpoint: str | Path, data: str | Path, samples: int = 400, batch_
     errors: dict[str, list] = {}
     for start in tqdm(range(0, len(indices), batch_size), desc="open loop", disable=not progress):
         window = indices[start:start + batch_size]
-        seeds = [seed * 2**32 + int(i) for i in window]
+        seeds = [window_seed(seed, int(i)) for i in window]
         for name, value in chunk_errors(model, training.batch(torch.from_numpy(window)).to(device), seeds).items():
             errors.setdefault(name, []).append(value.float().cpu().numpy())
     errors = {k: np.concatenate(v).astype(np.float64) for k, v in errors.items()}
@@ -219,7 +231,7 @@ def measure(checkpoint: str | Path, data: str | Path, samples: int = 400, batch_
     return {"checkpoint": str(path), "weights_sha256": sha256(path / "model.safetensors"),
             "variant": m.variant.mask, "dataset": str(Path(data).resolve()), "dataset_sha256": content,
             "trained_on_this_data": info.get("dataset_sha256") == content, "targets": targets, "seed": seed,
-            "noise": "per window i: torch.Generator(device).manual_seed(seed * 2**32 + i), actions then video",
+            "noise": "per window i: torch.Generator(device).manual_seed((seed * 2654435761 + i) % 2**32), actions then video",
             "device": str(torch.device(device)), "code": code_version(),
             **record, "per_sample": {k: [v if math.isfinite(v) else None for v in values.tolist()]
                                      for k, values in errors.items()},
@@ -292,7 +304,12 @@ def run(args: argparse.Namespace) -> int:
         return _pair(args)
     if not (args.checkpoint and args.data):
         raise ValueError("--checkpoint and --data are required (or --pair RECORD.json:CONDITION RECORD.json:CONDITION)")
-    if args.threads:
+    check_device("--device", args.device)
+    if args.seed < 0:
+        raise ValueError(f"--seed: expected an integer >= 0, got {args.seed}")
+    if args.json:
+        check_output_file("--json", args.json)
+    if check_threads("--threads", args.threads):
         torch.set_num_threads(args.threads)
     record = measure(args.checkpoint, args.data, args.samples, args.batch_size, args.seed, args.device,
                      progress=not args.quiet)

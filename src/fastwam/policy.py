@@ -8,7 +8,15 @@ per prompt), numpy <-> torch.
     chunk = policy.act({"image": uint8 (H, W, 3), "state": (P,), "instruction": "open the drawer"})  # (S, A)
 
 ``image`` is the current frame with all cameras side by side, as in training; batched
-observations (leading batch axis, a list of instructions) give (B, S, A). A policy trained with
+observations (leading batch axis, a list of instructions) give (B, S, A).
+
+Every input is validated here, once, for the Python API and every transport alike
+(``ObservationError`` names the field, expected against got): uint8 frames of the checkpoint's
+size; finite state values within the training range widened ``INPUT_LIMIT``-fold about its centre
+(what lies beyond is not a state the model has seen, and 1e30 would turn the chunk into NaN);
+instructions that are non-empty strings of at most ``MAX_INSTRUCTION`` characters; real-time
+chunking's previous actions held to the same range as the state. A chunk that still comes out
+non-finite raises: the weights or the normalization stats are at fault, not the input. A policy trained with
 history (``model.context_frames`` K > 1) also needs ``"history"``: uint8 ([B,] K - 1, H, W, 3),
 the past frames at t - r*(K-1), ..., t - r (r = ``data.frame_stride`` env steps), oldest first;
 the controller below keeps them.
@@ -16,8 +24,11 @@ the controller below keeps them.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import math
+import numbers
 import time
 from collections import deque
 from pathlib import Path
@@ -31,7 +42,25 @@ from fastwam.config import Config
 from fastwam.data.normalize import Normalizer
 from fastwam.data.windows import ACTION_KEY, STATE_KEY
 from fastwam.model import WAM
+from fastwam.model.rtc import ChunkGuide, guidance_weights
 from fastwam.text import build_text_encoder
+
+INPUT_LIMIT = 10.0  # |normalized state or action| above this (the training range widened 10-fold) is refused
+MAX_INSTRUCTION = 1000  # characters
+MAX_NOISE_SCALE = 10.0  # initial-noise scale: 1 samples the learned distribution; far above it only diverges
+INSTRUCTION_CACHE = 1024  # distinct instructions whose embeddings stay on the device (least recently used go)
+ARGUMENTS = ("observation", "previous", "frozen", "guidance")  # act()'s keyword inputs, named as themselves in errors
+
+
+class ObservationError(ValueError):
+    """An input the policy refuses. ``field``: an observation key ("image", "state", "instruction",
+    "history") or an argument of ``act`` ("previous", "frozen"); ``where``: the index inside it
+    ("[2]", or ""); ``detail``: expected against got. Transports rename the field to their own key."""
+
+    def __init__(self, field: str, detail: str, where: str = ""):
+        label = field if field in ARGUMENTS else f"observation[{field!r}]"
+        super().__init__(f"{label}{where}: {detail}")
+        self.field, self.where, self.detail = field, where, detail
 
 
 class Policy:
@@ -41,16 +70,19 @@ class Policy:
         if mode is not None and mode not in cfg.model.variant.modes:
             raise ValueError(f"mode: this checkpoint (variant {cfg.model.variant.mask!r}) runs "
                              f"{' or '.join(cfg.model.variant.modes)}, got {mode!r}")
-        if not (math.isfinite(noise_scale) and noise_scale >= 0):
-            raise ValueError(f"noise_scale: expected a finite number >= 0, got {noise_scale}")
-        if steps is not None and steps < 1:
-            raise ValueError(f"steps: expected >= 1 denoising steps, got {steps}")
+        if not (isinstance(noise_scale, numbers.Real) and 0 <= noise_scale <= MAX_NOISE_SCALE):
+            raise ValueError(f"noise_scale: expected a number in 0..{MAX_NOISE_SCALE:g}, got {noise_scale!r}")
+        _check_seed(seed)
+        if steps is not None and not (_is_integer(steps) and steps >= 1):
+            raise ValueError(f"steps: expected an integer >= 1 (denoising steps), got {steps!r}")
         if action_shift is not None:
-            if not (math.isfinite(action_shift) and action_shift > 0):
-                raise ValueError(f"action_shift: expected a finite number > 0, got {action_shift}")
+            if not (isinstance(action_shift, numbers.Real) and math.isfinite(action_shift) and action_shift > 0):
+                raise ValueError(f"action_shift: expected a finite number > 0, got {action_shift!r}")
             # A sampling choice: the action sigmas visited (flow.sampling_sigmas); the weights are unchanged.
-            flow = dataclasses.replace(model.cfg.action_flow, shift=action_shift)
-            model.cfg = dataclasses.replace(model.cfg, action_flow=flow)
+            # A shallow copy shares the weights, so the caller's model keeps its own schedule.
+            model = copy.copy(model)
+            model.cfg = dataclasses.replace(model.cfg, action_flow=dataclasses.replace(model.cfg.action_flow,
+                                                                                        shift=action_shift))
             cfg = cfg.replace(model=model.cfg)
         self.model, self.cfg, self.normalizer = model.eval(), cfg, normalizer
         self.device = torch.device(device)
@@ -62,7 +94,8 @@ class Policy:
         # distribution, 0 integrates from its centre (deterministic), between = lower temperature.
         self.noise_scale = noise_scale
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
-        self._instruction_cache: dict[str, torch.Tensor] = {}
+        # the padded embedding on the device, per instruction; bounded, so endless distinct prompts cannot grow it
+        self._embedding = functools.lru_cache(maxsize=INSTRUCTION_CACHE)(self._embed_one)
 
     @classmethod
     def from_checkpoint(cls, run: str | Path, device: str | torch.device = "cpu", **kwargs) -> "Policy":
@@ -90,7 +123,7 @@ class Policy:
     def reset(self, seed: int | None = None) -> None:
         """Start a new episode (re-seeds the sampling noise when ``seed`` is given)."""
         if seed is not None:
-            self.generator.manual_seed(seed)
+            self.generator.manual_seed(_check_seed(seed))
 
     @torch.no_grad()
     def act(self, observation: dict, previous: np.ndarray | None = None, frozen: int = 0,
@@ -104,31 +137,36 @@ class Policy:
         ``guidance``) so that the chunks join without a jump.
         """
         context, state, text, batched = self._inputs(observation)
+        guide = None if previous is None else self._guide(previous, frozen, guidance, len(context), batched)
         m = self.cfg.model
         noise = torch.randn((context.shape[0], m.chunk, m.action_dim), device=self.device, generator=self.generator,
                             dtype=context.dtype) * self.noise_scale
-        guide = None if previous is None else self._guide(previous, frozen, guidance, len(context), batched)
         actions = self.model.predict_actions(context, state, text, steps=self.steps, mode=self.mode, noise=noise,
                                              generator=self.generator, guide=guide)
         actions = self.normalizer.unnormalize(ACTION_KEY, actions.float().cpu()).numpy()
+        if not np.all(np.isfinite(actions)):  # the inputs were finite and in range: the checkpoint is at fault
+            raise RuntimeError(f"the policy produced non-finite actions ({int(np.sum(~np.isfinite(actions)))} of "
+                               f"{actions.size}) from valid inputs: the checkpoint's weights or normalization stats "
+                               "are damaged")
         return actions if batched else actions[0]
 
-    def _guide(self, previous, frozen: int, guidance: float, batch: int, batched: bool):
-        from fastwam.model.rtc import ChunkGuide, guidance_weights
-
+    def _guide(self, previous, frozen, guidance: float, batch: int, batched: bool) -> ChunkGuide:
         m = self.cfg.model
-        if not (math.isfinite(guidance) and guidance > 0):
-            raise ValueError(f"guidance: expected a finite number > 0 (the guidance weight's cap), got {guidance}")
-        previous = np.array(previous)  # a copy: server arrays are read-only views of the message
-        want = (batch, "n", m.action_dim) if batched else ("n", m.action_dim)
-        if (previous.dtype.kind != "f" or previous.ndim != len(want) or previous.shape[-1] != m.action_dim
-                or not 1 <= previous.shape[-2] <= m.chunk or not np.all(np.isfinite(previous))
-                or (batched and previous.shape[0] != batch)):
-            raise ValueError(f"previous: expected finite raw actions {want} with 1 <= n <= {m.chunk} (the chunk), "
-                             f"got {previous.dtype} {previous.shape}")
-        target = torch.from_numpy(previous if batched else previous[None]).float()
-        target = self.normalizer.normalize(ACTION_KEY, target).to(self.device)
-        return ChunkGuide(target, guidance_weights(target.shape[1], frozen).to(self.device), guidance)
+        if not (isinstance(guidance, numbers.Real) and math.isfinite(guidance) and guidance > 0):
+            raise ValueError(f"guidance: expected a finite number > 0 (the guidance weight's cap), got {guidance!r}")
+        want = f"({batch}, n, {m.action_dim})" if batched else f"(n, {m.action_dim})"
+        previous = _numbers("previous", previous, f"finite raw actions {want} with 1 <= n <= {m.chunk} (the chunk)")
+        if (previous.ndim != (3 if batched else 2) or previous.shape[-1] != m.action_dim
+                or not 1 <= previous.shape[-2] <= m.chunk or (batched and previous.shape[0] != batch)):
+            raise ObservationError("previous", f"expected finite raw actions {want} with 1 <= n <= {m.chunk} "
+                                               f"(the chunk), got {describe_input(previous)}")
+        target = self._in_range("previous", ACTION_KEY, previous if batched else previous[None], batched)
+        n = previous.shape[-2]
+        if not _is_integer(frozen) or not 0 <= frozen <= n:
+            raise ObservationError("frozen", f"expected an integer in 0..{n} (the previous actions given), "
+                                             f"got {frozen!r}")
+        target = torch.from_numpy(target).float().to(self.device)
+        return ChunkGuide(target, guidance_weights(n, int(frozen)).to(self.device), guidance)
 
     @torch.no_grad()
     def imagine(self, observation: dict) -> np.ndarray:
@@ -144,29 +182,73 @@ class Policy:
 
     def _inputs(self, observation: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
         """Validate one (or a batch of) raw observation(s) and convert to model inputs."""
+        if not isinstance(observation, dict):
+            raise ObservationError("observation", f"expected a dict with image, state, instruction, got "
+                                                  f"{describe_input(observation)}")
         for key in ("image", "state", "instruction"):
             if key not in observation:
                 raise KeyError(f"observation: missing key {key!r}; expected image, state, instruction")
-        image, state = np.asarray(observation["image"]), np.asarray(observation["state"], dtype=np.float32)
-        batched = image.ndim == 4
+        image = observation["image"]
+        batched = isinstance(image, np.ndarray) and image.ndim == 4
         d = self.cfg.data
         want = (d.image_size, d.image_size * len(d.cameras), 3)
-        if image.dtype != np.uint8 or image.shape[-3:] != want or image.ndim not in (3, 4):
-            raise ValueError(f"observation['image']: expected uint8 ([B,] {want[0]}, {want[1]}, 3) "
-                             f"(cameras {list(d.cameras)} side by side), got {image.dtype} {image.shape}")
-        images, states = (image, state) if batched else (image[None], state[None])
-        if states.shape != (len(images), self.cfg.model.state_dim):
-            raise ValueError(f"observation['state']: expected ({'B, ' if batched else ''}{self.cfg.model.state_dim},), "
-                             f"got {state.shape}")
-        prompts = observation["instruction"]
-        prompts = [prompts] * len(images) if isinstance(prompts, str) else list(prompts)
-        if len(prompts) != len(images):
-            raise ValueError(f"observation['instruction']: expected {len(images)} instructions, got {len(prompts)}")
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.shape[-3:] != want or image.ndim not in (3, 4):
+            raise ObservationError("image", f"expected uint8 ([B,] {want[0]}, {want[1]}, 3) (cameras {list(d.cameras)} "
+                                            f"side by side), got {describe_input(image)}")
+        images = image if batched else image[None]
+        if not len(images):
+            raise ObservationError("image", f"expected at least one image, got {describe_input(image)}")
+        states = self._state(observation["state"], len(images), batched)
+        prompts = self._instructions(observation["instruction"], len(images), batched)
         frames = np.concatenate([self._history(observation, len(images), want, batched), images[:, None]], axis=1)
         pixels = frames_to_unit(torch.from_numpy(frames).permute(0, 1, 4, 2, 3).to(self.device))  # (B, K, 3, H, W)
         context = self.codec.encode(pixels)[:, : self.cfg.model.context_frames]
-        state_t = self.normalizer.normalize(STATE_KEY, torch.from_numpy(states)).float().to(self.device)
-        return context, state_t, self._embed(prompts), batched
+        state_t = torch.from_numpy(states).float().to(self.device)
+        return context, state_t, torch.stack([self._embedding(p) for p in prompts]), batched
+
+    def _state(self, raw, batch: int, batched: bool) -> np.ndarray:
+        """observation["state"] -> normalized float64 (B, P), finite and within the widened training range."""
+        dim = self.cfg.model.state_dim
+        want = f"({batch}, {dim}) numbers" if batched else f"{dim} numbers"
+        state = _numbers("state", raw, want)
+        if state.shape != ((batch, dim) if batched else (dim,)):
+            raise ObservationError("state", f"expected {want}, got {describe_input(state)}")
+        return self._in_range("state", STATE_KEY, state if batched else state[None], batched)
+
+    def _in_range(self, field: str, key: str, raw: np.ndarray, batched: bool) -> np.ndarray:
+        """raw (B, ..., D) -> normalized, refusing non-finite values and values beyond INPUT_LIMIT
+        (an unbatched input got its B = 1 axis here: errors index the input as given)."""
+        where = lambda i: "[" + ", ".join(str(int(n)) for n in (i if batched else i[1:])) + "]"  # noqa: E731
+        bad = np.argwhere(~np.isfinite(raw))
+        if bad.size:
+            i = tuple(bad[0])
+            raise ObservationError(field, f"expected a finite number, got {raw[i]}", where(i))
+        normalized = self.normalizer.normalize(key, raw.astype(np.float64))
+        out = np.argwhere(np.abs(normalized) > INPUT_LIMIT)
+        if out.size:
+            i = tuple(out[0])
+            edges = self.normalizer.unnormalize(key, np.array([[-INPUT_LIMIT], [INPUT_LIMIT]]) * np.ones(raw.shape[-1]))
+            lo, hi = sorted(edges[:, i[-1]])
+            raise ObservationError(field, f"expected a value in [{lo:.4g}, {hi:.4g}] (the training range widened "
+                                          f"{INPUT_LIMIT:g}-fold), got {raw[i]:.4g}", where(i))
+        return normalized
+
+    def _instructions(self, raw, batch: int, batched: bool) -> list[str]:
+        """observation["instruction"] -> one valid instruction per observation."""
+        expected = f"the instruction, a non-empty string of at most {MAX_INSTRUCTION} characters"
+        if isinstance(raw, str):
+            prompts, where = [raw] * batch, lambda i: ""  # noqa: E731
+        elif batched and isinstance(raw, (list, tuple)):
+            prompts, where = list(raw), lambda i: f"[{i}]"  # noqa: E731
+            if len(prompts) != batch:
+                raise ObservationError("instruction", f"expected {batch} instructions (one per image), got {len(prompts)}")
+        else:
+            alternative = " (or a list of them, one per image)" if batched else ""
+            raise ObservationError("instruction", f"expected {expected}{alternative}, got {describe_input(raw)}")
+        for i, prompt in enumerate(prompts):
+            if not isinstance(prompt, str) or not prompt.strip() or len(prompt) > MAX_INSTRUCTION:
+                raise ObservationError("instruction", f"expected {expected}, got {describe_input(prompt)}", where(i))
+        return prompts
 
     def _history(self, observation: dict, batch: int, frame: tuple[int, int, int], batched: bool) -> np.ndarray:
         """observation["history"] validated -> uint8 (B, K - 1, H, W, 3) (empty without history)."""
@@ -183,16 +265,71 @@ class Policy:
                              f"model.context_frames {k + 1}), got {history.dtype} {history.shape}")
         return history if batched else history[None]
 
-    def _embed(self, prompts: list[str]) -> torch.Tensor:
-        """Instruction embeddings (B, L, E) on the policy's device.
+    def _embed_one(self, prompt: str) -> torch.Tensor:
+        """An instruction's padded embedding (L, E) on the policy's device (cached by ``_embedding``,
+        so a control step neither pads nor transfers it)."""
+        return self.text_encoder.encode([prompt])[0].to(self.device)
 
-        The text encoder already caches per prompt, on the CPU and unpadded; this keeps the padded
-        copy on the device, so a control step neither pads nor transfers an embedding.
-        """
-        for prompt in dict.fromkeys(prompts):
-            if prompt not in self._instruction_cache:
-                self._instruction_cache[prompt] = self.text_encoder.encode([prompt])[0].to(self.device)
-        return torch.stack([self._instruction_cache[p] for p in prompts])
+
+def _numbers(field: str, raw, expected: str) -> np.ndarray:
+    """An array of real numbers from ``raw`` (array, nested list or number), else ObservationError
+    naming the first entry that is not a number."""
+    if not isinstance(raw, (np.ndarray, list, tuple, numbers.Real)) or isinstance(raw, (bool, np.bool_)):
+        raise ObservationError(field, f"expected {expected}, got {describe_input(raw)}")
+    bad = _first_non_number(raw)
+    if bad is not None:
+        where, value = bad
+        value = value.item() if isinstance(value, np.generic) else value
+        raise ObservationError(field, f"expected a number, got {value!r:.40}", "[" + ", ".join(map(str, where)) + "]")
+    try:
+        array = np.asarray(raw)
+    except ValueError:  # ragged nesting
+        raise ObservationError(field, f"expected {expected}, got {describe_input(raw)} of ragged nesting") from None
+    if array.dtype.kind not in "fiu":  # complex, or objects nested deeper than the walk went
+        raise ObservationError(field, f"expected {expected}, got {describe_input(array)}")
+    return array
+
+
+def _first_non_number(value, where: tuple = ()) -> tuple[tuple, object] | None:
+    """(index, entry) of the first entry of nested lists or an array that is not a real number."""
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind in "fiu":
+            return None
+        if value.dtype.kind == "b" or value.ndim == 0:
+            return (where + (0,) * value.ndim, value.flat[0]) if value.size else None
+        value = list(value)
+    if isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            found = _first_non_number(item, where + (i,))
+            if found is not None:
+                return found
+        return None
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)):
+        return None
+    return where, value
+
+
+def _check_seed(seed) -> int:
+    if not (_is_integer(seed) and 0 <= seed < 2**63):
+        raise ValueError(f"seed: expected an integer in 0..2**63 - 1, got {seed!r}")
+    return int(seed)
+
+
+def _is_integer(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def describe_input(value) -> str:
+    """A short description of an input, for errors."""
+    if isinstance(value, np.ndarray):
+        return f"{value.dtype} array {value.shape}"
+    if isinstance(value, str):
+        return f"a string of {len(value)} characters"
+    if isinstance(value, (list, tuple)):
+        return f"a list of {len(value)} items"
+    if isinstance(value, np.generic):
+        return f"a numpy {value.dtype} scalar"
+    return type(value).__name__
 
 
 class RecedingHorizonController:

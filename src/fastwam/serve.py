@@ -29,6 +29,7 @@ policy under a lock, and never answers with a non-finite action.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import math
 import threading
@@ -37,16 +38,19 @@ from dataclasses import dataclass, field
 
 import msgpack
 import numpy as np
+from PIL import Image
 
+from fastwam.checks import check_device
 from fastwam.data.lerobot import camera_name
-from fastwam.policy import Policy
+from fastwam.policy import MAX_NOISE_SCALE, ObservationError, Policy, describe_input
 
 STATE, PROMPT = "state", "prompt"
 RTC_PREVIOUS, RTC_FROZEN = "rtc/previous_actions", "rtc/frozen"
 ARRAY_DTYPES = {"|u1", "|i1", "<i2", "<i4", "<i8", "<u2", "<u4", "<f2", "<f4", "<f8", "|b1"}  # little-endian numbers
 MAX_DIMS = 4
-MAX_PROMPT = 1000  # characters
-STATE_LIMIT = 10.0  # |normalized state| above this (10x the training range's half-width off its centre) is refused
+MAX_TIMEOUT = 7 * 24 * 3600.0  # seconds: a week (websockets' deadlines overflow past ~1e10)
+ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.ECONNABORTED}  # transient: back off
+log = logging.getLogger("fastwam.serve")
 
 
 class RequestError(ValueError):
@@ -70,23 +74,52 @@ def pack(obj) -> bytes:
     return msgpack.packb(obj, default=_pack_default)
 
 
+class Undecodable:
+    """An array or numpy scalar the wire format cannot carry (a dtype outside ``ARRAY_DTYPES``, a
+    shape or data that disagree): kept in its place, so the error names the request key it came in."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+
+    def __repr__(self) -> str:
+        return self.reason
+
+
 def _unpack_array(obj: dict):
+    get = lambda k: obj.get(k.encode(), obj.get(k))  # noqa: E731 (openpi packs bytes keys)
     if b"__ndarray__" in obj or "__ndarray__" in obj:
-        get = lambda k: obj.get(k.encode(), obj.get(k))  # noqa: E731 (openpi packs bytes keys)
-        data, dtype, shape = get("data"), get("dtype"), get("shape")
-        if not isinstance(dtype, (str, bytes)) or (dtype.decode() if isinstance(dtype, bytes) else dtype) not in ARRAY_DTYPES:
-            raise RequestError(f"array dtype: expected one of {sorted(ARRAY_DTYPES)}, got {dtype!r}")
-        dtype = np.dtype(dtype.decode() if isinstance(dtype, bytes) else dtype)
+        data, dtype, shape = get("data"), _dtype(get("dtype")), get("shape")
+        if dtype is None:
+            return Undecodable(f"array dtype: expected one of {sorted(ARRAY_DTYPES)}, got {get('dtype')!r}")
         if (not isinstance(shape, (list, tuple)) or len(shape) > MAX_DIMS
                 or not all(isinstance(n, int) and n >= 0 for n in shape)):
-            raise RequestError(f"array shape: expected at most {MAX_DIMS} sizes >= 0, got {shape!r}")
+            return Undecodable(f"array shape: expected at most {MAX_DIMS} sizes >= 0, got {shape!r}")
         if not isinstance(data, bytes) or len(data) != math.prod(shape) * dtype.itemsize:
-            raise RequestError(f"array data: expected {math.prod(shape) * dtype.itemsize} bytes for {dtype} "
+            return Undecodable(f"array data: expected {math.prod(shape) * dtype.itemsize} bytes for {dtype} "
                                f"{tuple(shape)}, got {len(data) if isinstance(data, bytes) else type(data).__name__}")
         return np.frombuffer(data, dtype=dtype).reshape(shape)
-    if b"__npgeneric__" in obj:
-        raise RequestError("numpy scalars are not inputs: send arrays, numbers or strings")
+    if b"__npgeneric__" in obj or "__npgeneric__" in obj:  # openpi packs a numpy scalar as its .item()
+        data, dtype = get("data"), _dtype(get("dtype"), strings=True)
+        if dtype is None or not isinstance(data, (bool, int, float, str)) or isinstance(data, str) != (dtype.kind == "U"):
+            return Undecodable(f"numpy scalar: expected a number or string of a dtype in {sorted(ARRAY_DTYPES)} or "
+                               f"<U, got {data!r:.40} of dtype {get('dtype')!r}")
+        try:
+            return dtype.type(data)
+        except (OverflowError, ValueError) as e:
+            return Undecodable(f"numpy scalar: {data!r:.40} is not a {dtype} ({e})")
     return obj
+
+
+def _dtype(name, strings: bool = False) -> np.dtype | None:
+    """The wire's dtype name -> a dtype this server takes (None: not one)."""
+    name = name.decode(errors="replace") if isinstance(name, bytes) else name
+    if not isinstance(name, str):
+        return None
+    if name in ARRAY_DTYPES:
+        return np.dtype(name)
+    if strings and name.startswith("<U") and name[2:].isdigit():
+        return np.dtype(name)
+    return None
 
 
 def unpack(message: bytes):
@@ -141,7 +174,6 @@ class PolicyService:
         self.cameras = [camera_name(c) for c in policy.cfg.data.cameras]
         self.inputs = InputMap.default(self.cameras, renames)  # --input KEY=TARGET over the defaults
         self._lock = threading.Lock()  # one policy (noise generator, instruction cache) shared by connections
-        self._limits = _state_limits(policy)
 
     @property
     def metadata(self) -> dict:
@@ -154,36 +186,39 @@ class PolicyService:
                     "previous_actions": RTC_PREVIOUS, "frozen": RTC_FROZEN, "guidance": self.guidance}}
 
     def observation(self, request: dict) -> dict:
-        """The request's inputs validated and mapped onto the policy's observation."""
+        """The request's inputs mapped onto the policy's observation (``Policy`` validates them)."""
         missing = [k for k in self.inputs.keys if k not in request]
         if missing:
             raise RequestError(f"request: missing {missing}; expected {sorted(self.inputs.keys)} "
                                f"(got {sorted(map(str, request))})")
-        views, state, prompt = {}, None, None
+        views, observation = {}, {}
         for key, target in self.inputs.keys.items():
-            value = request[key]
+            value = _decoded(key, request[key])
             if target == PROMPT:
-                if not isinstance(value, str) or not value.strip() or len(value) > MAX_PROMPT:
-                    raise RequestError(f"{key}: expected the instruction, a non-empty string of at most {MAX_PROMPT} "
-                                       f"characters, got {_describe(value)}")
-                prompt = value
+                observation["instruction"] = value
             elif target == STATE:
-                state = self._state(key, value)
+                observation["state"] = value
             else:
                 views[target] = self._image(key, value)
-        image = np.concatenate([views[c] for c in self.cameras], axis=1)
-        return {"image": image, "state": state, "instruction": prompt}
+        return {"image": np.concatenate([views[c] for c in self.cameras], axis=1), **observation}
 
     def infer(self, request: dict) -> dict:
         observation, chunking = self.observation(request), self._chunking(request)
         with self._lock:
             start = time.perf_counter()
-            actions = self.policy.act(observation, **chunking)
+            try:
+                actions = self.policy.act(observation, **chunking)
+            except ObservationError as e:  # the policy's one validation, named by this request's key
+                raise RequestError(f"{self._key_of(e.field)}{e.where}: {e.detail}") from None
             ms = (time.perf_counter() - start) * 1e3
-        if not np.all(np.isfinite(actions)):
-            raise RuntimeError(f"the policy produced non-finite actions ({int(np.sum(~np.isfinite(actions)))} of "
-                               f"{actions.size}): the checkpoint's weights or normalization stats are damaged")
         return {"actions": actions.astype(np.float32), "policy_timing": {"infer_ms": ms}}
+
+    def _key_of(self, field: str) -> str:
+        """The request key that carried an observation field or ``act`` argument."""
+        target = {"state": STATE, "instruction": PROMPT}.get(field)
+        if target is not None:
+            return next(k for k, t in self.inputs.keys.items() if t == target)
+        return {"previous": RTC_PREVIOUS, "frozen": RTC_FROZEN}.get(field, field)
 
     def _chunking(self, request: dict) -> dict:
         """The optional real-time chunking inputs -> ``Policy.act`` keyword arguments."""
@@ -194,76 +229,34 @@ class PolicyService:
         if self.policy.mode == "joint":
             raise RequestError(f"{RTC_PREVIOUS}: real-time chunking steers action-only steps; this server runs joint "
                                "inference, which has none")
-        m = self.policy.cfg.model
-        previous, frozen = request[RTC_PREVIOUS], request.get(RTC_FROZEN, 0)
-        if (not isinstance(previous, np.ndarray) or previous.dtype.kind != "f" or previous.ndim != 2
-                or previous.shape[1] != m.action_dim or not 1 <= previous.shape[0] <= m.chunk):
+        previous = _decoded(RTC_PREVIOUS, request[RTC_PREVIOUS])
+        if not isinstance(previous, np.ndarray) or previous.dtype.kind != "f":
+            m = self.policy.cfg.model
             raise RequestError(f"{RTC_PREVIOUS}: expected a float array (n, {m.action_dim}) with 1 <= n <= {m.chunk}, "
-                               f"got {_describe(previous)}")
-        bad = np.argwhere(~np.isfinite(previous))
-        if bad.size:
-            raise RequestError(f"{RTC_PREVIOUS}[{bad[0][0]}, {bad[0][1]}]: expected a finite number, "
-                               f"got {previous[tuple(bad[0])]}")
-        if not isinstance(frozen, int) or isinstance(frozen, bool) or not 0 <= frozen <= previous.shape[0]:
-            raise RequestError(f"{RTC_FROZEN}: expected an integer in 0..{previous.shape[0]} (the previous actions "
-                               f"given), got {frozen!r}")
-        return {"previous": previous, "frozen": frozen, "guidance": self.guidance}
+                               f"got {describe_input(previous)}")
+        return {"previous": previous, "frozen": _decoded(RTC_FROZEN, request.get(RTC_FROZEN, 0)),
+                "guidance": self.guidance}
 
     def _image(self, key: str, value) -> np.ndarray:
         size = self.policy.cfg.data.image_size
         if not isinstance(value, np.ndarray) or value.dtype != np.uint8 or value.ndim != 3 or value.shape[2] != 3:
-            raise RequestError(f"{key}: expected a uint8 (H, W, 3) array (msgpack-numpy), got {_describe(value)}; "
+            raise RequestError(f"{key}: expected a uint8 (H, W, 3) array (msgpack-numpy), got {describe_input(value)}; "
                                "float images are not converted")
         if value.shape[0] != value.shape[1] or value.shape[0] < 8:
             raise RequestError(f"{key}: expected a square image of at least 8 pixels (resized to {size}), "
                                f"got {value.shape[0]}x{value.shape[1]}")
         if value.shape[0] == size:
             return value
-        from PIL import Image
-
         return np.asarray(Image.fromarray(value).resize((size, size), Image.BILINEAR))
 
-    def _state(self, key: str, value) -> np.ndarray:
-        dim = self.policy.cfg.model.state_dim
-        if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                   for v in value):
-            value = np.asarray(value, np.float64)
-        if not isinstance(value, np.ndarray) or value.dtype.kind not in "fiu" or value.shape != (dim,):
-            raise RequestError(f"{key}: expected {dim} numbers, got {_describe(value)}")
-        state = value.astype(np.float64)
-        bad = np.flatnonzero(~np.isfinite(state))
-        if bad.size:
-            raise RequestError(f"{key}[{bad[0]}]: expected a finite number, got {state[bad[0]]}")
-        low, high = self._limits
-        out = np.flatnonzero((state < low) | (state > high))
-        if out.size:
-            i = out[0]
-            raise RequestError(f"{key}[{i}]: expected a value in [{low[i]:.4g}, {high[i]:.4g}] (the training range "
-                               f"widened {STATE_LIMIT:g}-fold), got {state[i]:.4g}")
-        return state.astype(np.float32)
 
-
-def _state_limits(policy: Policy) -> tuple[np.ndarray, np.ndarray]:
-    """Raw state values whose normalized magnitude is STATE_LIMIT: the accepted range per dimension."""
-    import torch
-
-    from fastwam.data.windows import STATE_KEY
-
-    dim = policy.cfg.model.state_dim
-    normalizer = policy.normalizer
-    edges = torch.full((2, dim), STATE_LIMIT) * torch.tensor([[-1.0], [1.0]])
-    low, high = normalizer.unnormalize(STATE_KEY, edges).double().numpy()
-    return np.minimum(low, high), np.maximum(low, high)
-
-
-def _describe(value) -> str:
-    if isinstance(value, np.ndarray):
-        return f"{value.dtype} array {value.shape}"
-    if isinstance(value, str):
-        return f"a string of {len(value)} characters"
-    if isinstance(value, (list, tuple)):
-        return f"a list of {len(value)} items"
-    return type(value).__name__
+def _decoded(key: str, value):
+    """A request value, or RequestError naming its key when the wire format could not carry it."""
+    if isinstance(value, Undecodable):
+        raise RequestError(f"{key}: {value.reason}")
+    if isinstance(value, (list, tuple)) and any(isinstance(v, Undecodable) for v in value):
+        raise RequestError(f"{key}: {next(v for v in value if isinstance(v, Undecodable)).reason}")
+    return value
 
 
 # -- websocket transport --------------------------------------------------------------------------
@@ -283,6 +276,13 @@ def make_server(service: PolicyService, host: str = "127.0.0.1", port: int = 800
         return None  # a websocket handshake (or its refusal by websockets)
 
     def handle(connection) -> None:
+        peer = connection.remote_address  # read now: the socket is gone once the client is
+        try:
+            serve_connection(connection)
+        except ConnectionClosed:  # the client went away mid-request: nothing to answer
+            log.info("client %s closed the connection before its reply", peer)
+
+    def serve_connection(connection) -> None:
         connection.send(pack(service.metadata))
         previous_ms = None
         while True:
@@ -302,7 +302,7 @@ def make_server(service: PolicyService, host: str = "127.0.0.1", port: int = 800
                 connection.send(f"fastwam serve: {e}")
                 continue
             except Exception as e:  # the policy failed: say so (openpi's clients raise it), keep serving
-                logging.getLogger("fastwam.serve").exception("inference failed")
+                log.exception("inference failed")
                 connection.send(f"fastwam serve: inference failed: {type(e).__name__}: {e}")
                 continue
             reply["server_timing"] = {"infer_ms": reply["policy_timing"]["infer_ms"]}
@@ -311,8 +311,38 @@ def make_server(service: PolicyService, host: str = "127.0.0.1", port: int = 800
             connection.send(pack(reply))
             previous_ms = (time.perf_counter() - start) * 1e3
 
-    return serve(handle, host, port, compression=None, process_request=health, max_size=int(max_message_mb * 2**20),
-                 open_timeout=handshake_timeout, ping_interval=20, ping_timeout=20, close_timeout=5)
+    server = serve(handle, host, port, compression=None, process_request=health, max_size=max(1, int(max_message_mb * 2**20)),
+                   open_timeout=handshake_timeout, ping_interval=20, ping_timeout=20, close_timeout=5)
+    server.socket = PatientListener(server.socket)
+    return server
+
+
+class PatientListener:
+    """The server's listening socket, whose ``accept`` outlives a transient failure.
+
+    websockets' ``serve_forever`` leaves its loop on any ``OSError`` from ``accept``, so one "too
+    many open files" stopped the server for every client (exit status 0). Here such errors
+    (``ACCEPT_ERRORS``) are logged and retried after a pause that doubles up to ``max_pause`` s;
+    others (the socket closed by ``shutdown``) end the loop as before. Everything else is the socket's.
+    """
+
+    def __init__(self, sock, first_pause: float = 0.05, max_pause: float = 1.0):
+        self._sock, self._first, self._max = sock, first_pause, max_pause
+
+    def accept(self):
+        pause = self._first
+        while True:
+            try:
+                return self._sock.accept()
+            except OSError as e:
+                if e.errno not in ACCEPT_ERRORS:
+                    raise
+                log.warning("accepting a connection failed (%s); retrying in %.2f s", e.strerror or e, pause)
+                time.sleep(pause)
+                pause = min(2 * pause, self._max)
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
 
 
 # -- command line ---------------------------------------------------------------------------------
@@ -338,14 +368,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def service_from_args(args: argparse.Namespace) -> PolicyService:
     """The policy and its input map from the command line; bad options raise ValueError before serving."""
-    if not (math.isfinite(args.noise_scale) and args.noise_scale >= 0):
-        raise ValueError(f"--noise-scale: expected a finite number >= 0, got {args.noise_scale}")
+    if not 0 <= args.noise_scale <= MAX_NOISE_SCALE:
+        raise ValueError(f"--noise-scale: expected a number in 0..{MAX_NOISE_SCALE:g}, got {args.noise_scale}")
+    check_device("--device", args.device)
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port: expected 0..65535, got {args.port}")
-    if not (math.isfinite(args.max_message_mb) and args.max_message_mb > 0):
-        raise ValueError(f"--max-message-mb: expected a number > 0, got {args.max_message_mb}")
-    if not (math.isfinite(args.idle_timeout) and args.idle_timeout > 0):
-        raise ValueError(f"--idle-timeout: expected seconds > 0, got {args.idle_timeout}")
+    if not 0.001 <= args.max_message_mb <= 1024:
+        raise ValueError(f"--max-message-mb: expected 0.001..1024 MB, got {args.max_message_mb}")
+    if not 0 < args.idle_timeout <= MAX_TIMEOUT:
+        raise ValueError(f"--idle-timeout: expected seconds in (0, {MAX_TIMEOUT:g}], got {args.idle_timeout:g}")
     renames = {}
     for item in args.input:
         key, sep, target = item.partition("=")

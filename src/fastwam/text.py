@@ -22,6 +22,7 @@ import json
 import os
 import tempfile
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -32,6 +33,8 @@ from safetensors.torch import save_file
 from fastwam.config import TextConfig
 
 __all__ = ["TextEncoder", "MiniLMEncoder", "UMT5TextEncoder", "build_text_encoder"]
+
+MEMORY_PROMPTS = 4096  # embeddings kept in memory, least recently used dropped first (the disk cache keeps all)
 
 
 class TextEncoder(ABC):
@@ -48,7 +51,7 @@ class TextEncoder(ABC):
     def __init__(self, cache_dir: str | Path | None = None, template: str = "{instruction}"):
         self.cache_dir = Path(cache_dir) if cache_dir is not None else None
         self.template = template
-        self._memory: dict[str, torch.Tensor] = {}  # prompt -> (n, D), n <= L
+        self._memory: OrderedDict[str, torch.Tensor] = OrderedDict()  # prompt -> (n, D), n <= L; most recent last
 
     def encode(self, prompts: list[str]) -> torch.Tensor:
         """(B,) instructions -> (B, L, D) float32 of ``template`` filled with each; runs the model
@@ -56,17 +59,31 @@ class TextEncoder(ABC):
         if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
             raise ValueError(f"prompts: expected a list of strings, got {type(prompts).__name__} {prompts!r:.80}")
         prompts = [self.template.replace("{instruction}", p) for p in prompts]
-        missing = [p for p in dict.fromkeys(prompts) if p not in self._memory]  # distinct, in order
-        missing = [p for p in missing if not self._load(p)]
+        found = {p: self._recall(p) for p in dict.fromkeys(prompts)}  # distinct, in order; None: not cached
+        missing = [p for p, emb in found.items() if emb is None]
         if missing:
             for prompt, emb in zip(missing, self._embed(missing)):
-                self._memory[prompt] = emb.detach().float().cpu()
-                self._save(prompt)
+                found[prompt] = self._remember(prompt, emb.detach().float().cpu())
+                self._save(prompt, found[prompt])
         out = torch.zeros(len(prompts), self.tokens, self.dim)
         for i, prompt in enumerate(prompts):
-            emb = self._memory[prompt]
+            emb = found[prompt]
             out[i, : len(emb)] = emb
         return out
+
+    def _recall(self, prompt: str) -> torch.Tensor | None:
+        """The prompt's embedding from memory or the disk cache (None: neither has it)."""
+        if prompt in self._memory:
+            self._memory.move_to_end(prompt)
+            return self._memory[prompt]
+        emb = self._load(prompt)
+        return None if emb is None else self._remember(prompt, emb)
+
+    def _remember(self, prompt: str, emb: torch.Tensor) -> torch.Tensor:
+        self._memory[prompt] = emb
+        while len(self._memory) > MEMORY_PROMPTS:  # bounded: a stream of distinct prompts cannot grow it
+            self._memory.popitem(last=False)
+        return emb
 
     @abstractmethod
     def _embed(self, prompts: list[str]) -> list[torch.Tensor]:
@@ -76,24 +93,23 @@ class TextEncoder(ABC):
         digest = hashlib.sha256(f"{self.key}\0{prompt}".encode()).hexdigest()[:32]
         return self.cache_dir / f"{digest}.safetensors"
 
-    def _load(self, prompt: str) -> bool:
+    def _load(self, prompt: str) -> torch.Tensor | None:
         if self.cache_dir is None or not (file := self._file(prompt)).is_file():
-            return False
+            return None
         with safe_open(file, "pt") as f:
             meta = f.metadata()
             if meta != {"encoder": self.key, "prompt": prompt}:
                 raise ValueError(f"text cache: {file} holds {meta}, expected encoder {self.key!r}, prompt {prompt!r}")
-            self._memory[prompt] = f.get_tensor("embedding")
-        return True
+            return f.get_tensor("embedding")
 
-    def _save(self, prompt: str) -> None:
+    def _save(self, prompt: str, emb: torch.Tensor) -> None:
         if self.cache_dir is None:
             return
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         file = self._file(prompt)
         fd, tmp = tempfile.mkstemp(dir=self.cache_dir, suffix=".tmp")
         os.close(fd)
-        save_file({"embedding": self._memory[prompt]}, tmp, metadata={"encoder": self.key, "prompt": prompt})
+        save_file({"embedding": emb}, tmp, metadata={"encoder": self.key, "prompt": prompt})
         os.replace(tmp, file)  # atomic: concurrent writers never leave a torn file
 
 
