@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 
 import numpy as np
 import pytest
@@ -246,7 +247,7 @@ def test_noise_scale_sets_the_sampling_temperature(dataset, tmp_path):
     # in between, a sample lies nearer the zero-noise one than the full-temperature sample does
     half, full, centre = act(3, noise_scale=0.25), act(3), act(3, noise_scale=0.0)
     assert np.abs(half - centre).mean() < np.abs(full - centre).mean()
-    with pytest.raises(ValueError, match="noise_scale: expected a finite number >= 0, got -1"):
+    with pytest.raises(ValueError, match="noise_scale: expected a number in 0..10, got -1"):
         act(3, noise_scale=-1.0)
 
 
@@ -462,3 +463,109 @@ def test_normalization_is_chosen_per_feature_in_the_config(dataset, tmp_path):
     assert "q01" in saved["stats"]["action"] and "q99" in saved["stats"]["action"]
     with pytest.raises(ValueError, match=r"data.action_normalization must be min_max\|mean_std\|quantiles, got 'zscore'"):
         dataclasses.replace(cfg.data, action_normalization="zscore")
+
+
+def test_a_diverging_run_stops_at_the_first_non_finite_loss_and_keeps_finite_checkpoints(dataset, tmp_path):
+    from fastwam.cli import main
+
+    out = tmp_path / "r"
+    with pytest.raises(SystemExit, match=r"^fastwam train: step (\d+): the loss diverged \(loss (nan|inf).*; training "
+                                         r"stopped before applying it and its newest checkpoint, .*step-\d{7}, holds "
+                                         r"finite weights") as stopped:
+        main(["train", "--data", str(dataset), "--preset", "tiny", "--steps", "40", "--checkpoint-every", "1",
+              "--keep-checkpoints", "0", "--batch-size", "2", "--lr", "1e10", "--out", str(out)])
+    diverged = int(str(stopped.value).split()[3][:-1])
+    checkpoints = sorted((out / "checkpoints").iterdir())
+    assert [int(c.name[5:]) for c in checkpoints] == list(range(1, diverged))  # every finite step, none after
+    for checkpoint in checkpoints:
+        assert all(torch.isfinite(t).all() for t in load_file(checkpoint / "model.safetensors").values())
+    load_model(checkpoints[-1])  # the last finite checkpoint loads and verifies
+
+
+def test_one_writer_per_run_directory(dataset, tmp_path):
+    from fastwam.checkpoint import run_lock
+    from fastwam.cli import main
+
+    out = tmp_path / "r"
+    argv = ["train", "--data", str(dataset), "--preset", "tiny", "--steps", "2", "--batch-size", "2", "--out", str(out)]
+    with run_lock(out):  # another run holds it
+        with pytest.raises(SystemExit, match=rf"^fastwam train: {out}: another fastwam train is writing this run "
+                                             rf"\(pid {os.getpid()} on .* since .*; {out}/train.lock\)"):
+            main(argv)
+    assert not (out / "checkpoints").exists()
+    assert main(argv) == 0  # released: the lock dies with its holder
+
+
+def test_a_lock_held_by_another_process_is_refused_and_released_by_its_death(dataset, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "r"
+    holder = subprocess.Popen([sys.executable, "-c", f"from fastwam.checkpoint import run_lock\nimport time\n"
+                               f"with run_lock({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        from fastwam.checkpoint import run_lock
+
+        with pytest.raises(ValueError, match=rf"another fastwam train is writing this run \(pid {holder.pid} "):
+            with run_lock(out):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with run_lock(out):  # killed (as by kill -9): no stale lock
+        pass
+
+
+def test_resume_verifies_the_weights_and_falls_back_past_altered_ones(dataset, tmp_path, capsys):
+    cfg = tiny_config(steps=6)
+    build_trainer(cfg, dataset, tmp_path / "run", progress=False).run(until=6)  # checkpoints 3 and 6
+    weights = latest_checkpoint(tmp_path / "run") / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0xFF  # one byte of a tensor altered, checksums.json not updated
+    weights.write_bytes(bytes(data))
+    assert build_trainer(cfg, dataset, tmp_path / "run", progress=False, resume=True).step == 3
+    assert "--resume: skipping a damaged checkpoint: " in (err := capsys.readouterr().err)
+    assert "step-0000006/model.safetensors: damaged (SHA-256" in err
+
+
+def test_out_inside_data_and_a_resume_past_its_steps_are_refused(dataset, tmp_path):
+    from fastwam.cli import main
+
+    base = ["train", "--data", str(dataset), "--preset", "tiny", "--batch-size", "2"]
+    with pytest.raises(SystemExit, match=r"^fastwam train: --out .*/meta: inside the dataset --data"):
+        main(base + ["--steps", "2", "--out", str(dataset / "meta")])
+    with pytest.raises(SystemExit, match=r"inside the dataset --data"):
+        main(base + ["--steps", "2", "--out", str(dataset)])
+    assert main(base + ["--steps", "3", "--checkpoint-every", "3", "--out", str(tmp_path / "r")]) == 0
+    with pytest.raises(SystemExit, match=r"^fastwam train: --steps 2: .* is already at step 3 .*; pass the run's --steps"):
+        main(base + ["--steps", "2", "--resume", "--out", str(tmp_path / "r")])
+
+
+@pytest.mark.parametrize("yaml_text, message", [
+    ("model:\n  layers: 2.5\n", r"model.layers: expected an integer, got 2.5"),
+    ("model:\n  variant:\n    video_weight: .inf\n", r"model.variant.video_weight: expected a finite number, got inf"),
+    ("model:\n  action_flow:\n    shift: .nan\n", r"model.action_flow.shift: expected a finite number, got nan"),
+    ("train:\n  warmup: .inf\n", r"train.warmup: expected an integer, got inf"),
+    ("train:\n  seed: 1.5\n", r"train.seed: expected an integer, got 1.5"),
+    ("train:\n  steps: '4'\n", r"train.steps: expected an integer, got '4'"),
+    ("train:\n  activation_checkpointing: 1\n", r"train.activation_checkpointing: expected true or false, got 1"),
+    ("data:\n  cameras: corner3\n", r"data.cameras: expected a list, got 'corner3'"),
+])
+def test_yaml_values_are_checked_against_their_field_types(tmp_path, yaml_text, message):
+    from fastwam.config import Config
+
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml_text)
+    with pytest.raises(ValueError, match=message):
+        Config.load(path)
+
+
+def test_yaml_numbers_written_without_a_dot_are_numbers(tmp_path):
+    from fastwam.config import Config
+
+    path = tmp_path / "lr.yaml"
+    path.write_text("train:\n  lr: 3e-4\n  weight_decay: 0\n")  # PyYAML reads 3e-4 as text
+    train = Config.load(path).train
+    assert train.lr == 3e-4 and isinstance(train.weight_decay, float)

@@ -16,16 +16,24 @@ A run directory holds ``checkpoints/step-XXXXXXX/``, each complete in itself:
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import fcntl
 import hashlib
 import json
+import os
+import socket
+import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
 CHECKPOINTS = "checkpoints"
 CHECKSUMS = "checksums.json"
 TRAIN_STATE = "train_state.pt"
+RUN_LOCK = "train.lock"
+VERIFIED_ON_RESUME = ("config.yaml", "model.safetensors", "stats.json")  # besides the training state itself
 
 
 class CheckpointError(ValueError):
@@ -122,7 +130,7 @@ def load_training_state(path: Path, name: str = TRAIN_STATE) -> dict:
     """A checkpoint's verified training state ``name`` (tensors and plain containers only)."""
     if not (path / name).is_file():
         raise CheckpointError(f"{path / name}: missing{_layout_hint(path, name)}")
-    verify(path, name, "config.yaml")
+    verify(path, name, *VERIFIED_ON_RESUME)  # what a resume continues from and what it serves, as load_model does
     try:
         return torch.load(path / name, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated or foreign files: torch raises several kinds
@@ -174,3 +182,31 @@ def newest_intact_training_state(run: Path, name: str = TRAIN_STATE,
         problems.append(problem)
     detail = "; ".join(problems) or "none written"
     raise CheckpointError(f"{run}: no checkpoint to resume from ({detail})")
+
+
+@contextlib.contextmanager
+def run_lock(run: str | Path) -> Iterator[Path]:
+    """Hold ``<run>/train.lock`` while inside: one writer per run directory. A second ``fastwam train``
+    on the same ``--out`` is refused, naming the holder (pid, host, start, command). The lock is the
+    kernel's (``flock``): it dies with its process, so a killed run never leaves a stale one."""
+    run = Path(run)
+    run.mkdir(parents=True, exist_ok=True)
+    path = run / RUN_LOCK
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "a process that wrote nothing yet"
+        handle.close()
+        raise ValueError(f"{run}: another fastwam train is writing this run ({holder}; {path}); wait for it to "
+                         "finish or choose another --out") from None
+    try:
+        handle.seek(0)
+        handle.truncate()
+        started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {started}: {' '.join(sys.argv)}\n")
+        handle.flush()
+        yield path
+    finally:
+        handle.close()  # releases the lock

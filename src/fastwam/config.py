@@ -35,8 +35,8 @@ class FlowConfig:
     steps: int = 10  # Euler steps at inference
 
     def __post_init__(self):
-        _check(self.shift > 0, f"flow.shift must be > 0, got {self.shift}")
-        _check(self.steps >= 1, f"flow.steps must be >= 1, got {self.steps}")
+        _check(math.isfinite(self.shift) and self.shift > 0, f"flow.shift must be a finite number > 0, got {self.shift}")
+        _check(isinstance(self.steps, int) and self.steps >= 1, f"flow.steps must be an integer >= 1, got {self.steps!r}")
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,8 @@ class VariantConfig:
         modes = TRAINED_MODES[self.mask]
         _check(self.inference in modes, f"variant.inference for mask {self.mask!r} must be "
                                         f"{' or '.join(map(repr, modes))}, got {self.inference!r}")
-        _check(self.video_weight >= 0, f"variant.video_weight must be >= 0, got {self.video_weight}")
+        _check(math.isfinite(self.video_weight) and self.video_weight >= 0,
+               f"variant.video_weight must be a finite number >= 0, got {self.video_weight}")
         _check(self.video_weight > 0 or self.mask == "fastwam",
                f"variant {self.mask!r} generates video at inference and needs video_weight > 0, got {self.video_weight}")
         _check(0 <= self.idm_future_noise < 1, f"variant.idm_future_noise must be in [0, 1), got {self.idm_future_noise}")
@@ -290,12 +291,12 @@ class TrainConfig:
         _check(isinstance(self.keep_checkpoints, int) and self.keep_checkpoints >= 0,
                f"train.keep_checkpoints must be an integer >= 0 (0: every one), got {self.keep_checkpoints!r}")
         _check(math.isfinite(self.lr) and self.lr > 0, f"train.lr must be a finite number > 0, got {self.lr}")
-        _check(self.warmup >= 0, f"train.warmup must be >= 0, got {self.warmup}")
+        _check(isinstance(self.warmup, int) and self.warmup >= 0, f"train.warmup must be an integer >= 0, got {self.warmup!r}")
         _check(math.isfinite(self.weight_decay) and self.weight_decay >= 0,
                f"train.weight_decay must be a finite number >= 0, got {self.weight_decay}")
         _check(math.isfinite(self.grad_clip) and self.grad_clip > 0, f"train.grad_clip must be > 0, got {self.grad_clip}")
         _check(0 <= self.ema < 1, f"train.ema must be in [0, 1) (0: no EMA; a decay such as 0.999), got {self.ema}")
-        _check(self.seed >= 0, f"train.seed must be >= 0, got {self.seed}")
+        _check(isinstance(self.seed, int) and 0 <= self.seed < 2**63, f"train.seed must be an integer in 0..2**63 - 1, got {self.seed!r}")
         _check(self.mixed_precision in ("no", "bf16"), f"train.mixed_precision must be no|bf16, got {self.mixed_precision!r}")
         _check(self.strategy in STRATEGIES, f"train.strategy must be {'|'.join(STRATEGIES)}, got {self.strategy!r}")
         _check(isinstance(self.activation_checkpointing, bool),
@@ -418,7 +419,35 @@ def _build(cls: type, data: Any, where: str) -> Any:
         if is_dataclass(default):
             kwargs[name] = _build(type(default), value, f"{where}.{name}")
         elif isinstance(default, tuple):
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(f"{where}.{name}: expected a list, got {value!r}")
             kwargs[name] = tuple(value)
         else:
-            kwargs[name] = value
+            kwargs[name] = _typed(value, default, f"{where}.{name}")
     return cls(**kwargs)
+
+
+def _typed(value: Any, default: Any, where: str) -> Any:
+    """A YAML value checked against its field's type (the default's): an integer field takes
+    integers only, a number field any finite number (PyYAML reads ``3e-4`` as text: such text is
+    taken as the number it spells), a flag true or false, a text field text."""
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        value = float(value) if ok else value
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    else:
+        return value
+    if not ok:
+        kind = {bool: "true or false", int: "an integer", float: "a finite number", str: "text"}[type(default)]
+        raise ValueError(f"{where}: expected {kind}, got {value!r}")
+    return value

@@ -38,9 +38,9 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from fastwam import parallel
-from fastwam.checkpoint import (CHECKPOINTS, TRAIN_STATE, latest_checkpoint, load_model,  # noqa: F401 (re-exported)
-                                newest_intact_training_state, newest_readable_config, sha256, write_checksums,
-                                write_run_files)
+from fastwam.checkpoint import (CHECKPOINTS, TRAIN_STATE, CheckpointError, latest_checkpoint,  # noqa: F401 (re-exported)
+                                load_model, newest_intact_training_state, newest_readable_config, run_lock, sha256,
+                                write_checksums, write_run_files)
 from fastwam.codecs import build_codec, frames_to_unit
 from fastwam.config import STRATEGIES, Config, TrainConfig, preset
 from fastwam.data.augment import random_shift
@@ -264,6 +264,18 @@ def adamw(model: torch.nn.Module, t: TrainConfig) -> torch.optim.AdamW:
 
 # -- the trainer -------------------------------------------------------------------------------
 
+class TrainingDiverged(ValueError):
+    """A step's loss or gradient norm was not finite: the step's update was not applied and nothing
+    of it is saved, so the run's newest checkpoint keeps the last finite weights."""
+
+    def __init__(self, step: int, metrics: dict, checkpoint: Path | None):
+        kept = f"its newest checkpoint, {checkpoint}, holds finite weights" if checkpoint else "no checkpoint was written"
+        super().__init__(f"step {step}: the loss diverged (loss {metrics['loss']:.4g}, action {metrics['loss_action']:.4g}, "
+                         f"video {metrics['loss_video']:.4g}, gradient norm {metrics['grad_norm']:.4g}); training "
+                         f"stopped before applying it and {kept} (a lower train.lr or a longer warm-up may help)")
+        self.step, self.checkpoint = step, checkpoint
+
+
 class TrainingStopped(Exception):
     """SIGINT or SIGTERM reached ``Trainer.run``: it finished the step in progress, checkpointed it, and stopped."""
 
@@ -404,13 +416,16 @@ class Trainer:
             out = self._micro_step(_step_seed(t.seed, self.step, acc.process_index * t.accumulate + micro), last)
             losses.append(torch.stack([out.total, out.action, out.video]).detach().float())
         grad_norm = acc.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        total, action, video = acc.reduce(torch.stack(losses).mean(0), reduction="mean").tolist()  # over all processes
+        metrics = {"loss": total, "loss_action": action, "loss_video": video, "grad_norm": parallel.scalar(grad_norm)}
+        if not all(math.isfinite(v) for v in metrics.values()):  # every process sees the same reduced values
+            newest = sorted((self.out / CHECKPOINTS).glob("step-???????"))
+            raise TrainingDiverged(self.step + 1, metrics, newest[-1] if newest else None)
         self.optimizer.step()
         self.scheduler.step()
         if self.ema is not None:
             self.ema.update(self.model)
-        total, action, video = acc.reduce(torch.stack(losses).mean(0), reduction="mean").tolist()  # over all processes
-        return {"loss": total, "loss_action": action, "loss_video": video,
-                "lr": self.scheduler.get_last_lr()[0], "grad_norm": parallel.scalar(grad_norm)}
+        return {**metrics, "lr": self.scheduler.get_last_lr()[0]}
 
     def _micro_step(self, seed: int, sync: bool):
         """Forward and backward of one micro-batch (its loss scaled by 1 / accumulate); ``sync``: the
@@ -466,6 +481,9 @@ class Trainer:
                  "scheduler": self.scheduler.state_dict(), "ema": self.ema.shadow if self.ema is not None else None,
                  "torch_rng": torch.get_rng_state()}
         if acc.is_main_process:
+            damaged = [k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+            if damaged:  # never written as a checkpoint: a resume or a policy would load it
+                raise CheckpointError(f"{final}: not written: non-finite values in {damaged[:5]} ({len(damaged)} tensors)")
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
             save_file({k: v.contiguous() for k, v in weights.items()}, tmp / "model.safetensors")
@@ -780,16 +798,30 @@ def _saved_run(args: argparse.Namespace) -> Config | None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from accelerate import PartialState
+
     cfg = config_from_args(args)  # validated here, before any work
-    out = Path(args.out)
+    out, data = Path(args.out).resolve(), Path(args.data).resolve()
     if args.allow_changes and not args.resume:
         raise SystemExit("fastwam train: --allow-changes applies to --resume only")
-    if not args.resume and (out / CHECKPOINTS).is_dir() and any((out / CHECKPOINTS).iterdir()):
+    if out == data or data in out.parents:
+        raise ValueError(f"--out {args.out}: inside the dataset --data {args.data}, whose files a run would overwrite; "
+                         "choose a directory outside it")
+    is_main = PartialState(cpu=not torch.cuda.is_available()).is_main_process
+    with run_lock(out) if is_main else contextlib.nullcontext():  # one writer per run directory
+        return _train(args, cfg, Path(args.out), is_main)
+
+
+def _train(args: argparse.Namespace, cfg: Config, out: Path, is_main: bool) -> int:
+    saved = sorted((out / CHECKPOINTS).glob("step-???????")) if (out / CHECKPOINTS).is_dir() else []
+    if not args.resume and saved:
         raise SystemExit(f"fastwam train: {out} already holds checkpoints: pass --resume to continue it, "
                          "or choose another --out")
+    if args.resume and saved and int(saved[-1].name[5:]) > cfg.train.steps:  # equal: finished, nothing to do
+        raise ValueError(f"--steps {cfg.train.steps}: {out} is already at step {int(saved[-1].name[5:])} "
+                         f"({saved[-1]}); pass the run's --steps or a larger one to continue it")
     trainer = build_trainer(cfg, args.data, out, recompute_stats=args.recompute_stats, resume=args.resume,
                             allow_changes=args.allow_changes)
-    is_main = trainer.accelerator.is_main_process
     if args.resume and is_main:
         print(f"resumed {out} at step {trainer.step}")
     try:
