@@ -144,3 +144,39 @@ def test_demo_store_round_trips_and_refuses_what_it_cannot_trust(tmp_path):
     empty = DemoStore(tmp_path / "other", recipe)  # stopped before its first layout: another recipe may start it
     assert DemoStore(tmp_path / "other", {**recipe, "image_size": 64}).recorded_before == set()
     assert json.loads((empty.root / "recipe.json").read_text())["image_size"] == 64
+
+
+def test_a_collection_that_fails_while_writing_keeps_what_it_recorded_and_resumes(tmp_path, monkeypatch, capsys):
+    """A failed video encode (once seen at random with AV1) stops the collection; what the workers
+    recorded stays in <out>.recorded/, and the same command finishes from it without recording again."""
+    from fastwam.data.lerobot import LeRobotWriter
+    from fastwam.envs import collect
+
+    out = tmp_path / "reach"
+    argv = ["collect", "metaworld", "--tasks", "reach,push", "--episodes", "1", "--out", str(out), "--image-size", "16",
+            "--workers", "1", "--max-steps", "150", "--steps-after-success", "3", "--quiet"]
+    add_episode = LeRobotWriter.add_episode
+
+    def failing(self, task, columns, videos):
+        if self.episodes:  # the second episode's encode fails
+            raise OSError(22, "Invalid argument", str(self.tmp / "videos/file-000.mp4"))
+        return add_episode(self, task, columns, videos)
+
+    monkeypatch.setattr(LeRobotWriter, "add_episode", failing)
+    with pytest.raises(SystemExit, match="Invalid argument"):
+        cli_main(argv)
+    assert "collection stopped: 2 recorded layouts are kept in" in capsys.readouterr().err
+    assert not out.exists() and len(list((tmp_path / "reach.recorded").glob("*/*.npz"))) == 2
+    monkeypatch.setattr(LeRobotWriter, "add_episode", add_episode)
+    monkeypatch.setattr(collect, "record_demo", lambda *a, **k: pytest.fail("a stored layout was recorded again"))
+    assert cli_main(argv) == 0
+    assert "resuming: 2 layouts already recorded" in capsys.readouterr().out
+    assert LeRobotDataset(out).num_episodes == 2 and not (tmp_path / "reach.recorded").exists()
+
+
+def test_collect_refuses_repeated_cameras_and_more_episodes_than_layouts(tmp_path):
+    base = ["collect", "metaworld", "--out", str(tmp_path / "x"), "--image-size", "16", "--quiet"]
+    for extra, message in [(["--tasks", "reach", "--cameras", "corner3,corner3"], "--cameras: corner3 given more than once"),
+                           (["--tasks", "reach", "--episodes", "51"], "--episodes 51: reach-v3 has 50 variations")]:
+        with pytest.raises(SystemExit, match=message):
+            cli_main(base + extra)

@@ -42,3 +42,85 @@ def test_a_change_that_still_leaves_an_invalid_config_says_why(dot):
 def test_unknown_cameras_are_named(dot):
     with pytest.raises(SystemExit, match=r"--cameras: \['wrist'\] not among the dataset's cameras \['corner3'\]"):
         main(["dataset", "check", str(dot), "--preset", "tiny", "--cameras", "wrist"])
+
+
+def _copy(dot, tmp_path):
+    import shutil
+
+    copy = tmp_path / "ds"
+    shutil.copytree(dot, copy, ignore=shutil.ignore_patterns("cache"))
+    return copy
+
+
+def _nan_in_stats(root):
+    import json
+
+    stats = json.loads((root / "meta/stats.json").read_text())
+    stats["action"]["max"][2] = float("nan")
+    (root / "meta/stats.json").write_text(json.dumps(stats))
+
+
+def _video(root):
+    return next((root / "videos").rglob("*.mp4"))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda root: _video(root).unlink(), r"file-000.mp4: missing \(recorded in meta/checksums.json\)"),
+    (lambda root: _video(root).write_bytes(_video(root).read_bytes()[:-200]), r"file-000.mp4: altered since it was written"),
+    (lambda root: _nan_in_stats(root), r"meta/stats.json: stats of 'action' contain NaN or inf"),
+])
+def test_what_train_refuses_dataset_check_reports(dot, tmp_path, capsys, damage, message):
+    import re
+
+    from fastwam.train import build_trainer
+    from test_train import tiny_config
+
+    root = _copy(dot, tmp_path)
+    damage(root)
+    assert main(["dataset", "check", str(root), "--preset", "tiny"]) == 1
+    out = capsys.readouterr().out
+    assert "train would refuse this dataset (1 problem(s)):" in out and re.search(message, out), out
+    assert "trains on this dataset as it is" not in out
+    with pytest.raises(ValueError, match=message):  # ... and train does refuse it
+        build_trainer(tiny_config(steps=1), root, tmp_path / "run", progress=False)
+
+
+def test_altered_video_bytes_are_detected_before_they_decode_to_wrong_frames(dot, tmp_path):
+    from fastwam.data.lerobot import DatasetError
+
+    root = _copy(dot, tmp_path)
+    video = _video(root)
+    data = bytearray(video.read_bytes())
+    data[len(data) // 2] ^= 0x5A  # one byte inside the coded frames: still decodes, to other pixels
+    video.write_bytes(bytes(data))
+    dataset = LeRobotDataset(root)
+    with pytest.raises(DatasetError, match=r"file-000.mp4: altered since it was written \(SHA-256"):
+        dataset.episode_frames(0, "corner3")
+    with pytest.raises(DatasetError, match="altered since it was written"):
+        dataset.frames("corner3")
+    assert main(["dataset", "check", str(root), "--preset", "tiny"]) == 1
+
+
+def test_a_dataset_without_checksums_still_loads_and_says_what_it_cannot_detect(dot, tmp_path, capsys):
+    root = _copy(dot, tmp_path)
+    (root / "meta/checksums.json").unlink()
+    assert LeRobotDataset(root).episode_frames(1, "corner3").shape == (12, 16, 16, 3)
+    assert main(["dataset", "check", str(root), "--preset", "tiny"]) == 0
+    assert "checksums: none (meta/checksums.json is written by fastwam's collections)" in capsys.readouterr().out
+
+
+def test_stats_of_the_wrong_size_are_refused_naming_the_file(dot, tmp_path):
+    import json
+
+    from fastwam.data.normalize import Normalizer
+
+    root = _copy(dot, tmp_path)
+    stats = json.loads((root / "meta/stats.json").read_text())
+    stats["action"]["min"] = [-1.0]
+    (root / "meta/stats.json").write_text(json.dumps(stats))
+    with pytest.raises(ValueError, match=r"meta/stats.json: stats of 'action': min has 1 values, max has 4"):
+        Normalizer.from_dataset(LeRobotDataset(root))
+    stats["action"]["min"], stats["action"]["max"] = [-1.0] * 3, [1.0] * 3
+    (root / "meta/stats.json").write_text(json.dumps(stats))
+    with pytest.raises(ValueError, match=r"meta/stats.json: stats of 'action' have 3 dimensions, the feature has 4"):
+        Normalizer.from_dataset(LeRobotDataset(root))

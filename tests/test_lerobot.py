@@ -5,6 +5,7 @@ Video tolerance: the lossless encoding (libx264, yuv444p, crf 0) returns every p
 smooth frames; parquet values come back exactly.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from fastwam.data.lerobot import (COLLECTION_LOG, VIDEO_ENCODINGS, DatasetError, DatasetFileNotFoundError, EpisodeIndexError,
+from fastwam.data.lerobot import (COLLECTION_LOG, FILE_CHECKSUMS, VIDEO_ENCODINGS, DatasetError, DatasetFileNotFoundError, EpisodeIndexError,
                                   LeRobotDataset, LeRobotWriter, VideoSettings, build_features)
 
 FPS = 10
@@ -61,12 +62,38 @@ def episodes():
 
 @pytest.fixture
 def root(tmp_path, episodes):
-    return write_dataset(tmp_path / "ds", episodes)
+    """A dataset as another tool writes it: no meta/checksums.json, so damage here reaches the reader's
+    own checks (a fastwam dataset names a damaged file by its checksum first: ``test_checksums_*``)."""
+    root = write_dataset(tmp_path / "ds", episodes)
+    (root / FILE_CHECKSUMS).unlink()
+    return root
 
 
 # ----------------------------------------------------------------------------------------------
 # Round trip (v3.0)
 # ----------------------------------------------------------------------------------------------
+
+
+def test_checksums_record_every_data_and_video_file_and_are_checked_before_reading(tmp_path, episodes):
+    root = write_dataset(tmp_path / "sealed", episodes)
+    sums = json.loads((root / FILE_CHECKSUMS).read_text())["sha256"]
+    assert sorted(sums) == ["data/chunk-000/file-000.parquet", "videos/observation.images.front/chunk-000/file-000.mp4",
+                            "videos/observation.images.wrist/chunk-000/file-000.mp4"]
+    assert all(sums[name] == hashlib.sha256((root / name).read_bytes()).hexdigest() for name in sums)
+    dataset = LeRobotDataset(root)
+    assert dataset.check_files() == []
+    front = root / "videos/observation.images.front/chunk-000/file-000.mp4"
+    data = bytearray(front.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    front.write_bytes(bytes(data))
+    assert len(dataset.check_files()) == 1 and "front/chunk-000/file-000.mp4: altered since" in dataset.check_files()[0]
+    with pytest.raises(DatasetError, match="front/chunk-000/file-000.mp4: altered since it was written"):
+        LeRobotDataset(root).episode_frames(0, "front")
+    LeRobotDataset(root).episode_frames(0, "wrist")  # the other camera's file is intact
+    table = root / "data/chunk-000/file-000.parquet"
+    table.write_bytes(table.read_bytes() + b"\0")
+    with pytest.raises(DatasetError, match="data/chunk-000/file-000.parquet: altered since it was written"):
+        LeRobotDataset(root)
 
 
 def test_v3_layout_and_info(root):

@@ -5,6 +5,11 @@ state and action vectors; which statistics ``meta/stats.json`` carries (quantile
 q01/q99); then, for ``--preset``, the config keys to change (cameras, image size, ``model.latent_*``,
 state and action dims), each as current -> needed, and whether the changed config is valid. Exit
 status 0 when the preset trains on the dataset as it is, 1 when something must change.
+
+It checks at least what ``fastwam train`` checks before training: every data and video file the
+episodes use is present, matches ``meta/checksums.json`` (where the dataset has one) and opens with
+the size, rate and frame count the episodes need; ``meta/stats.json`` is finite, of the features'
+sizes and has what the preset's normalization needs; state and action are float32.
 """
 
 from __future__ import annotations
@@ -14,8 +19,9 @@ import dataclasses
 from collections.abc import Sequence
 
 from fastwam.config import Config, preset
-from fastwam.data.lerobot import DEFAULT_FEATURES, LeRobotDataset, camera_name
-from fastwam.data.windows import ACTION_KEY, STATE_KEY
+from fastwam.data.lerobot import DEFAULT_FEATURES, FILE_CHECKSUMS, DatasetError, LeRobotDataset, camera_name
+from fastwam.data.normalize import Normalizer
+from fastwam.data.windows import ACTION_KEY, STATE_KEY, float_column
 
 QUANTILES = ("q01", "q99")
 
@@ -35,9 +41,28 @@ def run(args: argparse.Namespace) -> int:
     cameras = [c.strip() for c in args.cameras.split(",") if c.strip()] or None
     print(describe(dataset))
     changes, problem = needed_changes(cfg, dataset, cameras)
+    problems = training_problems(dataset, cfg)
     print()
-    print(format_changes(args.preset, changes, problem))
-    return 0 if not changes and problem is None else 1
+    print(format_changes(args.preset, changes, problem, problems))
+    return 0 if not changes and problem is None and not problems else 1
+
+
+def training_problems(dataset: LeRobotDataset, cfg: Config) -> list[str]:
+    """What ``fastwam train`` would refuse in the dataset's files and values, one line each."""
+    problems = dataset.check_files()
+    for key in (STATE_KEY, ACTION_KEY):
+        if key in dataset.features:
+            try:
+                float_column(dataset, key)
+            except DatasetError as e:
+                problems.append(str(e))
+    modes = {STATE_KEY: cfg.data.state_normalization, ACTION_KEY: cfg.data.action_normalization}
+    if all(k in dataset.features for k in modes):
+        try:
+            Normalizer.from_dataset(dataset, modes)
+        except (DatasetError, ValueError, OSError) as e:
+            problems.append(str(e))
+    return problems
 
 
 def describe(dataset: LeRobotDataset) -> str:
@@ -61,6 +86,9 @@ def describe(dataset: LeRobotDataset) -> str:
             named = f" {names}" if isinstance(names, list) and len(names) <= 12 else ""
             lines.append(f"vector {key}: {feature['dtype']} {tuple(feature['shape'])}{named}")
     lines.append(stats_line(dataset))
+    lines.append(f"checksums: {len(dataset.checksums)} files recorded in {FILE_CHECKSUMS}" if dataset.checksums else
+                 f"checksums: none ({FILE_CHECKSUMS} is written by fastwam's collections): altered video bytes "
+                 "would decode to wrong frames undetected")
     return "\n".join(lines)
 
 
@@ -116,15 +144,16 @@ def needed_changes(cfg: Config, dataset: LeRobotDataset, cameras: Sequence[str] 
     return changes, None
 
 
-def format_changes(name: str, changes: list[tuple[str, object, object]], problem: str | None) -> str:
-    if not changes and problem is None:
-        return f"preset {name}: trains on this dataset as it is"
+def format_changes(name: str, changes: list[tuple[str, object, object]], problem: str | None,
+                   problems: Sequence[str] = ()) -> str:
     lines = [f"preset {name}: to train on this dataset, change"] if changes else []
     width = max([len(k) for k, _, _ in changes] or [0])
     lines += [f"  {key:<{width}}  {_plain(old)} -> {_plain(new)}" for key, old, new in changes]
     if problem is not None:
         lines.append(f"preset {name}, even so: {problem}")
-    return "\n".join(lines)
+    if problems:
+        lines += [f"train would refuse this dataset ({len(problems)} problem(s)):"] + [f"  {p}" for p in problems]
+    return "\n".join(lines) or f"preset {name}: trains on this dataset as it is"
 
 
 def _plain(value: object) -> str:

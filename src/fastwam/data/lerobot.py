@@ -72,6 +72,11 @@ DEFAULT_FEATURES = {
     "task_index": {"dtype": "int64", "shape": [1], "names": None},
 }
 NONFINITE_CHECKED = ("action", "observation.state")  # NaN / inf here is an error, not data
+# meta/<this>: the SHA-256 of every data and video file, written by LeRobotWriter. Video bytes carry no
+# checksum of their own (AV1 and H.264 frames decode from altered bytes to wrong pixels without an
+# error; parquet pages hold no CRC by default), so a file altered after writing is only detected by
+# this record: checked for each file before it is first read or decoded, and whole by `dataset check`.
+FILE_CHECKSUMS = "meta/checksums.json"
 COLLECTION_LOG = "fastwam.json"  # meta/<this>: how `fastwam collect` made a dataset (layouts, wall time), not data
 CONTENT_DIRS = ("meta", "data", "videos")  # what a dataset holds; its cache/ and any README are not content
 
@@ -260,6 +265,14 @@ def _read_parquet(path: Path) -> pa.Table:
         raise DatasetError(f"{path}: corrupt or truncated parquet file ({e})") from e
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _write_json(path: Path, data: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=4) + "\n")
@@ -288,7 +301,7 @@ class _VideoFile:
 
     def __init__(self, path: Path, fps: int, height: int, width: int, settings: VideoSettings):
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.path, self.frames = path, 0
+        self.path, self.frames, self.last_dts = path, 0, None
         os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints its settings at every file otherwise (1: errors only)
         self.container = av.open(str(path), mode="w")
         self.stream = self.container.add_stream(settings.codec, rate=fps)
@@ -303,15 +316,28 @@ class _VideoFile:
             frame.pts = self.frames
             if i == 0:
                 frame.pict_type = av.video.frame.PictureType.I
-            self.container.mux(self.stream.encode(frame))
+            self._mux(self.stream.encode(frame))
             self.frames += 1
         return start, self.frames
+
+    def _mux(self, packets: list) -> None:
+        """Mux the encoder's packets, checking first the order the mp4 muxer needs (it would refuse an
+        out-of-order one with a bare "Invalid argument"); the error names the file and the frame."""
+        for packet in packets:
+            if packet.dts is None or (self.last_dts is not None and packet.dts <= self.last_dts):
+                raise DatasetError(f"{self.path}: the {self.stream.codec_context.name} encoder returned a packet out "
+                                   f"of order at frame {self.frames} (dts {packet.dts} after {self.last_dts})")
+            self.last_dts = packet.dts  # read before mux, which rescales the packet to the stream's time base
+            try:
+                self.container.mux(packet)
+            except av.error.FFmpegError as e:
+                raise DatasetError(f"{self.path}: writing frame {self.frames} failed ({e})") from e
 
     def size_mb(self) -> float:
         return self.path.stat().st_size / 2**20 if self.path.exists() else 0.0
 
     def close(self) -> None:
-        self.container.mux(self.stream.encode())
+        self._mux(self.stream.encode())
         self.container.close()
 
 
@@ -420,6 +446,9 @@ class LeRobotWriter:
         pq.write_table(pa.Table.from_pylist(self.episodes), episodes_path)
         _write_json(meta / "stats.json", stats_to_json(aggregate_stats(self.episode_stats)))
         _write_json(meta / "info.json", self._info())
+        _write_json(self.tmp / FILE_CHECKSUMS, {"sha256": {
+            p.relative_to(self.tmp).as_posix(): file_sha256(p)
+            for d in ("data", "videos") for p in sorted((self.tmp / d).rglob("*")) if p.is_file()}})
         for name, data in (extra_meta or {}).items():
             _write_json(meta / name, data)
         os.replace(self.tmp, self.root)
@@ -597,6 +626,10 @@ class LeRobotDataset:
             self.tasks, self.episodes, data_files = self._load_meta_v2()
         self.num_frames = sum(e.length for e in self.episodes)
         self._data_files = data_files
+        self.checksums = self._load_checksums()  # relative path -> SHA-256 (empty: none recorded)
+        self._verified: set[Path] = set()
+        for path in data_files:
+            self.verify_file(path)
         self._columns = self._load_data(data_files)
         self._check_rows()
         self._task_index = self._columns["task_index"]
@@ -628,12 +661,13 @@ class LeRobotDataset:
         return self.tasks[int(self._task_index[row])]
 
     def content_sha256(self) -> str:
-        """sha256 over every file of meta/, data/ and videos/ (its path and bytes) but the collection log:
+        """sha256 over every file of meta/, data/ and videos/ (its path and bytes) but the collection log
+        and the file checksums (derived from the data; datasets written before them hash as before):
         equal for two copies of the same data wherever they live, different when one frame differs
         (the log holds wall times, which differ between two identical collections)."""
         digest = hashlib.sha256()
         files = sorted(p for d in CONTENT_DIRS for p in (self.root / d).rglob("*")
-                       if p.is_file() and p != self.root / "meta" / COLLECTION_LOG)
+                       if p.is_file() and p not in (self.root / "meta" / COLLECTION_LOG, self.root / FILE_CHECKSUMS))
         for path in files:
             digest.update(f"{path.relative_to(self.root).as_posix()}\0{path.stat().st_size}\0".encode())
             with open(path, "rb") as f:
@@ -649,6 +683,7 @@ class LeRobotDataset:
         if key in self.image_keys:
             self._decode_images(key, episode.start, out)
         else:
+            self.verify_file(episode.videos[key].path)
             _decode_span(episode.videos[key], self.fps, out, f"episode {episode.index}")
         return out
 
@@ -683,7 +718,60 @@ class LeRobotDataset:
         except (TypeError, ValueError, AttributeError) as e:
             raise DatasetError(f"{path}: malformed stats ({e})") from e
 
+    def verify_file(self, path: Path, again: bool = False) -> None:
+        """Check a data or video file against ``meta/checksums.json``, once per dataset object unless
+        ``again`` (a dataset without the record, written before fastwam kept one or by another tool,
+        is not checked)."""
+        if not self.checksums or (path in self._verified and not again):
+            return
+        name = path.relative_to(self.root).as_posix()
+        if name not in self.checksums:
+            raise DatasetError(f"{path}: not in {self.root / FILE_CHECKSUMS}, which records every data and video file "
+                               "the dataset was written with")
+        if not path.is_file():
+            raise DatasetFileNotFoundError(f"{path}: missing (recorded in {FILE_CHECKSUMS})")
+        got = file_sha256(path)
+        if got != self.checksums[name]:
+            raise DatasetError(f"{path}: altered since it was written (SHA-256 {got[:12]}..., {FILE_CHECKSUMS} "
+                               f"records {self.checksums[name][:12]}...); its frames or values cannot be trusted")
+        self._verified.add(path)
+
+    def check_files(self) -> list[str]:
+        """Every data and video file the episodes use: present, as recorded in ``meta/checksums.json``,
+        and (videos) opening with the frame size, rate and frame count the episodes need. One line per
+        problem (what ``fastwam dataset check`` reports; train would stop on the first)."""
+        problems = []
+        needed: dict[Path, tuple[str, int]] = {}  # video file -> (key, frames the episodes need)
+        for e in self.episodes:
+            for key, span in e.videos.items():
+                needed[span.path] = (key, max(needed.get(span.path, (key, 0))[1], span.start + span.length))
+        for path in [*self._data_files, *needed]:
+            try:
+                self.verify_file(path, again=True)
+                if path in needed:
+                    key, frames = needed[path]
+                    container = _open_video(path)
+                    try:
+                        stream = _checked_stream(container, path, self.fps, tuple(self.features[key]["shape"][:2]))
+                        if stream.frames and stream.frames < frames:
+                            raise DatasetError(f"{path}: holds {stream.frames} frames, the episodes need {frames}")
+                    finally:
+                        container.close()
+            except (DatasetError, OSError) as e:
+                problems.append(str(e))
+        return problems
+
     # -- metadata ------------------------------------------------------------------------------
+
+    def _load_checksums(self) -> dict[str, str]:
+        path = self.root / FILE_CHECKSUMS
+        if not path.is_file():
+            return {}
+        sums = _read_json(path)
+        if not (isinstance(sums, dict) and isinstance(sums.get("sha256"), dict)
+                and all(isinstance(v, str) and len(v) == 64 for v in sums["sha256"].values())):
+            raise DatasetError(f"{path}: expected {{\"sha256\": {{relative path: hex digest}}}}, got {str(sums)[:80]}")
+        return sums["sha256"]
 
     def _info_fps(self) -> int:
         fps = self.info.get("fps")
@@ -900,6 +988,7 @@ class LeRobotDataset:
             if key in self.image_keys:
                 self._decode_images(key, 0, out, advance=bar.update if bar else None)
             for file, parts in by_file.items():
+                self.verify_file(file)
                 _decode_spans(file, self.fps, parts, advance=bar.update if bar else None)
             out.flush()
             del out

@@ -54,7 +54,18 @@ class Normalizer:
                      recompute: bool = False) -> "Normalizer":
         """From meta/stats.json, or from the data when ``recompute`` is True."""
         stats = compute_stats(dataset, tuple(modes)) if recompute else dataset.stats
-        return cls(stats, modes)
+        where = "the data" if recompute else dataset.root / "meta/stats.json"
+        try:
+            normalizer = cls(stats, modes)
+        except DatasetError as e:
+            raise DatasetError(f"{where}: {e}" + ("" if recompute else " (train --recompute-stats computes them "
+                                                                         "from the data)")) from None
+        for key in modes:
+            dim = int(np.prod(dataset.features[key]["shape"])) if key in dataset.features else None
+            if dim is not None and normalizer._offset[key].shape != (dim,):
+                raise DatasetError(f"{where}: stats of {key!r} have {normalizer._offset[key].shape[0]} dimensions, the "
+                                   f"feature has {dim} (train --recompute-stats computes them from the data)")
+        return normalizer
 
     def normalize(self, key: str, x: Array) -> Array:
         """x (..., dim) in raw units -> normalized."""
@@ -117,6 +128,8 @@ def _affine(stats: Mapping[str, np.ndarray], mode: Mode, key: str) -> tuple[np.n
         raise DatasetError(f"stats of {key!r} lack {missing} needed for {mode} normalization "
                            "(train --recompute-stats computes them from the data)")
     a, b = (np.ravel(stats[s]).astype(np.float64) for s in needed)
+    if a.shape != b.shape:
+        raise DatasetError(f"stats of {key!r}: {needed[0]} has {a.size} values, {needed[1]} has {b.size}")
     if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
         raise DatasetError(f"stats of {key!r} contain NaN or inf")
     if mode in ("min_max", "quantiles"):

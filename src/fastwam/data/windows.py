@@ -59,8 +59,8 @@ class ChunkDataset(Dataset):
         unknown = [k for k in self.camera_keys if k not in dataset.camera_keys]
         if unknown or not self.camera_keys:
             raise DatasetError(f"{dataset.root}: cameras {unknown or '(none)'} not among video or image features {dataset.camera_keys}")
-        self.state = _float_column(dataset, STATE_KEY)  # (N, D)
-        self.actions = _float_column(dataset, ACTION_KEY)  # (N, A)
+        self.state = float_column(dataset, STATE_KEY)  # (N, D)
+        self.actions = float_column(dataset, ACTION_KEY)  # (N, A)
         self.task_index = dataset.column("task_index")
         self.episode_index = dataset.column("episode_index")
         self.frame_index = dataset.column("frame_index")
@@ -109,7 +109,7 @@ class ChunkDataset(Dataset):
         return np.clip(wanted, first, last), wanted > last
 
 
-def _float_column(dataset: LeRobotDataset, key: str) -> np.ndarray:
+def float_column(dataset: LeRobotDataset, key: str) -> np.ndarray:
     values = dataset.column(key)
     if values.dtype != np.float32 or values.ndim != 2:
         raise DatasetError(f"{dataset.root}: {key} must be float32 (N, dim), got {values.dtype} {values.shape}")

@@ -14,6 +14,10 @@ task, then variation order, whatever the workers' timing.
 Recorded per step t: the image(s) before action t, proprio (end-effector xyz + gripper
 opening), the expert action (clipped to [-1, 1]). Which variations were used (and which failed)
 is stored in ``meta/fastwam.json``; ``used_variations(dataset_dir)`` reads it back.
+
+Each recorded layout is stored at once by the worker that recorded it (``DemoStore``,
+``<out>.recorded/``): a collection that stops (Ctrl-C, a crash, a failed video encode, a machine
+taken back) keeps them, and the same command again records only what is missing.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
+from fastwam import code_version
 from fastwam.data.lerobot import COLLECTION_LOG, VIDEO_ENCODINGS, LeRobotWriter, build_features, camera_key
 from fastwam.envs import metaworld as mw
 
@@ -61,8 +66,12 @@ class CollectSpec:
         check_video_encoding(self.video_encoding, self.image_size)
         if self.episodes < 1 or self.image_size < 8 or self.max_steps < 1 or self.steps_after_success < 0:
             raise ValueError(f"need episodes >= 1, image_size >= 8, max_steps >= 1, steps_after_success >= 0: {self}")
+        check_distinct("--cameras", self.cameras)
+        check_distinct("--tasks", [mw.canonical_task(t) for t in self.tasks])
         for task in self.tasks:
-            mw.canonical_task(task)
+            if self.episodes > mw.num_variations(task):
+                raise ValueError(f"--episodes {self.episodes}: {task} has {mw.num_variations(task)} variations, "
+                                 "one demonstration each at most")
 
 
 @dataclass(frozen=True)
@@ -122,8 +131,6 @@ class DemoStore:
                     raise ValueError(f"{self.root}: recorded with {was}, this collection asks {now}; resume with "
                                      f"the same options, or remove {self.root}")
         else:  # new, or stopped before its first layout: this recipe starts it
-            from fastwam import code_version
-
             self.started_by = code_version()
             self.root.mkdir(parents=True, exist_ok=True)
             _write_atomically(recipe_path, (json.dumps({**recipe, "code": self.started_by}, indent=1) + "\n").encode())
@@ -222,7 +229,7 @@ def plan_task(spec: CollectSpec, task: str) -> TaskPlan:
         steps.append(step)
         if len(chosen) == spec.episodes:
             return TaskPlan(task, tuple(chosen), tuple(failed), tuple(steps))
-    raise RuntimeError(f"{task}: the scripted expert succeeded on only {len(chosen)} of {mw.num_variations(task)} "
+    raise ValueError(f"{task}: the scripted expert succeeded on only {len(chosen)} of {mw.num_variations(task)} "
                        f"variations within {spec.max_steps} steps; {spec.episodes} needed")
 
 
@@ -266,8 +273,11 @@ def _plan_job(args: tuple[CollectSpec, str]) -> TaskPlan:
     return plan_task(*args)
 
 
-def _record_job(args: tuple[CollectSpec, str, int, int]) -> Demo:
-    return record_demo(*args)
+def _record_job(args: tuple[tuple[CollectSpec, str, int, int], DemoStore]) -> Demo:
+    (spec, task, variation, success_step), store = args
+    demo = record_demo(spec, task, variation, success_step)
+    store.save(task, variation, demo)  # here, in the worker: a collection that stops later loses nothing recorded
+    return demo
 
 
 # --------------------------------------------------------------------------------------------
@@ -311,6 +321,10 @@ def collect(spec: CollectSpec, out: str | Path, workers: int = 1, progress: bool
     video = VIDEO_ENCODINGS[spec.video_encoding]
     features = build_features(FPS, {camera_key(c): (spec.image_size, spec.image_size) for c in spec.cameras},
                               {"observation.state": STATE_NAMES, "action": ACTION_NAMES}, video=video)
+    store = DemoStore(out, recipe(spec))
+    if store.recorded_before:
+        print(f"resuming: {len(store.recorded_before)} layouts already recorded in {store.root} (code "
+              f"{store.started_by}; this is {code_version()})")
     writer = LeRobotWriter(out, fps=FPS, features=features, robot_type="sawyer", video=video)
     episodes = []
     try:
@@ -318,19 +332,42 @@ def collect(spec: CollectSpec, out: str | Path, workers: int = 1, progress: bool
             plans = list(_progress(_run_jobs(pool, _plan_job, [(spec, t) for t in spec.tasks]),
                                    len(spec.tasks), "plan (no render)", progress))
             jobs = [(spec, p.task, v, s) for p in plans for v, s in zip(p.variations, p.success_steps)]
-            for demo in _progress(_run_jobs(pool, _record_job, jobs), len(jobs), "record", progress):
+            for demo in _progress(_stored_or_recorded(pool, jobs, store), len(jobs), "record", progress):
                 index = writer.add_episode(mw.instruction(demo.task),
                                            {"observation.state": demo.state, "action": demo.action}, demo.frames)
                 episodes.append({"episode_index": index, "task": demo.task, "variation": demo.variation,
                                  "success_step": demo.success_step, "length": len(demo.action)})
+        summary = _summary(spec, plans, episodes, time.perf_counter() - start, workers)
+        writer.finish({COLLECTION_LOG: summary})
     except BaseException:
         writer.abort()
+        if kept := len(list(store.root.glob("*/*.npz"))):
+            print(f"collection stopped: {kept} recorded layouts are kept in {store.root}; the same command resumes "
+                  "from them", file=sys.stderr)
         raise
     finally:
         _close_envs()  # in-process envs (workers <= 1); pool workers are gone already
-    summary = _summary(spec, plans, episodes, time.perf_counter() - start, workers)
-    writer.finish({COLLECTION_LOG: summary})
+    store.remove()
     return summary
+
+
+def recipe(spec: CollectSpec) -> dict:
+    """What determines one demonstration: the spec without which tasks, how many, and the encoding."""
+    return {k: v for k, v in asdict(spec).items() if k not in ("tasks", "episodes", "video_encoding")}
+
+
+def _stored_or_recorded(pool: Pool | None, jobs: list[tuple[CollectSpec, str, int, int]], store: DemoStore) -> Iterator[Demo]:
+    """The demonstration of each job, in order: from the store where an earlier run recorded it, else
+    recorded now on the pool (and stored by the worker that recorded it)."""
+    new = _run_jobs(pool, _record_job, [(j, store) for j in jobs if (j[1], j[2]) not in store.recorded_before])
+    for _, task, variation, _ in jobs:
+        yield store.load(task, variation) if (task, variation) in store.recorded_before else next(new)
+
+
+def check_distinct(option: str, names: Sequence[str]) -> None:
+    repeated = sorted({n for n in names if list(names).count(n) > 1})
+    if repeated:
+        raise ValueError(f"{option}: {', '.join(repeated)} given more than once")
 
 
 def _summary(spec: CollectSpec, plans: list[TaskPlan], episodes: list[dict], seconds: float, workers: int) -> dict:

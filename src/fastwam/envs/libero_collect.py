@@ -41,7 +41,8 @@ import numpy as np
 from fastwam import code_version
 from fastwam.data.lerobot import COLLECTION_LOG, VIDEO_ENCODINGS, LeRobotWriter, build_features, camera_key
 from fastwam.envs import libero as lb
-from fastwam.envs.collect import Demo, DemoStore, _pool, _run_jobs, check_video_encoding, record_expert
+from fastwam.envs.collect import (Demo, DemoStore, _pool, _run_jobs, check_distinct, check_video_encoding,
+                                  record_expert)
 
 SAME_STATE_TOL = 1e-6  # max abs difference under which two flattened MuJoCo states are the same layout
 
@@ -73,8 +74,8 @@ class LiberoSpec:
                              f"max_failures >= 1: {self}")
         if not self.tasks:
             raise ValueError(f"no {self.suite} task to record: the scripted expert handles none of the tasks asked for")
-        for task in self.tasks:
-            lb.canonical_task(self.suite, task)
+        check_distinct("--cameras", self.cameras)
+        check_distinct("--tasks", [lb.canonical_task(self.suite, t) for t in self.tasks])
         unknown = [c for c in self.cameras if c not in lb.CAMERAS]
         if unknown or not self.cameras:
             raise ValueError(f"--cameras: expected some of {list(lb.CAMERAS)}, got {list(self.cameras)}")
