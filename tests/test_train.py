@@ -11,6 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from fastwam.config import preset
 from fastwam.data.lerobot import LeRobotDataset, LeRobotWriter, build_features
+from fastwam.data.normalize import Normalizer
 from fastwam.policy import Policy, RecedingHorizonController
 from fastwam.checkpoint import write_checksums
 from fastwam.train import build_trainer, latest_checkpoint, load_model, lr_factor
@@ -18,9 +19,9 @@ from fastwam.train import build_trainer, latest_checkpoint, load_model, lr_facto
 S = 16  # the tiny preset's image size
 
 
-def write_dot_dataset(root, size: int, seed: int = 0):
+def write_dot_dataset(root, size: int, seed: int = 0, dark: bool = False):
     """Two short episodes of a dot drifting right; action = its displacement, state = its position
-    (and a noise dimension drawn with ``seed``)."""
+    (and a noise dimension drawn with ``seed``); ``dark``: a grey dot instead of a white one."""
     features = build_features(10, {"corner3": (size, size)}, {"observation.state": list("xyzg"), "action": list("xyzg")})
     rng = np.random.default_rng(seed)
     with LeRobotWriter(root, fps=10, features=features) as writer:
@@ -29,7 +30,7 @@ def write_dot_dataset(root, size: int, seed: int = 0):
             x = np.linspace(2, size - 3, n)
             frames = np.zeros((n, size, size, 3), np.uint8)
             for t in range(n):
-                frames[t, size // 2 - 2:size // 2 + 2, int(x[t]) - 1:int(x[t]) + 2] = 255
+                frames[t, size // 2 - 2:size // 2 + 2, int(x[t]) - 1:int(x[t]) + 2] = 100 if dark else 255
             state = np.stack([x, np.full(n, episode), rng.normal(size=n), np.ones(n)], 1).astype(np.float32)
             action = np.stack([np.gradient(x), np.zeros(n), rng.normal(size=n), -np.ones(n)], 1).astype(np.float32)
             writer.add_episode(task, {"observation.state": state, "action": np.clip(action, -1, 1)},
@@ -569,3 +570,22 @@ def test_yaml_numbers_written_without_a_dot_are_numbers(tmp_path):
     path.write_text("train:\n  lr: 3e-4\n  weight_decay: 0\n")  # PyYAML reads 3e-4 as text
     train = Config.load(path).train
     assert train.lr == 3e-4 and isinstance(train.weight_decay, float)
+
+
+def test_the_latent_cache_follows_the_frames_it_encodes(tmp_path):
+    """Frames replaced in place (same count, same names) are encoded anew, not served from the old cache."""
+    import shutil
+
+    from fastwam.train import load_training_data
+
+    root = write_dot_dataset(tmp_path / "ds", S)
+    cfg = tiny_config(steps=1)
+    normalizer = Normalizer.from_dataset(LeRobotDataset(root))
+    white = load_training_data(cfg, LeRobotDataset(root), normalizer, progress=False).latents
+    dark = write_dot_dataset(tmp_path / "dark", S, dark=True)
+    shutil.rmtree(root / "videos")
+    shutil.copytree(dark / "videos", root / "videos")
+    shutil.copy(dark / "meta/checksums.json", root / "meta/checksums.json")
+    again = load_training_data(cfg, LeRobotDataset(root), normalizer, progress=False).latents
+    expected = load_training_data(cfg, LeRobotDataset(dark), normalizer, progress=False).latents
+    assert not torch.equal(again, white) and torch.equal(again, expected)

@@ -22,6 +22,7 @@ import argparse
 import contextlib
 import dataclasses
 import functools
+import hashlib
 import json
 import math
 import os
@@ -160,7 +161,9 @@ def cached_frame_latents(cfg: Config, dataset: LeRobotDataset, windows: ChunkDat
     """Latents (N, C, h, w) float16 of every frame, encoded once per dataset and codec and cached on disk."""
     codec_cfg = cfg.data.codec
     frames = _camera_frames(cfg, dataset, windows)
-    key = "-".join([codec_cfg.name, str(codec_cfg.factor), *cfg.data.cameras, str(dataset.num_frames)])
+    frames_id = "".join(dataset.fingerprint(c) for c in cfg.data.cameras)  # other frames, another cache
+    key = "-".join([codec_cfg.name, str(codec_cfg.factor), *cfg.data.cameras, str(dataset.num_frames),
+                    hashlib.sha1(frames_id.encode()).hexdigest()[:12]])
     path = dataset.root / "cache" / f"latents-{key}.npy"
     shape = (dataset.num_frames, *cfg.model.latent_shape)
     if (cached := _load_cache(path, shape, mmap=False)) is not None:
@@ -185,8 +188,6 @@ def cached_clip_latents(cfg: Config, dataset: LeRobotDataset, windows: ChunkData
     Memory-mapped copy-on-write rather than loaded: at the paper's scale a sample's clip latents
     take ~150 KB, so the cache of a real dataset is tens of GB.
     """
-    import hashlib
-
     from fastwam.codecs.wan_vae import resolve_vae_dir
 
     d, codec_cfg = cfg.data, cfg.data.codec
@@ -195,7 +196,7 @@ def cached_clip_latents(cfg: Config, dataset: LeRobotDataset, windows: ChunkData
     weights = sorted(p for p in vae_dir.iterdir() if p.name.startswith("diffusion_pytorch_model"))
     identity = [codec_cfg.name, codec_cfg.factor, str(vae_dir.resolve()), (vae_dir / "config.json").read_text(),
                 [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in weights],
-                list(d.cameras), d.image_size, dataset.num_frames]
+                list(d.cameras), d.image_size, dataset.num_frames, [dataset.fingerprint(c) for c in d.cameras]]
     digest = hashlib.sha1(json.dumps(identity).encode() + frame_rows.astype(np.int64).tobytes()).hexdigest()[:16]
     path = dataset.root / "cache" / f"clips-{codec_cfg.name}-{digest}.npy"
     shape = (len(frame_rows), 1 + cfg.model.future_frames, *cfg.model.latent_shape)

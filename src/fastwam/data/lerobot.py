@@ -692,7 +692,7 @@ class LeRobotDataset:
         key = self._video_key(key)
         if not cache:
             return np.concatenate([self.episode_frames(e.index, key) for e in self.episodes])
-        path = self.root / "cache" / f"frames-{key}-{self._fingerprint(key)}.npy"
+        path = self.root / "cache" / f"frames-{key}-{self.fingerprint(key)}.npy"
         if not path.is_file():
             self._decode_to_cache(key, path, progress)
         try:
@@ -935,7 +935,10 @@ class LeRobotDataset:
             raise DatasetError(f"{self.root}: no video or image feature {key!r}; available: {self.camera_keys}")
         return full
 
-    def _fingerprint(self, key: str) -> str:
+    def fingerprint(self, key: str) -> str:
+        """What a cache of one camera's frames depends on: info.json and each episode's file, place,
+        size and modification time (a file rewritten in place gets a new one). 16 hex digits."""
+        key = self._video_key(key)
         h = hashlib.sha1(json.dumps(self.info, sort_keys=True).encode())
         if key in self.image_keys:
             for path in self._data_files:
