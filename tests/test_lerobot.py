@@ -599,3 +599,19 @@ def test_images_of_another_size_than_declared_are_named(root, episodes):
     with pytest.raises(DatasetError, match=rf"observation\.images\.side row 0 is a \({H}, {W}, 3\) image, info\.json "
                                            rf"declares \({H + 2}, {W}, 3\)"):
         LeRobotDataset(root).episode_frames(0, "side")
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda info: [], r"meta/info.json: expected a mapping with a 'features' mapping, got \[\]"),
+    (lambda info: {**info, "features": list(info["features"])}, r"expected a mapping with a 'features' mapping"),
+    (lambda info: {**info, "features": {**info["features"], "action": {**info["features"]["action"], "shape": 3}}},
+     r"feature 'action': expected a dtype name and a shape list of sizes >= 1, got dtype 'float32', shape 3"),
+    (lambda info: {**info, "features": {**info["features"], "action": {**info["features"]["action"], "dtype": "foo"}}},
+     r"meta/info.json: feature 'action' has dtype 'foo', not a numeric type"),
+    (lambda info: {**info, "total_episodes": "3"}, r"total_episodes is '3', but metadata lists 3 episodes"),
+])
+def test_malformed_info_json_is_named_not_a_traceback(root, edit, message):
+    path = root / "meta/info.json"
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+    with pytest.raises(DatasetError, match=message):
+        LeRobotDataset(root)

@@ -151,3 +151,15 @@ def test_two_records_pair_over_their_windows_and_other_windows_are_refused(idm_r
         cli_main(["offline", "--pair", f"{paths['bad']}:x", f"{paths['a']}:true_future"])
     with pytest.raises(SystemExit, match="--checkpoint and --data are required"):
         cli_main(["offline", "--data", str(data)])
+    # --seed reaches the noise (torch's CPU generator keeps 32 bits of a seed: seed * 2**32 + i reached none)
+    assert a["per_sample"]["true_future"] != c["per_sample"]["true_future"]
+    b = json.loads(paths["b"].read_text())
+    for edit, message in [(lambda r: r["per_sample"]["true_future"].__setitem__(2, None),
+                           r"B.json: per_sample\['true_future'\]\[2\] is None: expected a finite error for every window"),
+                          (lambda r: r["per_sample"]["true_future"].pop(),
+                           r"B.json: per_sample\['true_future'\] and sample_episode must be lists of one entry per window, "
+                           r"got 5 and 6")]:
+        broken = json.loads(json.dumps(b))
+        edit(broken)
+        with pytest.raises(ValueError, match=message):
+            offline.paired(a, "true_future", broken, "true_future", names=("A.json", "B.json"))

@@ -296,7 +296,8 @@ class TrainConfig:
                f"train.weight_decay must be a finite number >= 0, got {self.weight_decay}")
         _check(math.isfinite(self.grad_clip) and self.grad_clip > 0, f"train.grad_clip must be > 0, got {self.grad_clip}")
         _check(0 <= self.ema < 1, f"train.ema must be in [0, 1) (0: no EMA; a decay such as 0.999), got {self.ema}")
-        _check(isinstance(self.seed, int) and 0 <= self.seed < 2**63, f"train.seed must be an integer in 0..2**63 - 1, got {self.seed!r}")
+        # every micro-batch's seed derives from it (train._step_seed); 2**31 keeps those within torch's 64 bits
+        _check(isinstance(self.seed, int) and 0 <= self.seed < 2**31, f"train.seed must be an integer in 0..2**31 - 1, got {self.seed!r}")
         _check(self.mixed_precision in ("no", "bf16"), f"train.mixed_precision must be no|bf16, got {self.mixed_precision!r}")
         _check(self.strategy in STRATEGIES, f"train.strategy must be {'|'.join(STRATEGIES)}, got {self.strategy!r}")
         _check(isinstance(self.activation_checkpointing, bool),

@@ -183,8 +183,22 @@ def paired(a: dict, condition_a: str, b: dict, condition_b: str, names: tuple[st
     for record, condition, name in ((a, condition_a, names[0]), (b, condition_b, names[1])):
         if condition not in record["conditions"]:
             raise ValueError(f"{name}: condition {condition!r}: expected one of {list(record['conditions'])}")
-    difference = np.asarray(a["per_sample"][condition_a]) - np.asarray(b["per_sample"][condition_b])
+    difference = _values(a, condition_a, names[0]) - _values(b, condition_b, names[1])
     return episode_interval(difference, np.asarray(a["sample_episode"]))
+
+
+def _values(record: dict, condition: str, name: str) -> np.ndarray:
+    """A record's per-window errors of one condition, one finite number per window of ``sample_episode``."""
+    episodes, values = record.get("sample_episode"), (record.get("per_sample") or {}).get(condition)
+    if not isinstance(episodes, list) or not isinstance(values, list) or len(values) != len(episodes):
+        raise ValueError(f"{name}: per_sample[{condition!r}] and sample_episode must be lists of one entry per "
+                         f"window, got {len(values) if isinstance(values, list) else values!r:.20} and "
+                         f"{len(episodes) if isinstance(episodes, list) else episodes!r:.20}")
+    bad = [i for i, v in enumerate(values) if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v)]
+    if bad:
+        raise ValueError(f"{name}: per_sample[{condition!r}][{bad[0]}] is {values[bad[0]]!r}: expected a finite error "
+                         f"for every window ({len(bad)} are not)")
+    return np.asarray(values, dtype=np.float64)
 
 
 def measure(checkpoint: str | Path, data: str | Path, samples: int = 400, batch_size: int = 32, seed: int = 0,

@@ -353,9 +353,9 @@ class RecedingHorizonController:
     def __init__(self, policy: Policy, execute: int | None = None, delay: int = 0, guidance: float = 0.0):
         self.policy = policy
         self.execute = policy.chunk // 2 if execute is None else execute
-        if not 1 <= self.execute <= policy.chunk:
-            raise ValueError(f"execute: expected 1..{policy.chunk} actions per chunk, got {self.execute}")
-        if not 0 <= delay <= policy.chunk - self.execute:
+        if not (_is_integer(self.execute) and 1 <= self.execute <= policy.chunk):
+            raise ValueError(f"execute: expected an integer in 1..{policy.chunk} (actions per chunk), got {self.execute!r}")
+        if not (_is_integer(delay) and 0 <= delay <= policy.chunk - self.execute):
             raise ValueError(f"delay: expected 0..{policy.chunk - self.execute} steps (chunk {policy.chunk} - execute "
                              f"{self.execute}: the current chunk must cover the inference), got {delay}")
         if not (math.isfinite(guidance) and guidance >= 0):

@@ -610,6 +610,9 @@ class LeRobotDataset:
         if not self.root.is_dir():
             raise DatasetFileNotFoundError(f"{self.root}: dataset directory not found")
         self.info = _read_json(self.root / "meta/info.json")
+        if not isinstance(self.info, dict) or not isinstance(self.info.get("features", {}), dict):
+            raise DatasetError(f"{self.root / 'meta/info.json'}: expected a mapping with a 'features' mapping, got "
+                               f"{str(self.info)[:80]}")
         self.version = str(self.info.get("codebase_version", ""))
         if self.version not in READABLE_VERSIONS:
             raise DatasetError(f"{self.root / 'meta/info.json'}: codebase_version {self.version!r} not supported "
@@ -787,6 +790,11 @@ class LeRobotDataset:
         for key, feature in self.features.items():
             if not isinstance(feature, dict) or "dtype" not in feature or "shape" not in feature:
                 raise DatasetError(f"{where}: feature {key!r} needs 'dtype' and 'shape', got {feature!r}")
+            shape = feature["shape"]
+            if (not isinstance(shape, list) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 1
+                                                       for n in shape) or not isinstance(feature["dtype"], str)):
+                raise DatasetError(f"{where}: feature {key!r}: expected a dtype name and a shape list of sizes >= 1, got "
+                                   f"dtype {feature['dtype']!r}, shape {shape!r}")
             if feature["dtype"] == "video":
                 shape = list(feature["shape"])
                 if len(shape) != 3 or shape[2] != 3:
@@ -867,7 +875,7 @@ class LeRobotDataset:
     def _check_episode_count(self, count: int) -> None:
         total = self.info.get("total_episodes")
         if total is not None and total != count:
-            raise DatasetError(f"{self.root / 'meta/info.json'}: total_episodes is {total}, but metadata lists {count} episodes")
+            raise DatasetError(f"{self.root / 'meta/info.json'}: total_episodes is {total!r}, but metadata lists {count} episodes")
         if count == 0:
             raise DatasetError(f"{self.root}: dataset has no episodes")
 
@@ -1041,7 +1049,11 @@ def _column_values(table: pa.Table, key: str, feature: dict, path: Path) -> np.n
         raise DatasetError(f"{path}: missing feature column {key!r} (listed in meta/info.json)")
     column = table.column(key).combine_chunks()
     shape = tuple(feature["shape"])
-    want = np.dtype(feature["dtype"])
+    try:
+        want = np.dtype(feature["dtype"])
+    except TypeError:
+        raise DatasetError(f"{path.parent.parent.parent / 'meta/info.json'}: feature {key!r} has dtype "
+                           f"{feature['dtype']!r}, not a numeric type this reader knows") from None
     scalar = pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_boolean(column.type)
     if scalar:
         if shape != (1,):
