@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import fcntl
-import hashlib
 import json
 import os
 import socket
@@ -28,6 +27,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
+
+from fastwam.checks import file_sha256
 
 CHECKPOINTS = "checkpoints"
 CHECKSUMS = "checksums.json"
@@ -47,13 +48,7 @@ def write_run_files(directory: Path, cfg, normalizer, data_info: dict) -> None:
     (directory / "data.json").write_text(json.dumps(data_info, indent=1))
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
+sha256 = file_sha256  # a checkpoint file's digest
 
 def write_checksums(directory: Path, known: dict[str, str] | None = None) -> None:
     """checksums.json for every other file of a checkpoint directory (``known``: digests already

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -85,3 +86,12 @@ def check_output_file(option: str, path: str | Path) -> Path:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise ValueError(f"{option} {path}: {folder} is not writable")
     return path
+
+
+def file_sha256(path: str | Path) -> str:
+    """A file's SHA-256 (hex), read in 1 MiB blocks: checkpoints' and datasets' integrity records."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()

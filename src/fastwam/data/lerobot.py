@@ -55,6 +55,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fastwam.checks import file_sha256
+
 CODEBASE_VERSION = "v3.0"
 READABLE_VERSIONS = ("v2.0", "v2.1", "v3.0")
 DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
@@ -263,14 +265,6 @@ def _read_parquet(path: Path) -> pa.Table:
         return pq.read_table(path)
     except (pa.ArrowException, OSError) as e:
         raise DatasetError(f"{path}: corrupt or truncated parquet file ({e})") from e
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write_json(path: Path, data: Any) -> None:
