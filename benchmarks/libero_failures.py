@@ -112,9 +112,11 @@ def _degrees(angle: float | None) -> float | None:
 
 
 def _goal(env):
-    from fastwam.envs.libero_expert import _goal as goal
+    """The (predicate, object, target) of the task's first in/on step: the instructed object."""
+    from fastwam.envs.libero_plan import conjuncts
 
-    return goal(env.problem.parsed_problem)
+    step = next(s for s in conjuncts(env.problem.parsed_problem["goal_state"]) if s.predicate in ("in", "on"))
+    return (step.predicate, *step.args)
 
 
 def run_task(args: tuple) -> list[dict]:

@@ -38,7 +38,8 @@ import functools
 
 import numpy as np
 
-from fastwam.envs.libero import LiberoEnv, bddl_file, canonical_task, instruction
+from fastwam.envs.libero import LiberoEnv, bddl_file, canonical_task
+from fastwam.envs.libero_plan import Step, conjuncts, plan
 
 # The OSC_POSE controller's scaling of a unit action (robosuite's osc_pose.json output limits).
 POS_SCALE = 0.05  # m per step
@@ -78,10 +79,9 @@ TURN_COST = 0.02
 HAND_HALF_SPAN, HAND_HALF_WIDTH, HAND_BOTTOM = 0.11, 0.04, 0.024
 FINGER_SPAN, FINGER_HALF_WIDTH, FINGER_BOTTOM = (0.03, 0.072), 0.018, -0.013
 RETREAT_HEIGHT = 0.1  # m above the release point
+RETREAT_STEPS = 8  # steps of retreat before a placing counts as finished (the next step of a plan may start)
 
-PREDICATES = ("in", "on")
-SUPPORTED_SUITES = ("libero_object", "libero_spatial", "libero_goal")
-INSTRUCTION_VERBS = ("pick up ", "put ")
+MAX_RETRIES = 3  # a step that ends without its predicate is tried again this many times
 DOWN = np.array([0.0, 0.0, -1.0])
 
 
@@ -96,32 +96,24 @@ class Phase(enum.IntEnum):
     RETREAT = 7
 
 
-def _goal(problem) -> tuple[str, str, str]:
-    """The single (predicate, object, target) of a parsed BDDL goal; ValueError when it is not one."""
-    goal = problem["goal_state"]
-    if len(goal) != 1 or len(goal[0]) != 3 or goal[0][0].lower() not in PREDICATES:
-        raise ValueError(f"not a single in/on goal: {goal}")
-    predicate, obj, target = goal[0]
-    return predicate.lower(), obj, target
-
-
 @functools.lru_cache(maxsize=None)
 def supports(suite: str, task: str) -> bool:
-    """Whether the task is one pick-and-place the expert handles: a "pick up ..."/"put ..." instruction
-    whose goal is a single ``in``/``on`` predicate (not pushing, opening, turning on, or "open the
-    drawer and put ... inside", which needs the drawer opened first)."""
-    if suite not in SUPPORTED_SUITES:
-        return False
+    """Whether the expert has a skill for every step of the task's plan (``plan_for``): for each
+    conjunct of the goal and, where an ``in`` may need a container opened first and the expert has
+    no ``open`` skill, for that precondition too (read from the scene: an env is built only then)."""
     from libero.libero.envs.bddl_utils import robosuite_parse_problem
 
-    task = canonical_task(suite, task)
-    if not instruction(suite, task).lower().startswith(INSTRUCTION_VERBS):
-        return False
     try:
-        _goal(robosuite_parse_problem(bddl_file(suite, task)))
+        steps = conjuncts(robosuite_parse_problem(bddl_file(suite, canonical_task(suite, task)))["goal_state"])
     except ValueError:
         return False
-    return True
+    if not all(step.predicate in SKILLS for step in steps):
+        return False
+    if "open" in SKILLS or not any(step.predicate == "in" for step in steps):
+        return True
+    with LiberoEnv(suite, task, image_size=8) as env:
+        env.reset("fresh:0")
+        return all(step.predicate in SKILLS for step in plan_for(env))
 
 
 def heading(v: np.ndarray) -> float:
@@ -215,27 +207,84 @@ def _clear(point: np.ndarray, closing: np.ndarray, obstacles: np.ndarray) -> boo
     return not bool(np.any(hand | fingers))
 
 
-class LiberoExpert:
-    """Phase-based expert reading simulator state (never recorded as an observation)."""
+class Skill:
+    """What every skill shares: the gripper site, proportional moves with the gripper pointing down,
+    and stall detection. A skill's ``reset()`` (re)plans from the current state; ``act()`` gives the
+    next action; ``finished`` says its motion is done (whether its predicate holds is the plan's
+    business)."""
 
     def __init__(self, env: LiberoEnv):
-        if not supports(env.suite, env.task):
-            raise ValueError(f"{env.suite}/{env.task}: not a pick-and-place task the expert handles")
         self.env = env
-        _, self.object_name, self.target_name = _goal(env.problem.parsed_problem)  # in/on: placed alike
-        self.phase = Phase.APPROACH
         self._phase_steps = 0
         self._low_motion_steps = 0
         self._last_eef = np.zeros(3)
         self._anchor = np.zeros(3)  # the gripper site where the current phase started
+
+    def _bind(self) -> None:
+        """Look up the simulator handles (after an env reset)."""
+        self._sim = self.env.sim
+        self._grip_site = self._sim.model.site_name2id("gripper0_grip_site")
+        self._last_eef = self._eef()
+
+    def _eef(self) -> np.ndarray:
+        return self._sim.data.site_xpos[self._grip_site].copy()
+
+    def _approach_axis(self) -> np.ndarray:
+        return self._sim.data.site_xmat[self._grip_site].reshape(3, 3)[:, 2]
+
+    def _move(self, target: np.ndarray, closing: np.ndarray | None, gripper: float) -> np.ndarray:
+        """Proportional action towards ``target``, gripper down, fingers along ``closing`` if given."""
+        eef = self._eef()
+        pos = POS_GAIN * (target - eef) / POS_SCALE
+        rot = np.cross(self._approach_axis(), DOWN)  # tilt back to pointing down
+        if closing is not None:
+            rot[2] += turn_between(gripper_yaw(self._sim), heading(closing))
+        rot = ROT_GAIN * rot / ROT_SCALE
+        return np.clip(np.concatenate([pos, rot, [gripper]]), -1.0, 1.0).astype(np.float32)
+
+    def _yaw_error(self, closing: np.ndarray) -> float:
+        return abs(turn_between(gripper_yaw(self._sim), heading(closing)))
+
+    def _blocked(self) -> bool:
+        """Whether the gripper has barely moved for STALL_STEPS steps (resting on something)."""
+        return self._low_motion_steps >= STALL_STEPS
+
+    def _new_phase(self) -> None:
+        self._phase_steps, self._low_motion_steps = 0, 0
+        self._anchor = self._eef()
+
+    def act(self) -> np.ndarray:
+        """The action for the current simulator state: float32 (7,) in [-1, 1]."""
+        eef = self._eef()
+        moved = np.linalg.norm(eef - self._last_eef)
+        self._low_motion_steps = self._low_motion_steps + 1 if moved < STALL_MOTION else 0
+        self._last_eef = eef
+        self._phase_steps += 1
+        return self._step_phase(eef)
+
+    def _step_phase(self, eef: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class PickPlace(Skill):
+    """Grasp ``object_name`` and place it in or on ``target_name`` (a region site or another object):
+    the phases of the module docstring. ``finished`` once released and retreated."""
+
+    def __init__(self, env: LiberoEnv, object_name: str, target_name: str):
+        super().__init__(env)
+        self.object_name, self.target_name = object_name, target_name
+        self.phase = Phase.APPROACH
         self._carry = 0.0  # gripper height for CARRY, set when LIFT starts
 
+    @property
+    def finished(self) -> bool:
+        return self.phase == Phase.RETREAT and self._phase_steps >= RETREAT_STEPS
+
     def reset(self) -> None:
-        """Rebuild the scene lookups for the current episode; call after ``env.reset(...)``."""
+        """Rebuild the scene lookups from the current state and start from ``APPROACH``."""
+        self._bind()
         sim, problem = self.env.sim, self.env.problem
         model = sim.model._model
-        self._sim = sim
-        self._grip_site = sim.model.site_name2id("gripper0_grip_site")
         self.object = Body(sim, problem.obj_body_id[self.object_name])
         if self.target_name in problem.obj_body_id:  # another object: place on its body's origin
             self.target = Body(sim, problem.obj_body_id[self.target_name])
@@ -246,16 +295,9 @@ class LiberoExpert:
         self.others = [Body(sim, b) for n, b in problem.obj_body_id.items()
                        if n in problem.objects_dict and n not in (self.object_name, self.target_name)]
         self._grasp_local = (np.zeros(3), np.zeros(3))  # grasp point and closing axis in the object's frame
-        self._last_eef = self._eef()
         self._set_phase(Phase.APPROACH)
 
-    # --- state -------------------------------------------------------------------------------
-
-    def _eef(self) -> np.ndarray:
-        return self._sim.data.site_xpos[self._grip_site].copy()
-
-    def _approach_axis(self) -> np.ndarray:
-        return self._sim.data.site_xmat[self._grip_site].reshape(3, 3)[:, 2]
+    # --- state ---------------------------------------------------------------------------------
 
     def _holding(self) -> bool:
         lo, hi = self.object.box()
@@ -331,39 +373,13 @@ class LiberoExpert:
 
     # --- control -----------------------------------------------------------------------------
 
-    def _move(self, target: np.ndarray, closing: np.ndarray | None, gripper: float) -> np.ndarray:
-        """Proportional action towards ``target``, gripper down, fingers along ``closing`` if given."""
-        eef = self._eef()
-        pos = POS_GAIN * (target - eef) / POS_SCALE
-        rot = np.cross(self._approach_axis(), DOWN)  # tilt back to pointing down
-        if closing is not None:
-            rot[2] += turn_between(gripper_yaw(self._sim), heading(closing))
-        rot = ROT_GAIN * rot / ROT_SCALE
-        return np.clip(np.concatenate([pos, rot, [gripper]]), -1.0, 1.0).astype(np.float32)
-
-    def _yaw_error(self, closing: np.ndarray) -> float:
-        return abs(turn_between(gripper_yaw(self._sim), heading(closing)))
-
     def _set_phase(self, phase: Phase) -> None:
-        self.phase, self._phase_steps, self._low_motion_steps = phase, 0, 0
-        self._anchor = self._eef()
+        self.phase = phase
+        self._new_phase()
         if phase == Phase.APPROACH:
             self._plan_grasp()
         if phase == Phase.LIFT:
             self._carry = self._carry_z()
-
-    def _blocked(self) -> bool:
-        """Whether the gripper has barely moved for STALL_STEPS steps (resting on something)."""
-        return self._low_motion_steps >= STALL_STEPS
-
-    def act(self) -> np.ndarray:
-        """The action for the current simulator state: float32 (7,) in [-1, 1]."""
-        eef = self._eef()
-        moved = np.linalg.norm(eef - self._last_eef)
-        self._low_motion_steps = self._low_motion_steps + 1 if moved < STALL_MOTION else 0
-        self._last_eef = eef
-        self._phase_steps += 1
-        return self._step_phase(eef)
 
     def _step_phase(self, eef: np.ndarray) -> np.ndarray:
         """The current phase's action; when the phase is done, switch and act in the next one."""
@@ -417,3 +433,100 @@ class LiberoExpert:
                 return self._step_phase(eef)
             return self._move(self._anchor, None, OPEN)
         return self._move(self._anchor + [0.0, 0.0, RETREAT_HEIGHT], None, OPEN)
+
+
+# -- plans: the skills behind each step, and the executor ------------------------------------------
+
+SKILLS = {"in": PickPlace, "on": PickPlace}  # predicate -> the skill that makes it true
+
+
+def containers(env: LiberoEnv) -> dict[str, str]:
+    """Region -> what must be open for an object to go in it, for the scene's regions inside something
+    articulated: a region with joints of its own (a drawer) opens itself; a region on an object
+    whose joints are not free (the microwave's heating region) opens with that object."""
+    problem, model = env.problem, env.sim.model
+    found = {}
+    for name, site in problem.object_sites_dict.items():
+        if getattr(site, "joints", None):
+            found[name] = name
+            continue
+        parent = problem.objects_dict.get(getattr(site, "parent_name", None)) or \
+            problem.fixtures_dict.get(getattr(site, "parent_name", None))
+        joints = getattr(parent, "joints", None) or []
+        if any(model.jnt_type[model.joint_name2id(j)] != 0 for j in joints):  # 0: a free joint
+            found[name] = site.parent_name
+    return found
+
+
+def plan_for(env: LiberoEnv) -> list[Step]:
+    """The ordered steps of the env's task (``fastwam.envs.libero_plan``)."""
+    return plan(env.problem.parsed_problem["goal_state"], containers(env))
+
+
+class LiberoExpert:
+    """Executes the task's plan step by step, each with its skill, reading simulator state (never
+    recorded as an observation).
+
+    A step whose predicate already holds is skipped. A skill that finishes with its predicate true
+    ends the step, unless an earlier conjunct of the goal no longer holds: then the plan goes back
+    to it. A skill that finishes without its predicate starts again from where it stands, at most
+    ``MAX_RETRIES`` times, then the plan goes on (the episode fails on its own).
+    """
+
+    def __init__(self, env: LiberoEnv):
+        if not supports(env.suite, env.task):
+            raise ValueError(f"{env.suite}/{env.task}: the expert has no skill for a step of this task's goal "
+                             f"{env.problem.parsed_problem['goal_state']} (skills: {', '.join(SKILLS)})")
+        self.env = env
+        self.steps = plan_for(env)
+        self.index, self.skill, self.retries = 0, None, 0
+        self._last_skill = None
+
+    @property
+    def phase(self):
+        """The current pick-and-place phase (None for other skills and once the plan is done)."""
+        return getattr(self.skill, "phase", None)
+
+    def reset(self) -> None:
+        """Start the plan over from the current state; call after ``env.reset(...)``."""
+        self.index, self.skill, self.retries, self._last_skill = 0, None, 0, None
+        self._advance()
+
+    def holds(self, step: Step) -> bool:
+        return bool(self.env.problem._eval_predicate(step.conjunct))
+
+    def _start(self, index: int) -> None:
+        self.index, self.retries = index, 0
+        step = self.steps[index]
+        self.skill = SKILLS[step.predicate](self.env, *step.args)
+        self.skill.reset()
+
+    def _advance(self) -> None:
+        """Move to the step to work on now (skipping steps that hold), or past the last one."""
+        while self.index < len(self.steps) and self.holds(self.steps[self.index]):
+            self.index += 1
+        if self.index < len(self.steps):
+            self._start(self.index)
+        else:
+            self._last_skill, self.skill = self.skill or self._last_skill, None
+
+    def act(self) -> np.ndarray:
+        """The action for the current simulator state: float32 (7,) in [-1, 1]."""
+        if self.skill is not None and self.skill.finished:
+            if self.holds(self.steps[self.index]):
+                undone = next((i for i in range(self.index) if self.steps[i].goal and not self.holds(self.steps[i])),
+                              None)
+                self._last_skill = self.skill
+                if undone is not None:
+                    self._start(undone)
+                else:
+                    self.index += 1
+                    self._advance()
+            elif self.retries < MAX_RETRIES:
+                self.retries += 1
+                self.skill.reset()
+            else:
+                self._last_skill, self.index = self.skill, self.index + 1
+                self._advance()
+        skill = self.skill or self._last_skill
+        return skill.act()
