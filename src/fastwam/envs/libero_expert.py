@@ -37,6 +37,7 @@ import enum
 import functools
 
 import numpy as np
+import robosuite.utils.transform_utils as transform
 
 from fastwam.envs.libero import LiberoEnv, bddl_file, canonical_task
 from fastwam.envs.libero_plan import Step, conjuncts, plan
@@ -79,6 +80,20 @@ TURN_COST = 0.02
 HAND_HALF_SPAN, HAND_HALF_WIDTH, HAND_BOTTOM = 0.11, 0.04, 0.024
 FINGER_SPAN, FINGER_HALF_WIDTH, FINGER_BOTTOM = (0.03, 0.072), 0.018, -0.013
 RETREAT_HEIGHT = 0.1  # m above the release point
+HANDLE_DEPTH = 0.015  # m: geoms standing out this close to the furthest one make up a drawer's handle
+DRAWER_MARGIN = 0.01  # m (or rad) past the predicate's threshold a drawer is moved to
+HANDLE_PITCH = np.radians(15)  # the gripper's downward tilt pulling a handle: 10-20 degrees clear the table's objects below and the drawer above (30 does not)
+HANDLE_STANDOFF = 0.08  # m in front of a handle where the gripper turns to face it before reaching in
+PUSH_STANDOFF = 0.04  # m in front of a handle where the closed gripper goes down to push a drawer shut
+FLAT_HEIGHT = 0.04  # m: an object lower than this and wider than the open gripper is pushed, not grasped
+PUSH_HEIGHT = 0.012  # m: gripper site above a pushed object's bottom
+PUSH_GAP = 0.02  # m behind a pushed object's back edge where the gripper goes down; and past the region's centre
+PUSH_STEP = 0.01  # m: how far ahead of the gripper a push aims each step (a faster push rides over a low rim)
+PUSH_PITCH = np.radians(30)  # the gripper's tilt while pushing, fingers trailing
+PUSH_TOLERANCE = 0.02  # m: a push ends this close to the region's centre (with its predicate true)
+KNOB_DEPTH = 0.015  # m: gripper site below a knob's top when grasping it
+KNOB_MARGIN = 0.3  # rad past the predicate's threshold a knob is turned to
+KNOB_TOLERANCE = 0.1  # rad
 RETREAT_STEPS = 8  # steps of retreat before a placing counts as finished (the next step of a plan may start)
 
 MAX_RETRIES = 3  # a step that ends without its predicate is tried again this many times
@@ -244,6 +259,27 @@ class Skill:
 
     def _yaw_error(self, closing: np.ndarray) -> float:
         return abs(turn_between(gripper_yaw(self._sim), heading(closing)))
+
+    def _turn_to(self, approach: np.ndarray, closing: np.ndarray) -> np.ndarray:
+        """The world-frame rotation (axis * angle, (3,)) from the gripper's frame to one pointing along
+        ``approach`` with the fingers closing along ``closing`` (either way: a two-finger gripper is
+        symmetric, the smaller turn is taken). The site's frame: z the approach, x the closing axis."""
+        z = approach / np.linalg.norm(approach)
+        x = closing - z * (closing @ z)
+        x /= np.linalg.norm(x)
+        current = self._sim.data.site_xmat[self._grip_site].reshape(3, 3)
+        turns = []
+        for sign in (1.0, -1.0):
+            target = np.stack([sign * x, np.cross(z, sign * x), z], axis=1)
+            q = transform.mat2quat(target @ current.T)
+            turns.append(transform.quat2axisangle(q if q[3] >= 0 else -q))  # w >= 0: the turn of at most pi
+        return min(turns, key=np.linalg.norm)
+
+    def _move_posed(self, target: np.ndarray, approach: np.ndarray, closing: np.ndarray, gripper: float) -> np.ndarray:
+        """Proportional action towards ``target`` and the pose (``approach``, ``closing``)."""
+        pos = POS_GAIN * (target - self._eef()) / POS_SCALE
+        rot = ROT_GAIN * self._turn_to(approach, closing) / ROT_SCALE
+        return np.clip(np.concatenate([pos, rot, [gripper]]), -1.0, 1.0).astype(np.float32)
 
     def _blocked(self) -> bool:
         """Whether the gripper has barely moved for STALL_STEPS steps (resting on something)."""
@@ -435,9 +471,348 @@ class PickPlace(Skill):
         return self._move(self._anchor + [0.0, 0.0, RETREAT_HEIGHT], None, OPEN)
 
 
+class Joint:
+    """One articulation joint of a fixture (a drawer's slide, a door's or a knob's hinge), with the
+    thresholds LIBERO's predicates read (the fixture's ``articulation`` properties)."""
+
+    def __init__(self, env: LiberoEnv, name: str, fixture: str):
+        sim, model = env.sim, env.sim.model
+        self._sim, self.name = sim, name
+        self.id = model.joint_name2id(name)
+        self.kind = {2: "slide", 3: "hinge"}.get(int(model.jnt_type[self.id]))
+        if self.kind is None:
+            raise ValueError(f"{name}: expected a slide or hinge joint, got type {model.jnt_type[self.id]}")
+        self.body = int(model.jnt_bodyid[self.id])
+        self._qpos = int(model.jnt_qposadr[self.id])
+        self._axis = model.jnt_axis[self.id].copy()
+        self.range = model.jnt_range[self.id].copy()
+        self.properties = env.problem.get_object(fixture).object_properties["articulation"]
+
+    @property
+    def qpos(self) -> float:
+        return float(self._sim.data.qpos[self._qpos])
+
+    def axis(self) -> np.ndarray:
+        """The joint axis in the world frame (3,)."""
+        return self._sim.data.body_xmat[self.body].reshape(3, 3) @ self._axis
+
+    def opening_sign(self) -> float:
+        """+1 when opening raises qpos (the open range lies above the closed one), else -1."""
+        opened, closed = self.properties["default_open_ranges"], self.properties["default_close_ranges"]
+        return 1.0 if min(opened) > max(closed) else -1.0
+
+
+def articulation(env: LiberoEnv, name: str) -> tuple[str, list[str]]:
+    """What ``(Open name)`` / ``(Close name)`` moves: (fixture, joint names). ``name`` is a region with
+    joints of its own (a drawer's) or an articulated fixture (the microwave)."""
+    problem = env.problem
+    site = problem.object_sites_dict.get(name)
+    if site is not None and getattr(site, "joints", None):
+        return site.parent_name, list(site.joints)
+    fixture = problem.objects_dict.get(name) or problem.fixtures_dict.get(name)
+    if fixture is None or not fixture.joints:
+        raise ValueError(f"{name}: neither a region with joints nor an articulated fixture of this scene")
+    return name, list(fixture.joints)
+
+
+class SlideDrawer(Skill):
+    """Open a drawer by pulling its handle, or close it by pushing its front, along its slide joint.
+
+    The handle is the drawer's collision geometry that stands out furthest in the opening direction.
+    Opening: above the handle, fingers closing across it (along the opening direction), down, close,
+    pull along the joint axis until open with ``DRAWER_MARGIN`` to spare, release, up. Closing: the
+    closed gripper goes down in front of the handle and pushes until the drawer is in, then backs off
+    and up."""
+
+    def __init__(self, env: LiberoEnv, name: str, opening: bool):
+        super().__init__(env)
+        self.name, self.opening = name, opening
+        self.phase = "approach"
+
+    @property
+    def finished(self) -> bool:
+        return self.phase == "retreat" and self._phase_steps >= RETREAT_STEPS
+
+    def reset(self) -> None:
+        self._bind()
+        fixture, joints = articulation(self.env, self.name)
+        self.joint = Joint(self.env, joints[0], fixture)
+        if self.joint.kind != "slide":
+            raise ValueError(f"{self.name}: a drawer slides; its joint {self.joint.name} is a {self.joint.kind}")
+        model = self._sim.model._model
+        self._handle_geoms = np.flatnonzero((model.geom_bodyid == self.joint.body) &
+                                            ((model.geom_contype != 0) | (model.geom_conaffinity != 0)))
+        self._set_phase("approach")
+
+    def _outward(self) -> np.ndarray:
+        """Horizontal unit vector the drawer moves in when opening."""
+        d = self.joint.axis() * self.joint.opening_sign()
+        d[2] = 0.0
+        return d / np.linalg.norm(d)
+
+    def _handle(self) -> np.ndarray:
+        """Centre of the geoms standing out furthest along the opening direction (the handle)."""
+        centres = self._sim.data.geom_xpos[self._handle_geoms]
+        out = centres @ self._outward()
+        return centres[out >= out.max() - HANDLE_DEPTH].mean(0)
+
+    def _target_qpos(self) -> float:
+        """Where the joint should end: open beyond the open threshold, or closed beyond the closed one."""
+        sign = self.joint.opening_sign()
+        limits = self.joint.properties["default_open_ranges" if self.opening else "default_close_ranges"]
+        edge = max(limits) if sign * (1 if self.opening else -1) > 0 else min(limits)
+        return float(np.clip(edge + sign * (DRAWER_MARGIN if self.opening else -DRAWER_MARGIN), *self.joint.range))
+
+    def _set_phase(self, phase: str) -> None:
+        self.phase = phase
+        self._new_phase()
+
+    def _step_phase(self, eef: np.ndarray) -> np.ndarray:
+        out, handle = self._outward(), self._handle()
+        if self.opening:  # the gripper horizontal, pointing into the drawer, fingers closing over and under the handle
+            return self._pull(eef, out, handle)
+        return self._push(eef, out, handle)
+
+    def _pull(self, eef: np.ndarray, out: np.ndarray, handle: np.ndarray) -> np.ndarray:
+        # The gripper points into the drawer and down by HANDLE_PITCH, fingers closing over and under the
+        # handle: the hand (long along the closing axis) then rises away from the table and the drawers above.
+        up = np.array([0.0, 0.0, 1.0])
+        inward = -np.cos(HANDLE_PITCH) * out - np.sin(HANDLE_PITCH) * up
+        across = -np.sin(HANDLE_PITCH) * out + np.cos(HANDLE_PITCH) * up
+        if self.phase == "approach":  # back from the handle along the approach, turned to face it
+            point = handle - inward * HANDLE_STANDOFF
+            if np.linalg.norm(point - eef) < POS_TOLERANCE and np.linalg.norm(self._turn_to(inward, across)) < YAW_TOLERANCE:
+                self._set_phase("descend")
+                return self._step_phase(eef)
+            return self._move_posed(point, inward, across, OPEN)
+        if self.phase == "descend":  # in, around the handle
+            if np.linalg.norm(handle - eef) < POS_TOLERANCE or self._blocked():
+                self._set_phase("grasp")
+                return self._step_phase(eef)
+            return self._move_posed(handle, inward, across, OPEN)
+        if self.phase == "grasp":
+            if self._phase_steps >= GRASP_STEPS:
+                self._set_phase("slide")
+                return self._step_phase(eef)
+            return self._move_posed(self._anchor, inward, across, CLOSE)
+        if self.phase == "slide":
+            remaining = (self._target_qpos() - self.joint.qpos) * self.joint.opening_sign()  # m still to open
+            if remaining <= 0 or (self._phase_steps > STALL_STEPS and self._blocked()):
+                self._set_phase("release")
+                return self._step_phase(eef)
+            return self._move_posed(handle + out * (remaining + DRAWER_MARGIN), inward, across, CLOSE)
+        if self.phase == "release":
+            if self._phase_steps >= RELEASE_STEPS:
+                self._set_phase("retreat")
+                return self._step_phase(eef)
+            return self._move_posed(self._anchor, inward, across, OPEN)
+        return self._move_posed(self._anchor - inward * HANDLE_STANDOFF, inward, across, OPEN)
+
+    def _push(self, eef: np.ndarray, out: np.ndarray, handle: np.ndarray) -> np.ndarray:
+        across = np.array([-out[1], out[0]])  # fingers closing across the push: the hand thin along it
+        point = handle + out * PUSH_STANDOFF
+        if self.phase == "approach":
+            hover = point + [0.0, 0.0, HOVER]
+            if np.linalg.norm(hover[:2] - eef[:2]) > DESCENT_RADIUS:
+                hover[2] = max(hover[2], eef[2])
+            if np.linalg.norm(hover - eef) < POS_TOLERANCE and self._yaw_error(across) < YAW_TOLERANCE:
+                self._set_phase("descend")
+                return self._step_phase(eef)
+            return self._move(hover, across, CLOSE)
+        if self.phase == "descend":
+            if np.linalg.norm(point - eef) < POS_TOLERANCE or self._blocked():
+                self._set_phase("slide")
+                return self._step_phase(eef)
+            return self._move(point, across, CLOSE)
+        if self.phase == "slide":
+            remaining = (self.joint.qpos - self._target_qpos()) * self.joint.opening_sign()  # m still to close
+            if remaining <= 0 or (self._phase_steps > STALL_STEPS and self._blocked()):
+                self._set_phase("retreat")
+                return self._step_phase(eef)
+            target = eef - out * (remaining + DRAWER_MARGIN)
+            return self._move(np.array([target[0], target[1], point[2]]), across, CLOSE)
+        return self._move(self._anchor + out * PUSH_STANDOFF + [0.0, 0.0, RETREAT_HEIGHT], None, CLOSE)
+
+class TurnKnob(Skill):
+    """Turn a fixture's knob (a hinge about the vertical: the stove's button) on or off: above the
+    knob, fingers closing across its narrowest side, down, close, turn the gripper about the hinge
+    axis until the joint is past the predicate's threshold by ``KNOB_MARGIN``, release, up."""
+
+    def __init__(self, env: LiberoEnv, name: str, on: bool):
+        super().__init__(env)
+        self.name, self.on = name, on
+        self.phase = "approach"
+
+    @property
+    def finished(self) -> bool:
+        return self.phase == "retreat" and self._phase_steps >= RETREAT_STEPS
+
+    def reset(self) -> None:
+        self._bind()
+        fixture, joints = articulation(self.env, self.name)
+        self.joint = Joint(self.env, joints[0], fixture)
+        if self.joint.kind != "hinge" or abs(self.joint.axis()[2]) < 0.9:
+            raise ValueError(f"{self.name}: a knob turns about the vertical; {self.joint.name} is a {self.joint.kind} "
+                             f"about {self.joint.axis().round(2)}")
+        model = self._sim.model._model
+        self._geoms = np.flatnonzero((model.geom_bodyid == self.joint.body) &
+                                     ((model.geom_contype != 0) | (model.geom_conaffinity != 0)))
+        ranges = self.joint.properties["default_turnon_ranges" if self.on else "default_turnoff_ranges"]
+        self._target = float(np.clip(min(ranges) + KNOB_MARGIN if self.on else max(ranges) - KNOB_MARGIN,
+                                     *self.joint.range))
+        self._set_phase("approach")
+
+    def _set_phase(self, phase: str) -> None:
+        self.phase = phase
+        self._new_phase()
+        self._qpos_history: list[float] = []
+
+    def _grasp(self) -> tuple[np.ndarray, np.ndarray]:
+        """The grasp point (3,) below the knob's top and the closing direction (2,) across its narrowest side."""
+        data, model = self._sim.data, self._sim.model._model
+        aabb = model.geom_aabb[self._geoms]
+        signs = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], np.float64)
+        local = aabb[:, None, :3] + signs[None] * aabb[:, None, 3:]
+        mats = data.geom_xmat[self._geoms].reshape(-1, 3, 3)
+        corners = (data.geom_xpos[self._geoms][:, None] + np.einsum("gij,gkj->gki", mats, local)).reshape(-1, 3)
+        dirs, widths = horizontal_widths(corners)
+        lo, hi = corners.min(0), corners.max(0)
+        centre = data.xpos[self.joint.body]
+        return np.array([centre[0], centre[1], hi[2] - KNOB_DEPTH]), dirs[int(np.argmin(widths))]
+
+    def _step_phase(self, eef: np.ndarray) -> np.ndarray:
+        if self.phase == "approach":
+            point, closing = self._grasp()
+            hover = point + [0.0, 0.0, HOVER]
+            if np.linalg.norm(hover[:2] - eef[:2]) > DESCENT_RADIUS:
+                hover[2] = max(hover[2], eef[2])
+            if np.linalg.norm(hover - eef) < POS_TOLERANCE and self._yaw_error(closing) < YAW_TOLERANCE:
+                self._set_phase("descend")
+                return self._step_phase(eef)
+            return self._move(hover, closing, OPEN)
+        if self.phase == "descend":
+            point, closing = self._grasp()
+            if np.linalg.norm(point - eef) < POS_TOLERANCE or self._blocked():
+                self._set_phase("grasp")
+                return self._step_phase(eef)
+            return self._move(point, closing, OPEN)
+        if self.phase == "grasp":
+            if self._phase_steps >= GRASP_STEPS:
+                self._set_phase("turn")
+                return self._step_phase(eef)
+            return self._move(self._anchor, None, CLOSE)
+        if self.phase == "turn":
+            error = (self._target - self.joint.qpos) * np.sign(self.joint.axis()[2])  # rad about the world's up
+            if abs(error) < KNOB_TOLERANCE or (self._phase_steps > STALL_STEPS and self._turn_stalled()):
+                self._set_phase("release")
+                return self._step_phase(eef)
+            action = self._move(self._anchor, None, CLOSE)
+            action[5] = np.clip(ROT_GAIN * error / ROT_SCALE, -1.0, 1.0)
+            return action
+        if self.phase == "release":
+            if self._phase_steps >= RELEASE_STEPS:
+                self._set_phase("retreat")
+                return self._step_phase(eef)
+            action = self._move(self._anchor, None, OPEN)
+            action[5] = 0.0
+            return action
+        return self._move(self._anchor + [0.0, 0.0, RETREAT_HEIGHT], None, OPEN)
+
+    def _turn_stalled(self) -> bool:
+        """The knob has not moved by KNOB_TOLERANCE over the last STALL_STEPS steps (slipped or at its stop)."""
+        history = self._qpos_history
+        history.append(self.joint.qpos)
+        return len(history) > STALL_STEPS and abs(history[-1] - history[-1 - STALL_STEPS]) < KNOB_TOLERANCE / 4
+
+
+class PushTo(Skill):
+    """Push a flat object too wide to grasp (the plate) across the table onto a region: the closed
+    gripper goes down behind its back edge, opposite the region, tilted by ``PUSH_PITCH`` so that the
+    hand leans over the object rather than back into whatever stands behind it (the cabinet's
+    handles in LIBERO-Goal), and pushes along the line to the region until the predicate holds (or
+    the object stops moving), then rises."""
+
+    def __init__(self, env: LiberoEnv, object_name: str, target_name: str):
+        super().__init__(env)
+        self.object_name, self.target_name = object_name, target_name
+        self.phase = "approach"
+        self._predicate = ["on", object_name, target_name]
+
+    @property
+    def finished(self) -> bool:
+        return self.phase == "retreat" and self._phase_steps >= RETREAT_STEPS
+
+    def reset(self) -> None:
+        self._bind()
+        problem = self.env.problem
+        self.object = Body(self._sim, problem.obj_body_id[self.object_name])
+        self._site = self._sim.model.site_name2id(self.target_name)
+        self._set_phase("approach")
+
+    def _set_phase(self, phase: str) -> None:
+        self.phase = phase
+        self._new_phase()
+
+    def _line(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """(direction (3,), the gripper's start behind the object (3,), distance left to push)."""
+        lo, hi = self.object.box()
+        centre = (lo + hi) / 2
+        goal = self._sim.data.site_xpos[self._site]
+        direction = np.array([goal[0] - centre[0], goal[1] - centre[1], 0.0])
+        distance = float(np.linalg.norm(direction))
+        direction /= max(distance, 1e-9)
+        corners = self.object.corners()
+        behind = float(((corners - centre) @ direction).min())  # the object's back edge, along the push
+        start = centre + direction * (behind - PUSH_GAP)
+        start[2] = lo[2] + PUSH_HEIGHT
+        return direction, start, distance
+
+    def _step_phase(self, eef: np.ndarray) -> np.ndarray:
+        direction, start, distance = self._line()
+        across = np.array([-direction[1], direction[0], 0.0])  # fingers across the push
+        tilted = np.cos(PUSH_PITCH) * DOWN - np.sin(PUSH_PITCH) * direction  # fingers back, the hand over the object
+        if self.phase == "approach":
+            hover = start + [0.0, 0.0, HOVER]
+            if np.linalg.norm(hover[:2] - eef[:2]) > DESCENT_RADIUS:
+                hover[2] = max(hover[2], eef[2])
+            if np.linalg.norm(hover - eef) < POS_TOLERANCE and np.linalg.norm(self._turn_to(tilted, across)) < YAW_TOLERANCE:
+                self._set_phase("descend")
+                return self._step_phase(eef)
+            return self._move_posed(hover, tilted, across, CLOSE)
+        if self.phase == "descend":
+            if np.linalg.norm(start - eef) < POS_TOLERANCE or self._blocked():
+                self._set_phase("push")
+                return self._step_phase(eef)
+            return self._move_posed(start, tilted, across, CLOSE)
+        if self.phase == "push":
+            done = bool(self.env.problem._eval_predicate(self._predicate)) and distance < PUSH_TOLERANCE
+            if done or (self._phase_steps > STALL_STEPS and self._blocked()):
+                self._set_phase("retreat")
+                return self._step_phase(eef)
+            target = eef + direction * min(distance + PUSH_GAP, PUSH_STEP)
+            return self._move_posed(np.array([target[0], target[1], start[2]]), tilted, across, CLOSE)
+        return self._move_posed(self._anchor + [0.0, 0.0, RETREAT_HEIGHT], tilted, across, CLOSE)
+
+
+def place_skill(env: LiberoEnv, object_name: str, target_name: str) -> Skill:
+    """PickPlace, or PushTo for a flat object wider than the open gripper going onto a region of the
+    table (the plate in "push the plate to the front of the stove")."""
+    sim, problem = env.sim, env.problem
+    body = Body(sim, problem.obj_body_id[object_name])
+    lo, hi = body.box()
+    _, widths = horizontal_widths(body.corners())
+    on_table = target_name in problem.object_sites_dict and \
+        sim.model.body_id2name(sim.model.site_bodyid[sim.model.site_name2id(target_name)]) == "table"
+    if widths.min() > MAX_GRASP_WIDTH and hi[2] - lo[2] < FLAT_HEIGHT and on_table:
+        return PushTo(env, object_name, target_name)
+    return PickPlace(env, object_name, target_name)
+
+
 # -- plans: the skills behind each step, and the executor ------------------------------------------
 
-SKILLS = {"in": PickPlace, "on": PickPlace}  # predicate -> the skill that makes it true
+SKILLS = {"in": place_skill, "on": place_skill,  # predicate -> the skill that makes it true
+          "open": functools.partial(SlideDrawer, opening=True), "close": functools.partial(SlideDrawer, opening=False),
+          "turnon": functools.partial(TurnKnob, on=True), "turnoff": functools.partial(TurnKnob, on=False)}
 
 
 def containers(env: LiberoEnv) -> dict[str, str]:
