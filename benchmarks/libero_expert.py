@@ -55,9 +55,9 @@ def run_task(suite: str, task: str, layouts: list[lb.Layout], noise: float, seed
                 _, success, _ = env.step(action)
             outcomes.append(success)
             steps.append(env.steps)
-            skill = expert.skill
+            phase = getattr(expert.skill, "phase", "done")
             stuck.append(None if success else f"{plan[min(expert.index, len(plan) - 1)]}: "
-                                              f"{getattr(skill, 'phase', 'done')!s}".replace("Phase.", ""))
+                                              f"{getattr(phase, 'name', phase)}".lower())
             turns.append(None if turn is None else round(turn, 1))
     return {"successes": int(sum(outcomes)), "episodes": len(outcomes), "plan": plan, "episode_stuck_at": stuck,
             "episode_success": outcomes,

@@ -83,8 +83,8 @@ RETREAT_HEIGHT = 0.1  # m above the release point
 HANDLE_DEPTH = 0.015  # m: geoms standing out this close to the furthest one make up a drawer's handle
 DRAWER_MARGIN = 0.01  # m (or rad) past the predicate's threshold a drawer is moved to
 HANDLE_PITCH = np.radians(15)  # the gripper's downward tilt pulling a handle: 10-20 degrees clear the table's objects below and the drawer above (30 does not)
+HANDLE_SLIP = 0.03  # m between the gripper site and the handle it pulls: farther, the handle has slipped out
 HANDLE_STANDOFF = 0.08  # m in front of a handle where the gripper turns to face it before reaching in
-PUSH_STANDOFF = 0.04  # m in front of a handle where the closed gripper goes down to push a drawer shut
 FLAT_HEIGHT = 0.04  # m: an object lower than this and wider than the open gripper is pushed, not grasped
 PUSH_HEIGHT = 0.012  # m: gripper site above a pushed object's bottom
 PUSH_GAP = 0.02  # m behind a pushed object's back edge where the gripper goes down; and past the region's centre
@@ -94,6 +94,8 @@ PUSH_TOLERANCE = 0.02  # m: a push ends this close to the region's centre (with 
 KNOB_DEPTH = 0.015  # m: gripper site below a knob's top when grasping it
 KNOB_MARGIN = 0.3  # rad past the predicate's threshold a knob is turned to
 KNOB_TOLERANCE = 0.1  # rad
+OVERHANG_MARGIN = 0.01  # m: scenery this close above an object's footprint hangs over it
+ESCAPE_RISE = 0.01  # m the object is raised while it is taken out from under an overhang
 RETREAT_STEPS = 8  # steps of retreat before a placing counts as finished (the next step of a plan may start)
 
 MAX_RETRIES = 3  # a step that ends without its predicate is tried again this many times
@@ -330,6 +332,9 @@ class PickPlace(Skill):
             self.target = Body(sim, model.body_rootid[model.site_bodyid[self._place_site]])
         self.others = [Body(sim, b) for n, b in problem.obj_body_id.items()
                        if n in problem.objects_dict and n not in (self.object_name, self.target_name)]
+        roots = {int(model.body_rootid[b]) for b in problem.obj_body_id.values()} - {self.object.root}
+        self.scenery = [Body(sim, r) for r in sorted(roots)]  # every object and fixture but the one placed
+        self._escape = None
         self._grasp_local = (np.zeros(3), np.zeros(3))  # grasp point and closing axis in the object's frame
         self._set_phase(Phase.APPROACH)
 
@@ -395,6 +400,30 @@ class PickPlace(Skill):
             return self.target.position()[:2]
         return self._sim.data.site_xpos[self._place_site][:2].copy()
 
+    def _escape_point(self) -> np.ndarray | None:
+        """Where the gripper takes the object, low, before lifting it, when something of the scene hangs
+        over it below the carry height (an opened drawer above a bowl): away from that overhang until
+        the object's footprint is clear of it; None when nothing hangs over it."""
+        lo, hi = self.object.box()
+        over = []
+        for body in self.scenery:
+            c = body.corners().reshape(-1, 8, 3)
+            glo, ghi = c.min(1), c.max(1)
+            hangs = (glo[:, 2] > hi[2]) & (glo[:, 2] < self._carry) & \
+                np.all(glo[:, :2] < hi[:2] + OVERHANG_MARGIN, 1) & np.all(ghi[:, :2] > lo[:2] - OVERHANG_MARGIN, 1)
+            over += [np.concatenate([glo[i], ghi[i]]) for i in np.flatnonzero(hangs)]
+        if not over:
+            return None
+        boxes = np.array(over)  # (G, 6)
+        centre = (lo[:2] + hi[:2]) / 2
+        away = centre - (boxes[:, :2] + boxes[:, 3:5]).mean(0) / 2
+        away /= max(np.linalg.norm(away), 1e-9)
+        # slide until the footprint's back edge passes the furthest overhanging box's far edge along ``away``
+        xy_corners = np.stack([boxes[:, [0, 1]], boxes[:, [3, 1]], boxes[:, [0, 4]], boxes[:, [3, 4]]], 1)  # (G, 4, 2)
+        far = float(((xy_corners - centre) @ away).max())
+        half = float(np.max(np.abs((self.object.corners()[:, :2] - centre) @ away)))
+        return self._eef()[:2] + away * (far + half + OVERHANG_MARGIN)
+
     def _carry_z(self) -> float:
         """Gripper height at which the held object's bottom clears the scene by CLEARANCE."""
         tops = [b.box()[1][2] for b in self.others] + [self.target.box()[1][2]]
@@ -416,6 +445,7 @@ class PickPlace(Skill):
             self._plan_grasp()
         if phase == Phase.LIFT:
             self._carry = self._carry_z()
+            self._escape = self._escape_point()
 
     def _step_phase(self, eef: np.ndarray) -> np.ndarray:
         """The current phase's action; when the phase is done, switch and act in the next one."""
@@ -444,6 +474,11 @@ class PickPlace(Skill):
                 return self._step_phase(eef)
             return self._move(self._anchor, None, CLOSE)
         if phase == Phase.LIFT:
+            if self._escape is not None:  # first out from under what hangs over the object, low
+                target = np.array([*self._escape, self._anchor[2] + ESCAPE_RISE])
+                if np.linalg.norm(target[:2] - eef[:2]) < POS_TOLERANCE:
+                    self._escape, self._anchor = None, eef.copy()
+                return self._move(target, None, CLOSE)
             if abs(self._carry - eef[2]) < POS_TOLERANCE:
                 self._set_phase(Phase.CARRY)
                 return self._step_phase(eef)
@@ -516,13 +551,15 @@ def articulation(env: LiberoEnv, name: str) -> tuple[str, list[str]]:
 
 
 class SlideDrawer(Skill):
-    """Open a drawer by pulling its handle, or close it by pushing its front, along its slide joint.
+    """Open or close a drawer by its handle, along its slide joint.
 
     The handle is the drawer's collision geometry that stands out furthest in the opening direction.
-    Opening: above the handle, fingers closing across it (along the opening direction), down, close,
-    pull along the joint axis until open with ``DRAWER_MARGIN`` to spare, release, up. Closing: the
-    closed gripper goes down in front of the handle and pushes until the drawer is in, then backs off
-    and up."""
+    The gripper faces it from the front, pointing into the drawer and down by ``HANDLE_PITCH``, its
+    fingers closing over and under the handle (the hand, long along the closing axis, then rises away
+    from the table's objects below and the drawer above), reaches in, closes, slides the drawer along
+    the joint axis until it is past the predicate's threshold by ``DRAWER_MARGIN`` (grasping again if
+    the handle slips out), releases and backs off. Pushing a drawer shut from above instead left the
+    arm at the edge of its reach over an opened drawer."""
 
     def __init__(self, env: LiberoEnv, name: str, opening: bool):
         super().__init__(env)
@@ -569,13 +606,6 @@ class SlideDrawer(Skill):
 
     def _step_phase(self, eef: np.ndarray) -> np.ndarray:
         out, handle = self._outward(), self._handle()
-        if self.opening:  # the gripper horizontal, pointing into the drawer, fingers closing over and under the handle
-            return self._pull(eef, out, handle)
-        return self._push(eef, out, handle)
-
-    def _pull(self, eef: np.ndarray, out: np.ndarray, handle: np.ndarray) -> np.ndarray:
-        # The gripper points into the drawer and down by HANDLE_PITCH, fingers closing over and under the
-        # handle: the hand (long along the closing axis) then rises away from the table and the drawers above.
         up = np.array([0.0, 0.0, 1.0])
         inward = -np.cos(HANDLE_PITCH) * out - np.sin(HANDLE_PITCH) * up
         across = -np.sin(HANDLE_PITCH) * out + np.cos(HANDLE_PITCH) * up
@@ -596,11 +626,15 @@ class SlideDrawer(Skill):
                 return self._step_phase(eef)
             return self._move_posed(self._anchor, inward, across, CLOSE)
         if self.phase == "slide":
-            remaining = (self._target_qpos() - self.joint.qpos) * self.joint.opening_sign()  # m still to open
+            way = 1.0 if self.opening else -1.0  # along ``out``
+            remaining = (self._target_qpos() - self.joint.qpos) * self.joint.opening_sign() * way  # m still to go
+            if np.linalg.norm(handle - eef) > HANDLE_SLIP:  # the handle slipped out of the fingers: grasp again
+                self._set_phase("approach")
+                return self._move_posed(eef, inward, across, OPEN)
             if remaining <= 0 or (self._phase_steps > STALL_STEPS and self._blocked()):
                 self._set_phase("release")
                 return self._step_phase(eef)
-            return self._move_posed(handle + out * (remaining + DRAWER_MARGIN), inward, across, CLOSE)
+            return self._move_posed(handle + out * way * (remaining + DRAWER_MARGIN), inward, across, CLOSE)
         if self.phase == "release":
             if self._phase_steps >= RELEASE_STEPS:
                 self._set_phase("retreat")
@@ -608,30 +642,6 @@ class SlideDrawer(Skill):
             return self._move_posed(self._anchor, inward, across, OPEN)
         return self._move_posed(self._anchor - inward * HANDLE_STANDOFF, inward, across, OPEN)
 
-    def _push(self, eef: np.ndarray, out: np.ndarray, handle: np.ndarray) -> np.ndarray:
-        across = np.array([-out[1], out[0]])  # fingers closing across the push: the hand thin along it
-        point = handle + out * PUSH_STANDOFF
-        if self.phase == "approach":
-            hover = point + [0.0, 0.0, HOVER]
-            if np.linalg.norm(hover[:2] - eef[:2]) > DESCENT_RADIUS:
-                hover[2] = max(hover[2], eef[2])
-            if np.linalg.norm(hover - eef) < POS_TOLERANCE and self._yaw_error(across) < YAW_TOLERANCE:
-                self._set_phase("descend")
-                return self._step_phase(eef)
-            return self._move(hover, across, CLOSE)
-        if self.phase == "descend":
-            if np.linalg.norm(point - eef) < POS_TOLERANCE or self._blocked():
-                self._set_phase("slide")
-                return self._step_phase(eef)
-            return self._move(point, across, CLOSE)
-        if self.phase == "slide":
-            remaining = (self.joint.qpos - self._target_qpos()) * self.joint.opening_sign()  # m still to close
-            if remaining <= 0 or (self._phase_steps > STALL_STEPS and self._blocked()):
-                self._set_phase("retreat")
-                return self._step_phase(eef)
-            target = eef - out * (remaining + DRAWER_MARGIN)
-            return self._move(np.array([target[0], target[1], point[2]]), across, CLOSE)
-        return self._move(self._anchor + out * PUSH_STANDOFF + [0.0, 0.0, RETREAT_HEIGHT], None, CLOSE)
 
 class TurnKnob(Skill):
     """Turn a fixture's knob (a hinge about the vertical: the stove's button) on or off: above the
@@ -825,11 +835,13 @@ def containers(env: LiberoEnv) -> dict[str, str]:
         if getattr(site, "joints", None):
             found[name] = name
             continue
-        parent = problem.objects_dict.get(getattr(site, "parent_name", None)) or \
-            problem.fixtures_dict.get(getattr(site, "parent_name", None))
-        joints = getattr(parent, "joints", None) or []
+        parent_name = getattr(site, "parent_name", None)
+        parent = problem.objects_dict.get(parent_name) or problem.fixtures_dict.get(parent_name)
+        owned = {j for s in problem.object_sites_dict.values() if getattr(s, "parent_name", None) == parent_name
+                 for j in (getattr(s, "joints", None) or [])}  # a drawer's joint is its own region's, not the top's
+        joints = [j for j in (getattr(parent, "joints", None) or []) if j not in owned]
         if any(model.jnt_type[model.joint_name2id(j)] != 0 for j in joints):  # 0: a free joint
-            found[name] = site.parent_name
+            found[name] = parent_name
     return found
 
 
@@ -849,11 +861,11 @@ class LiberoExpert:
     """
 
     def __init__(self, env: LiberoEnv):
-        if not supports(env.suite, env.task):
-            raise ValueError(f"{env.suite}/{env.task}: the expert has no skill for a step of this task's goal "
-                             f"{env.problem.parsed_problem['goal_state']} (skills: {', '.join(SKILLS)})")
         self.env = env
-        self.steps = plan_for(env)
+        self.steps = plan_for(env)  # refuses a predicate it has no skill for, naming it
+        missing = [str(s) for s in self.steps if s.predicate not in SKILLS]
+        if missing:
+            raise ValueError(f"{env.suite}/{env.task}: the expert has no skill for {missing} (skills: {', '.join(SKILLS)})")
         self.index, self.skill, self.retries = 0, None, 0
         self._last_skill = None
 
