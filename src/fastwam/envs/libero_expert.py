@@ -1,15 +1,19 @@
-"""A privileged scripted expert for LIBERO pick-and-place tasks (``fastwam collect libero``).
+"""A privileged scripted expert for LIBERO tasks (``fastwam collect libero``).
 
-The expert reads the simulator state (object and fixture poses, collision geometry), which is
-never recorded as an observation, and outputs LIBERO's raw OSC_POSE action: position and
-rotation deltas in [-1, 1] (scaled by the controller to ±``POS_SCALE`` m and ±``ROT_SCALE`` rad,
-world frame) and the gripper command (-1 open, +1 close).
+The expert reads the simulator state (object and fixture poses, collision geometry, joint axes,
+ranges and the fixtures' predicate thresholds), which is never recorded as an observation, and
+outputs LIBERO's raw OSC_POSE action: position and rotation deltas in [-1, 1] (scaled by the
+controller to ±``POS_SCALE`` m and ±``ROT_SCALE`` rad, world frame) and the gripper command (-1
+open, +1 close).
 
-It handles goals made of one predicate ``(in|on) object target``, where the target is a region
-site (the basket's contain region, the stove's cook region, the cabinet's top side, ...) or
-another object (the plate, the bowl): ``supports(suite, task)`` says which tasks these are.
+``LiberoExpert`` executes the plan of the task's BDDL goal (``fastwam.envs.libero_plan``: one step
+per conjunct, an ``open`` precondition for an ``in`` into something articulated, ``close`` last),
+each step with a skill (``SKILLS``): ``PickPlace`` for ``in``/``on`` (``PushTo`` for a flat object
+too wide to grasp going onto a table region), ``SlideDrawer`` for ``open``/``close`` of a drawer,
+``TurnKnob`` for ``turnon``/``turnoff``. A door (the microwave) has no skill yet: such a plan is
+refused by name. ``supports(suite, task)`` says which tasks have a skill for every step.
 
-Phases (``Phase``), each a proportional move of the gripper site towards a target point, clipped
+PickPlace's phases (``Phase``), each a proportional move of the gripper site towards a target point, clipped
 to [-1, 1], with the gripper kept pointing down and turned about the vertical so that the fingers
 close across a side of the object narrower than the open gripper: the narrowest, unless another
 one needs much less turning (``TURN_COST``):
@@ -115,22 +119,25 @@ class Phase(enum.IntEnum):
 
 @functools.lru_cache(maxsize=None)
 def supports(suite: str, task: str) -> bool:
-    """Whether the expert has a skill for every step of the task's plan (``plan_for``): for each
-    conjunct of the goal and, where an ``in`` may need a container opened first and the expert has
-    no ``open`` skill, for that precondition too (read from the scene: an env is built only then)."""
+    """Whether the expert has a skill for every step of the task's plan (``LiberoExpert`` refuses it
+    otherwise, saying why). Goals of placements only are read from the BDDL file; a goal that may
+    move a fixture (open, close, turn, or place in something articulated) needs its scene, so an
+    env is built for it (a few seconds, once per process)."""
     from libero.libero.envs.bddl_utils import robosuite_parse_problem
 
     try:
         steps = conjuncts(robosuite_parse_problem(bddl_file(suite, canonical_task(suite, task)))["goal_state"])
     except ValueError:
         return False
-    if not all(step.predicate in SKILLS for step in steps):
-        return False
-    if "open" in SKILLS or not any(step.predicate == "in" for step in steps):
+    if all(step.predicate == "on" for step in steps):
         return True
     with LiberoEnv(suite, task, image_size=8) as env:
         env.reset("fresh:0")
-        return all(step.predicate in SKILLS for step in plan_for(env))
+        try:
+            LiberoExpert(env)
+        except ValueError:
+            return False
+        return True
 
 
 def heading(v: np.ndarray) -> float:
@@ -825,6 +832,19 @@ SKILLS = {"in": place_skill, "on": place_skill,  # predicate -> the skill that m
           "turnon": functools.partial(TurnKnob, on=True), "turnoff": functools.partial(TurnKnob, on=False)}
 
 
+def unskilled(env: LiberoEnv, step: Step) -> str | None:
+    """Why the expert cannot do ``step`` in this scene (None: it has a skill for it)."""
+    if step.predicate not in SKILLS:
+        return f"no skill for {step.predicate}"
+    if step.predicate in ("open", "close", "turnon", "turnoff"):
+        fixture, joints = articulation(env, step.args[0])
+        kind = Joint(env, joints[0], fixture).kind
+        wanted = "slide" if step.predicate in ("open", "close") else "hinge"
+        if kind != wanted:
+            return f"{step.args[0]} moves on a {kind} joint; the {step.predicate} skill handles a {wanted} ({joints[0]})"
+    return None
+
+
 def containers(env: LiberoEnv) -> dict[str, str]:
     """Region -> what must be open for an object to go in it, for the scene's regions inside something
     articulated: a region with joints of its own (a drawer) opens itself; a region on an object
@@ -863,9 +883,9 @@ class LiberoExpert:
     def __init__(self, env: LiberoEnv):
         self.env = env
         self.steps = plan_for(env)  # refuses a predicate it has no skill for, naming it
-        missing = [str(s) for s in self.steps if s.predicate not in SKILLS]
+        missing = [f"{s} ({why})" for s in self.steps if (why := unskilled(env, s))]
         if missing:
-            raise ValueError(f"{env.suite}/{env.task}: the expert has no skill for {missing} (skills: {', '.join(SKILLS)})")
+            raise ValueError(f"{env.suite}/{env.task}: the expert has no skill for {'; '.join(missing)}")
         self.index, self.skill, self.retries = 0, None, 0
         self._last_skill = None
 
