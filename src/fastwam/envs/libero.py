@@ -49,7 +49,8 @@ import numpy as np
 
 from fastwam.data.lerobot import camera_name
 
-MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520}  # openpi's limits
+MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520,  # openpi's limits
+             "libero_90": 400}  # LIBERO-90: the limit the same harnesses use for it
 SUITES = tuple(MAX_STEPS)
 WAIT_STEPS = 10
 NOOP = np.array([0, 0, 0, 0, 0, 0, -1], np.float32)  # gripper open, no motion
