@@ -693,7 +693,7 @@ class TurnKnob(Skill):
         mats = data.geom_xmat[self._geoms].reshape(-1, 3, 3)
         corners = (data.geom_xpos[self._geoms][:, None] + np.einsum("gij,gkj->gki", mats, local)).reshape(-1, 3)
         dirs, widths = horizontal_widths(corners)
-        lo, hi = corners.min(0), corners.max(0)
+        hi = corners.max(0)
         centre = data.xpos[self.joint.body]
         return np.array([centre[0], centre[1], hi[2] - KNOB_DEPTH]), dirs[int(np.argmin(widths))]
 
