@@ -54,7 +54,8 @@ def test_layout_text_round_trips_and_bad_ones_are_refused():
 
 
 def test_suites_tasks_and_bad_names():
-    assert lb.SUITES == ("libero_spatial", "libero_object", "libero_goal", "libero_10")
+    assert lb.SUITES == ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
+    assert len(lb.task_names("libero_90")) == 90 and lb.MAX_STEPS["libero_90"] == 400
     assert lb.canonical_task(SUITE, "0") == TASK == lb.canonical_task(SUITE, TASK)
     assert len(lb.task_names(SUITE)) == 10 and lb.init_states(SUITE, TASK).shape == (50, 110)
     assert lb.MAX_STEPS[SUITE] == 280 and lb.instruction(SUITE, TASK) == TASK.replace("_", " ")
@@ -408,8 +409,9 @@ def test_bad_suite_task_or_checkpoint_is_refused_naming_the_mismatch(run_dir, tm
         cli_main(["eval", "metaworld", "--checkpoint", str(run_dir), "--episodes", "1", "--tasks", "reach"])
     with pytest.raises(SystemExit, match="unknown libero_object task 'nope'"):
         cli_main(["collect", "libero", "--suite", SUITE, "--tasks", "nope", "--out", str(tmp_path / "x")])
-    with pytest.raises(SystemExit, match="no libero_10 task to record: the scripted expert handles none"):
-        cli_main(["collect", "libero", "--suite", "libero_10", "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match=r"--tasks: the scripted expert has no skill for a step of "
+                                         r"\['KITCHEN_SCENE6_put_the_yellow_and_white_mug_in_the_microwave_and_close_it'\]"):
+        cli_main(["collect", "libero", "--suite", "libero_10", "--tasks", "9", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="--seed applies to `collect metaworld` only"):
         cli_main(["collect", "libero", "--seed", "3", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="--suite applies to `collect libero` only"):
@@ -496,8 +498,8 @@ def test_collection_rounds_replace_failed_seeds_and_stop_after_max_failures():
     assert _next_round(spec, used, failed, next_seed) == []
     with pytest.raises(ValueError, match="max_failures >= 1"):
         LiberoSpec(SUITE, (a,), max_failures=0)
-    with pytest.raises(ValueError, match="does not handle libero_goal task"):
-        LiberoSpec("libero_goal", ("open_the_middle_drawer_of_the_cabinet",))
+    with pytest.raises(ValueError, match="does not handle libero_10 task"):  # no door skill yet
+        LiberoSpec("libero_10", ("KITCHEN_SCENE6_put_the_yellow_and_white_mug_in_the_microwave_and_close_it",))
 
 
 def test_plans_come_from_the_goal_and_the_scene():

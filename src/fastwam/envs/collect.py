@@ -493,8 +493,11 @@ def _libero_spec(args: argparse.Namespace, cameras: tuple[str, ...]):
 
     suite = args.suite or "libero_object"
     tasks = lb.expand_tasks(suite, args.tasks or None)
-    if not args.tasks:
-        tasks = [t for t in tasks if supports(suite, t)]
+    unsupported = [t for t in tasks if not supports(suite, t)]
+    if args.tasks and unsupported:  # asked for by name: say so now, not in the first episode
+        raise ValueError(f"--tasks: the scripted expert has no skill for a step of {unsupported} "
+                         "(benchmarks/libero_expert.py says which and why)")
+    tasks = [t for t in tasks if t not in unsupported]
     return LiberoSpec(suite=suite, tasks=tuple(tasks), episodes=_default(args.episodes, 50),
                       image_size=_default(args.image_size, 128), cameras=cameras or ("image", "wrist_image"),
                       steps_after_success=args.steps_after_success, max_failures=_default(args.max_failures, 10),
