@@ -574,7 +574,38 @@ def articulation(env: LiberoEnv, name: str) -> tuple[str, list[str]]:
     return name, list(fixture.joints)
 
 
-class SlideDrawer(Skill):
+class JointSkill(Skill):
+    """A skill that moves one joint of a fixture (``name``: a drawer's region or an articulated
+    fixture), through named phases, ``finished`` after RETREAT_STEPS of its retreat."""
+
+    kind = ""  # the joint type it moves: "slide" or "hinge"
+
+    def __init__(self, env: LiberoEnv, name: str):
+        super().__init__(env)
+        self.name, self.phase = name, "approach"
+
+    @property
+    def finished(self) -> bool:
+        return self.phase == "retreat" and self._phase_steps >= RETREAT_STEPS
+
+    def _bind_joint(self) -> np.ndarray:
+        """Look up the joint (refused by name when it is not of ``kind``) -> its body's collision geoms."""
+        self._bind()
+        fixture, joints = articulation(self.env, self.name)
+        self.joint = Joint(self.env, joints[0], fixture)
+        if self.joint.kind != self.kind:
+            raise ValueError(f"{self.name}: {type(self).__name__} moves a {self.kind} joint; {self.joint.name} is a "
+                             f"{self.joint.kind}")
+        model = self._sim.model._model
+        return np.flatnonzero((model.geom_bodyid == self.joint.body) &
+                              ((model.geom_contype != 0) | (model.geom_conaffinity != 0)))
+
+    def _set_phase(self, phase: str) -> None:
+        self.phase = phase
+        self._new_phase()
+
+
+class SlideDrawer(JointSkill):
     """Open or close a drawer by its handle, along its slide joint.
 
     The handle is the drawer's collision geometry that stands out furthest in the opening direction.
@@ -585,24 +616,14 @@ class SlideDrawer(Skill):
     the handle slips out), releases and backs off. Pushing a drawer shut from above instead left the
     arm at the edge of its reach over an opened drawer."""
 
-    def __init__(self, env: LiberoEnv, name: str, opening: bool):
-        super().__init__(env)
-        self.name, self.opening = name, opening
-        self.phase = "approach"
+    kind = "slide"
 
-    @property
-    def finished(self) -> bool:
-        return self.phase == "retreat" and self._phase_steps >= RETREAT_STEPS
+    def __init__(self, env: LiberoEnv, name: str, opening: bool):
+        super().__init__(env, name)
+        self.opening = opening
 
     def reset(self) -> None:
-        self._bind()
-        fixture, joints = articulation(self.env, self.name)
-        self.joint = Joint(self.env, joints[0], fixture)
-        if self.joint.kind != "slide":
-            raise ValueError(f"{self.name}: a drawer slides; its joint {self.joint.name} is a {self.joint.kind}")
-        model = self._sim.model._model
-        self._handle_geoms = np.flatnonzero((model.geom_bodyid == self.joint.body) &
-                                            ((model.geom_contype != 0) | (model.geom_conaffinity != 0)))
+        self._handle_geoms = self._bind_joint()
         self._set_phase("approach")
 
     def sweep(self) -> tuple[np.ndarray, np.ndarray]:
@@ -631,10 +652,6 @@ class SlideDrawer(Skill):
         limits = self.joint.properties["default_open_ranges" if self.opening else "default_close_ranges"]
         edge = max(limits) if sign * (1 if self.opening else -1) > 0 else min(limits)
         return float(np.clip(edge + sign * (DRAWER_MARGIN if self.opening else -DRAWER_MARGIN), *self.joint.range))
-
-    def _set_phase(self, phase: str) -> None:
-        self.phase = phase
-        self._new_phase()
 
     def _step_phase(self, eef: np.ndarray) -> np.ndarray:
         out, handle = self._outward(), self._handle()
@@ -675,38 +692,29 @@ class SlideDrawer(Skill):
         return self._move_posed(self._anchor - inward * HANDLE_STANDOFF, inward, across, OPEN)
 
 
-class TurnKnob(Skill):
+class TurnKnob(JointSkill):
     """Turn a fixture's knob (a hinge about the vertical: the stove's button) on or off: above the
     knob, fingers closing across its narrowest side, down, close, turn the gripper about the hinge
     axis until the joint is past the predicate's threshold by ``KNOB_MARGIN``, release, up."""
 
-    def __init__(self, env: LiberoEnv, name: str, on: bool):
-        super().__init__(env)
-        self.name, self.on = name, on
-        self.phase = "approach"
+    kind = "hinge"
 
-    @property
-    def finished(self) -> bool:
-        return self.phase == "retreat" and self._phase_steps >= RETREAT_STEPS
+    def __init__(self, env: LiberoEnv, name: str, on: bool):
+        super().__init__(env, name)
+        self.on = on
 
     def reset(self) -> None:
-        self._bind()
-        fixture, joints = articulation(self.env, self.name)
-        self.joint = Joint(self.env, joints[0], fixture)
-        if self.joint.kind != "hinge" or abs(self.joint.axis()[2]) < 0.9:
-            raise ValueError(f"{self.name}: a knob turns about the vertical; {self.joint.name} is a {self.joint.kind} "
-                             f"about {self.joint.axis().round(2)}")
-        model = self._sim.model._model
-        self._geoms = np.flatnonzero((model.geom_bodyid == self.joint.body) &
-                                     ((model.geom_contype != 0) | (model.geom_conaffinity != 0)))
+        self._geoms = self._bind_joint()
+        if abs(self.joint.axis()[2]) < 0.9:
+            raise ValueError(f"{self.name}: a knob turns about the vertical; {self.joint.name} turns about "
+                             f"{self.joint.axis().round(2)}")
         ranges = self.joint.properties["default_turnon_ranges" if self.on else "default_turnoff_ranges"]
         self._target = float(np.clip(min(ranges) + KNOB_MARGIN if self.on else max(ranges) - KNOB_MARGIN,
                                      *self.joint.range))
         self._set_phase("approach")
 
     def _set_phase(self, phase: str) -> None:
-        self.phase = phase
-        self._new_phase()
+        super()._set_phase(phase)
         self._qpos_history: list[float] = []
 
     def _grasp(self) -> tuple[np.ndarray, np.ndarray]:
