@@ -650,7 +650,7 @@ def video_paths(plan: EvalPlan, results: list[EpisodeResult], path: str | Path) 
     recorded = _recorded(plan, results)
     if not recorded:
         return []
-    imagined = plan.imagine and any(imagined_frames(r, plan.frame_stride) for r in recorded)
+    imagined = plan.imagine and any(r.imagined for r in recorded)  # imagined_frames draws a panel per entry
     return [str(path)] + ([str(_imagined_path(path))] if imagined else [])
 
 

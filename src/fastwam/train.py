@@ -39,8 +39,8 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from fastwam import parallel
-from fastwam.checkpoint import (CHECKPOINTS, TRAIN_STATE, CheckpointError, latest_checkpoint,  # noqa: F401 (re-exported)
-                                load_model, newest_intact_training_state, newest_readable_config, run_lock, sha256,
+from fastwam.checkpoint import (CHECKPOINTS, TRAIN_STATE, CheckpointError, checkpoints,  # noqa: F401 (re-exported)
+                                latest_checkpoint, load_model, newest_intact_training_state, newest_readable_config, run_lock, sha256,
                                 write_checksums, write_run_files)
 from fastwam.codecs import build_codec, frames_to_unit
 from fastwam.config import STRATEGIES, Config, TrainConfig, preset
@@ -420,7 +420,7 @@ class Trainer:
         total, action, video = acc.reduce(torch.stack(losses).mean(0), reduction="mean").tolist()  # over all processes
         metrics = {"loss": total, "loss_action": action, "loss_video": video, "grad_norm": parallel.scalar(grad_norm)}
         if not all(math.isfinite(v) for v in metrics.values()):  # every process sees the same reduced values
-            newest = sorted((self.out / CHECKPOINTS).glob("step-???????"))
+            newest = checkpoints(self.out)
             raise TrainingDiverged(self.step + 1, metrics, newest[-1] if newest else None)
         self.optimizer.step()
         self.scheduler.step()
@@ -502,7 +502,7 @@ class Trainer:
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             if self.cfg.train.keep_checkpoints:
-                for old in sorted((self.out / CHECKPOINTS).glob("step-???????"))[:-self.cfg.train.keep_checkpoints]:
+                for old in checkpoints(self.out)[:-self.cfg.train.keep_checkpoints]:
                     shutil.rmtree(old)
         acc.wait_for_everyone()
         return final
@@ -814,7 +814,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, cfg: Config, out: Path, is_main: bool) -> int:
-    saved = sorted((out / CHECKPOINTS).glob("step-???????")) if (out / CHECKPOINTS).is_dir() else []
+    saved = checkpoints(out)
     if not args.resume and saved:
         raise SystemExit(f"fastwam train: {out} already holds checkpoints: pass --resume to continue it, "
                          "or choose another --out")

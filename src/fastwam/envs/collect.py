@@ -172,6 +172,18 @@ class DemoStore:
     def remove(self) -> None:
         shutil.rmtree(self.root)
 
+    def announce(self) -> None:
+        """Say what a resumed collection starts from (nothing for a new one)."""
+        if self.recorded_before:
+            print(f"resuming: {len(self.recorded_before)} layouts already recorded in {self.root} (code "
+                  f"{self.started_by}; this is {code_version()})")
+
+    def report_kept(self) -> None:
+        """After a collection stopped: what it keeps for the same command to resume from."""
+        if kept := len(list(self.root.glob("*/*.npz"))):
+            print(f"collection stopped: {kept} recorded layouts are kept in {self.root}; the same command resumes "
+                  "from them", file=sys.stderr)
+
 
 def _write_atomically(path: Path, data: bytes) -> None:
     """Write, flush to disk, then rename: a crash leaves the old file or the new, never half of one."""
@@ -322,9 +334,7 @@ def collect(spec: CollectSpec, out: str | Path, workers: int = 1, progress: bool
     features = build_features(FPS, {camera_key(c): (spec.image_size, spec.image_size) for c in spec.cameras},
                               {"observation.state": STATE_NAMES, "action": ACTION_NAMES}, video=video)
     store = DemoStore(out, recipe(spec))
-    if store.recorded_before:
-        print(f"resuming: {len(store.recorded_before)} layouts already recorded in {store.root} (code "
-              f"{store.started_by}; this is {code_version()})")
+    store.announce()
     writer = LeRobotWriter(out, fps=FPS, features=features, robot_type="sawyer", video=video)
     episodes = []
     try:
@@ -332,7 +342,7 @@ def collect(spec: CollectSpec, out: str | Path, workers: int = 1, progress: bool
             plans = list(_progress(_run_jobs(pool, _plan_job, [(spec, t) for t in spec.tasks]),
                                    len(spec.tasks), "plan (no render)", progress))
             jobs = [(spec, p.task, v, s) for p in plans for v, s in zip(p.variations, p.success_steps)]
-            for demo in _progress(_stored_or_recorded(pool, jobs, store), len(jobs), "record", progress):
+            for demo in _progress(stored_or_recorded(pool, _record_job, jobs, store), len(jobs), "record", progress):
                 index = writer.add_episode(mw.instruction(demo.task),
                                            {"observation.state": demo.state, "action": demo.action}, demo.frames)
                 episodes.append({"episode_index": index, "task": demo.task, "variation": demo.variation,
@@ -341,9 +351,7 @@ def collect(spec: CollectSpec, out: str | Path, workers: int = 1, progress: bool
         writer.finish({COLLECTION_LOG: summary})
     except BaseException:
         writer.abort()
-        if kept := len(list(store.root.glob("*/*.npz"))):
-            print(f"collection stopped: {kept} recorded layouts are kept in {store.root}; the same command resumes "
-                  "from them", file=sys.stderr)
+        store.report_kept()
         raise
     finally:
         _close_envs()  # in-process envs (workers <= 1); pool workers are gone already
@@ -356,12 +364,13 @@ def recipe(spec: CollectSpec) -> dict:
     return {k: v for k, v in asdict(spec).items() if k not in ("tasks", "episodes", "video_encoding")}
 
 
-def _stored_or_recorded(pool: Pool | None, jobs: list[tuple[CollectSpec, str, int, int]], store: DemoStore) -> Iterator[Demo]:
-    """The demonstration of each job, in order: from the store where an earlier run recorded it, else
-    recorded now on the pool (and stored by the worker that recorded it)."""
-    new = _run_jobs(pool, _record_job, [(j, store) for j in jobs if (j[1], j[2]) not in store.recorded_before])
-    for _, task, variation, _ in jobs:
-        yield store.load(task, variation) if (task, variation) in store.recorded_before else next(new)
+def stored_or_recorded(pool: Pool | None, record_job: Callable, jobs: list[tuple], store: DemoStore) -> Iterator[Demo | None]:
+    """The demonstration of each job ``(spec, task, layout, ...)`` (None: the expert failed it), in job
+    order: from the store where an earlier run recorded it, else recorded now on the pool by
+    ``record_job((job, store))``, which stores it in the worker that recorded it."""
+    new = _run_jobs(pool, record_job, [(j, store) for j in jobs if (j[1], j[2]) not in store.recorded_before])
+    for job in jobs:
+        yield store.load(job[1], job[2]) if (job[1], job[2]) in store.recorded_before else next(new)
 
 
 def check_distinct(option: str, names: Sequence[str]) -> None:

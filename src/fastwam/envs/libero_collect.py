@@ -31,18 +31,16 @@ them; ``collect_seconds`` is the last run's).
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Iterator
 
 import numpy as np
 
 from fastwam import code_version
 from fastwam.data.lerobot import COLLECTION_LOG, VIDEO_ENCODINGS, LeRobotWriter, build_features, camera_key
 from fastwam.envs import libero as lb
-from fastwam.envs.collect import (Demo, DemoStore, _pool, _run_jobs, check_distinct, check_video_encoding,
-                                  record_expert)
+from fastwam.envs.collect import (Demo, DemoStore, _pool, check_distinct, check_video_encoding, record_expert,
+                                  stored_or_recorded)
 
 SAME_STATE_TOL = 1e-6  # max abs difference under which two flattened MuJoCo states are the same layout
 
@@ -143,11 +141,11 @@ def arm_noise(std: float, rng: np.random.Generator):
     return perturb
 
 
-def _record_job(args: tuple[tuple[LiberoSpec, str, int], DemoStore]) -> tuple[str, int, Demo | None]:
+def _record_job(args: tuple[tuple[LiberoSpec, str, int], DemoStore]) -> Demo | None:
     (spec, task, seed), store = args
     demo = record_demo(spec, task, seed)
     store.save(task, seed, demo)
-    return task, seed, demo
+    return demo
 
 
 # -- main side ----------------------------------------------------------------------------------
@@ -166,9 +164,7 @@ def collect(spec: LiberoSpec, out, workers: int = 1, progress: bool = True) -> d
     features = build_features(lb.CONTROL_FPS, {camera_key(c): (spec.image_size, spec.image_size) for c in spec.cameras},
                               {"observation.state": lb.STATE_NAMES, "action": lb.ACTION_NAMES}, video=video)
     store = DemoStore(out, recipe(spec))
-    if store.recorded_before:
-        print(f"resuming: {len(store.recorded_before)} layouts already recorded in {store.root} (code "
-              f"{store.started_by}; this is {code_version()})")
+    store.announce()
     writer = LeRobotWriter(out, fps=lb.CONTROL_FPS, features=features, robot_type="panda", video=video)
     used = {t: [] for t in spec.tasks}
     failed = {t: [] for t in spec.tasks}
@@ -179,7 +175,7 @@ def collect(spec: LiberoSpec, out, workers: int = 1, progress: bool = True) -> d
         with _pool(min(workers, total)) as pool:
             bar = tqdm(total=total, desc="record", unit="ep", disable=not progress)
             while jobs := _next_round(spec, used, failed, next_seed):
-                for task, seed, demo in _stored_or_recorded(pool, jobs, store):
+                for (_, task, seed), demo in zip(jobs, stored_or_recorded(pool, _record_job, jobs, store)):
                     if demo is None:
                         failed[task].append(seed)
                         continue
@@ -196,9 +192,7 @@ def collect(spec: LiberoSpec, out, workers: int = 1, progress: bool = True) -> d
         writer.finish({COLLECTION_LOG: summary})  # refuses a dataset without episodes (every task failed)
     except BaseException:
         writer.abort()
-        if kept := len(list(store.root.glob("*/*.npz"))):
-            print(f"collection stopped: {kept} recorded layouts are kept in {store.root}; the same command resumes "
-                  "from them", file=sys.stderr)
+        store.report_kept()
         raise
     finally:
         close_envs()  # in-process envs (workers <= 1); pool workers are gone already
@@ -209,14 +203,6 @@ def collect(spec: LiberoSpec, out, workers: int = 1, progress: bool = True) -> d
 def recipe(spec: LiberoSpec) -> dict:
     """What determines one demonstration: the spec without which tasks, how many, and the encoding."""
     return {k: v for k, v in asdict(spec).items() if k not in ("tasks", "episodes", "max_failures", "video_encoding")}
-
-
-def _stored_or_recorded(pool, jobs: list[tuple[LiberoSpec, str, int]], store: DemoStore) -> Iterator[tuple]:
-    """(task, seed, demo or None) for jobs, in order: from the store where an earlier run recorded it,
-    else recorded now on the pool (and stored by the worker that recorded it)."""
-    new = _run_jobs(pool, _record_job, [(j, store) for j in jobs if (j[1], j[2]) not in store.recorded_before])
-    for _, task, seed in jobs:
-        yield (task, seed, store.load(task, seed)) if (task, seed) in store.recorded_before else next(new)
 
 
 def _next_round(spec: LiberoSpec, used: dict, failed: dict, next_seed: dict) -> list[tuple[LiberoSpec, str, int]]:

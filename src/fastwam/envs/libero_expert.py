@@ -865,10 +865,11 @@ def unskilled(env: LiberoEnv, step: Step) -> str | None:
     """Why the expert cannot do ``step`` in this scene (None: it has a skill for it)."""
     if step.predicate not in SKILLS:
         return f"no skill for {step.predicate}"
-    if step.predicate in ("open", "close", "turnon", "turnoff"):
+    skill = getattr(SKILLS[step.predicate], "func", SKILLS[step.predicate])  # the class behind a partial
+    wanted = getattr(skill, "kind", "")  # a JointSkill's joint type
+    if wanted:
         fixture, joints = articulation(env, step.args[0])
         kind = Joint(env, joints[0], fixture).kind
-        wanted = "slide" if step.predicate in ("open", "close") else "hinge"
         if kind != wanted:
             return f"{step.args[0]} moves on a {kind} joint; the {step.predicate} skill handles a {wanted} ({joints[0]})"
     return None
@@ -973,10 +974,8 @@ class LiberoExpert:
         drawer and put the bowl inside", fresh layouts 0..9, the four that failed without this had
         33-48 % of the bowl's footprint under the sweep, the six that succeeded 25-36 %; with it set
         aside from 30 % (``ASIDE_COVER``), 9 of 10 succeed."""
-        drawer = SlideDrawer(self.env, step.args[0], opening=True)
+        drawer = SlideDrawer(self.env, step.args[0], opening=True)  # a slide: the plan was checked when built
         drawer.reset()
-        if drawer.joint.kind != "slide":
-            return []
         sweep = drawer.sweep()
         picked = dict.fromkeys(s.args[0] for s in self.steps[index + 1:] if s.predicate in ("in", "on"))
         aside = []
